@@ -1,0 +1,174 @@
+"""The checks timm runs on its own models (tests/test_models.py upstream), for every registered name here,
+plus the exact parameter counts of He et al.'s CIFAR family."""
+import pytest
+import timm
+import torch
+
+import timm_lipschitz
+from timm_lipschitz.models import CifarResNet, ShortcutA
+
+SLOW = {'cifar_resnet1202'}
+ALL = timm_lipschitz.list_registered()
+FAST = [n for n in ALL if n not in SLOW]
+CIFAR = [n for n in ALL if n.startswith('cifar_')]
+PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
+
+
+def _names(names):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+
+
+def _input(model, batch=2):
+    return torch.randn(batch, *model.pretrained_cfg['input_size'])
+
+
+def test_all_names_listed():
+    expected = {f'cifar_resnet{d}' for d in PARAMS} | {f'cifar_preresnet{d}' for d in (20, 32, 44, 56, 110)}
+    assert expected | {'mnist_convnet'} <= set(ALL)
+    assert set(timm.list_models('cifar_*')) >= expected
+
+
+@pytest.mark.parametrize('depth', [pytest.param(d, marks=pytest.mark.slow) if d == 1202 else d for d in PARAMS])
+@pytest.mark.parametrize('kind', ['resnet', 'preresnet'])
+def test_exact_param_counts(kind, depth):
+    name = f'cifar_{kind}{depth}'
+    if name not in ALL:
+        pytest.skip(f'{name} is not part of the family')
+    model = timm.create_model(name, num_classes=10, in_chans=3)
+    assert sum(p.numel() for p in model.parameters()) == PARAMS[depth]
+
+
+@pytest.mark.parametrize('name', _names(ALL))
+def test_forward_no_nan_and_grad_checkpointing(name):
+    model = timm.create_model(name).eval()
+    x = _input(model)
+    out = model(x)
+    assert out.shape == (2, 10)
+    assert torch.isfinite(out).all()
+    model.set_grad_checkpointing(True)
+    torch.testing.assert_close(model(x), out)
+
+
+@pytest.mark.parametrize('name', _names(ALL))
+def test_backward_every_param_gets_grad(name):
+    model = timm.create_model(name, num_classes=42).train()
+    out = model(_input(model))
+    assert out.shape[-1] == 42
+    out.mean().backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None, f'no gradient for {n}'
+    assert not torch.isnan(out).any()
+
+
+@pytest.mark.parametrize('name', _names(ALL))
+def test_default_cfg_contract(name):
+    model = timm.create_model(name).eval()
+    cfg = model.pretrained_cfg
+    state = model.state_dict()
+    x = _input(model, 1)
+    pool = cfg['pool_size']
+    feats = model.forward_features(x)
+    assert feats.shape[-2:] == pool
+    pre = model.forward_head(feats, pre_logits=True)
+    assert pre.shape == (1, model.num_features)
+    assert cfg['classifier'] + '.weight' in state
+    assert cfg['first_conv'] + '.weight' in state
+    assert cfg['num_classes'] == 10 and cfg['crop_pct'] == 1.0 and len(cfg['label_names']) == 10
+    assert model.get_classifier() is model.fc
+    model.reset_classifier(0)
+    assert model(x).shape == (1, model.num_features)
+    model.reset_classifier(5)
+    assert model(x).shape == (1, 5)
+    unpooled = timm.create_model(name, num_classes=0, global_pool='').eval()
+    out = unpooled(x)
+    assert out.ndim == 4 and out.shape[-2:] == pool
+
+
+@pytest.mark.parametrize('name', CIFAR)
+def test_cifar_cfg_values(name):
+    cfg = timm.create_model(name).pretrained_cfg
+    assert cfg['input_size'] == (3, 32, 32)
+    assert cfg['mean'] == pytest.approx((0.4914, 0.4822, 0.4465))
+    assert cfg['std'] == pytest.approx((0.2470, 0.2435, 0.2616))
+    assert cfg['label_names'][0] == 'airplane'
+
+
+@pytest.mark.parametrize('name', _names(ALL))
+def test_features_only(name):
+    model = timm.create_model(name, features_only=True).eval()
+    channels = model.feature_info.channels()
+    reductions = model.feature_info.reduction()
+    if name.startswith('cifar_'):
+        assert len(channels) >= 3
+        assert channels[-3:] == [16, 32, 64] and reductions[-3:] == [1, 2, 4]
+    x = torch.randn(1, *timm.create_model(name).pretrained_cfg['input_size'])
+    outs = model(x)
+    assert len(outs) == len(channels)
+    for c, r, o in zip(channels, reductions, outs):
+        assert o.shape[1] == c
+        assert o.shape[-1] == x.shape[-1] // r
+        assert torch.isfinite(o).all()
+
+
+@pytest.mark.parametrize('name', _names(ALL))
+def test_torchscript(name):
+    with timm.layers.set_layer_config(scriptable=True):
+        model = timm.create_model(name).eval()
+    scripted = torch.jit.script(model)
+    x = _input(model, 1)
+    torch.testing.assert_close(scripted(x), model(x))
+
+
+@pytest.mark.parametrize('shape', [(1, 28, 28), (1, 32, 32), (3, 96, 96), (3, 40, 24)])
+def test_any_in_chans_and_size(shape):
+    model = timm.create_model('cifar_preresnet20', in_chans=shape[0]).eval()
+    assert model(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_mnist_convnet_img_size_from_cfg():
+    model = timm.create_model('mnist_convnet', pretrained_cfg_overlay=dict(input_size=(1, 32, 32)))
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_drop_rate_and_kwargs_reach_model():
+    model = timm.create_model('cifar_resnet20', drop_rate=0.5, num_classes=7, in_chans=1, global_pool='max')
+    assert model.drop_rate == 0.5 and model.num_classes == 7 and model.conv1.in_channels == 1
+    assert model.global_pool.pool_type == 'max'
+
+
+def test_option_a_is_parameter_free_and_option_b_projects():
+    a = timm.create_model('cifar_resnet20')
+    b = timm.create_model('cifar_resnet20', shortcut='B')
+    assert isinstance(a.layer2[0].downsample, ShortcutA)
+    assert isinstance(b.layer2[0].downsample, torch.nn.Sequential)
+    extra = sum(p.numel() for p in b.parameters()) - PARAMS[20]
+    assert extra == (16 * 32 + 2 * 32) + (32 * 64 + 2 * 64)  # two 1x1 convs + their BNs
+
+
+def test_option_a_shortcut_pads_channels_symmetrically():
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
+    y = ShortcutA(2, 6, 2)(x)
+    assert y.shape == (1, 6, 2, 2)
+    assert (y[:, :2] == 0).all() and (y[:, 4:] == 0).all()
+    torch.testing.assert_close(y[:, 2:4], x[:, :, ::2, ::2])
+
+
+@pytest.mark.parametrize('depth', [0, 19, 21, 'x'])
+def test_bad_depth_raises(depth):
+    with pytest.raises(ValueError, match='6n\\+2'):
+        CifarResNet(depth=depth)
+
+
+def test_bad_shortcut_raises():
+    with pytest.raises(ValueError, match="shortcut='C'.*'A', 'B'"):
+        timm.create_model('cifar_resnet20', shortcut='C')
+
+
+def test_local_file_via_pretrained_cfg_overlay(tmp_path):
+    from safetensors.torch import save_file
+    src = timm.create_model('cifar_resnet20').eval()
+    path = tmp_path / 'w.safetensors'
+    save_file(src.state_dict(), str(path))
+    dst = timm.create_model('cifar_resnet20', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(dst(x), src(x))

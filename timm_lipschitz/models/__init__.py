@@ -1,0 +1,13 @@
+"""Models registered with timm on import (timm has no plugin entry points, so importing is the registration)."""
+from .cifar_resnet import (CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, BasicBlock, CifarResNet, PreActBasicBlock,
+                           ShortcutA, blocks_per_stage)
+from .mnist_convnet import MNIST_MEAN, MNIST_STD, MnistConvNet
+
+__all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'MnistConvNet', 'blocks_per_stage',
+           'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_LABELS', 'MNIST_MEAN', 'MNIST_STD', 'list_registered']
+
+
+def list_registered() -> list[str]:
+    """Names of the architectures this package registers with timm."""
+    import timm
+    return sorted(timm.list_models('cifar_*') + timm.list_models('mnist_*'))

@@ -1,0 +1,117 @@
+"""The seed paper's MNIST network: one conv layer, one fully-connected hidden layer, an output layer.
+
+The paper gives only that outline; the sizes here (32 5x5 filters, 2x2 max-pool, 128 hidden units) are the
+classic TensorFlow MNIST tutorial's shape scaled down for CPU training. It has no BatchNorm, which makes it
+the reference model for exact multi-process equivalence tests. The hidden layer's input size depends on the
+image size, so the config marks ``fixed_input_size`` and the model takes ``img_size`` (28 native, 32 for
+zero-padded MNIST-like data).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ._pretrained import pretrained_cfgs_for
+
+__all__ = ['MnistConvNet', 'MNIST_MEAN', 'MNIST_STD']
+
+MNIST_MEAN = (0.1307,)
+MNIST_STD = (0.3081,)
+DIGIT_LABELS = tuple(str(i) for i in range(10))
+
+
+class MnistConvNet(nn.Module):
+    """conv(5x5) -> ReLU -> max-pool(2) -> flatten -> FC hidden -> ReLU -> [dropout] -> FC output.
+
+    ``forward_features`` returns the pooled conv map, ``forward_head(pre_logits=True)`` the hidden activations
+    (``num_features`` wide), as timm's contract asks.
+    """
+
+    def __init__(
+            self,
+            num_classes: int = 10,
+            in_chans: int = 1,
+            img_size: Union[int, Tuple[int, int]] = 28,
+            conv_chs: int = 32,
+            hidden_dim: int = 128,
+            drop_rate: float = 0.,
+            global_pool: str = 'flatten',
+    ):
+        super().__init__()
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if h < 2 or w < 2:
+            raise ValueError(f'img_size={img_size!r} is too small; height and width must be >= 2.')
+        if global_pool not in ('flatten', ''):
+            raise ValueError(f"global_pool={global_pool!r} is not allowed for mnist_convnet; use 'flatten' or ''.")
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.global_pool = global_pool
+        self.conv1 = nn.Conv2d(in_chans, conv_chs, kernel_size=5, padding=2)
+        self.pool = nn.MaxPool2d(2)
+        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=conv_chs, reduction=2, module='pool')]
+        self.fc1 = nn.Linear(conv_chs * (h // 2) * (w // 2), hidden_dim)
+        self.num_features = self.head_hidden_size = hidden_dim
+        self.fc = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^conv1', blocks=r'^fc1')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        # Two layers: nothing worth recomputing. Kept so timm utilities may call it.
+        pass
+
+    @torch.jit.ignore
+    def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
+        return 'fc' if name_only else self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = 'flatten') -> None:
+        if global_pool not in ('flatten', ''):
+            raise ValueError(f"global_pool={global_pool!r} is not allowed for mnist_convnet; use 'flatten' or ''.")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.relu(self.conv1(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == '':
+            return x  # no flatten/hidden/classifier: the unpooled feature map, as timm's global_pool='' does
+        x = F.relu(self.fc1(torch.flatten(x, 1)))
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        'url': '', 'num_classes': 10, 'input_size': (1, 28, 28), 'pool_size': (14, 14), 'fixed_input_size': True,
+        'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': MNIST_MEAN, 'std': MNIST_STD,
+        'first_conv': 'conv1', 'classifier': 'fc', 'label_names': DIGIT_LABELS, 'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'mnist_convnet': _cfg(),
+    **pretrained_cfgs_for('mnist_convnet', _cfg),
+})
+
+
+@register_model
+def mnist_convnet(pretrained: bool = False, **kwargs: Any) -> MnistConvNet:
+    """The paper's MNIST network (1 conv + 1 FC hidden + output), 1x28x28 inputs by default."""
+    return build_model_with_cfg(
+        MnistConvNet, 'mnist_convnet', pretrained,
+        feature_cfg=dict(out_indices=(0,)),
+        **kwargs,
+    )
