@@ -7,5 +7,6 @@ __version__ = '0.1.0'
 
 from . import models  # noqa: F401  (registers the models with timm)
 from .models import list_registered
+from .losses import LossOutput, create_loss, list_losses, register_loss
 
-__all__ = ['__version__', 'models', 'list_registered']
+__all__ = ["__version__", "models", "list_registered", "create_loss", "list_losses", "register_loss", "LossOutput"]

@@ -1,0 +1,48 @@
+"""A loss registry in timm's style (timm has one for models, none for losses)."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Dict, List, Type, TypeVar
+
+__all__ = ['register_loss', 'create_loss', 'list_losses', 'loss_class', 'loss_arguments']
+
+_LOSSES: Dict[str, type] = {}
+T = TypeVar('T', bound=type)
+
+
+def register_loss(name: str) -> Callable[[T], T]:
+    """Class decorator: make ``create_loss(name, **kwargs)`` build this objective."""
+    def wrap(cls: T) -> T:
+        if name in _LOSSES and _LOSSES[name] is not cls:
+            raise ValueError(f'loss {name!r} is already registered by {_LOSSES[name].__qualname__}.')
+        _LOSSES[name] = cls
+        cls.loss_name = name
+        return cls
+    return wrap
+
+
+def list_losses() -> List[str]:
+    """Registered loss names, sorted."""
+    return sorted(_LOSSES)
+
+
+def loss_class(name: str) -> Type[Any]:
+    if name not in _LOSSES:
+        raise ValueError(f'unknown loss {name!r}; registered losses: {", ".join(list_losses())}.')
+    return _LOSSES[name]
+
+
+def loss_arguments(name: str) -> Dict[str, Any]:
+    """Keyword arguments the loss accepts, with their defaults (``inspect.Parameter.empty`` if required)."""
+    sig = inspect.signature(loss_class(name).__init__)
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.name != 'self' and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def create_loss(name: str, **kwargs: Any) -> Any:
+    """Build the registered objective ``name``; unknown names or keyword arguments list what is allowed."""
+    allowed = loss_arguments(name)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f'unknown argument(s) {unknown} for loss {name!r}; allowed: {sorted(allowed)}.')
+    return loss_class(name)(**kwargs)

@@ -1,0 +1,81 @@
+"""The one place where [0,1] pixels become model inputs.
+
+Noise is added in pixel space (the seed paper's and Cohen et al.'s convention), so loaders never normalize and
+saved weights never contain a normalization layer: objectives and evaluation both call :func:`normalize` right
+before the model, with the mean/std of the model's ``pretrained_cfg`` (timm models) or given explicitly
+(torchvision models, which carry no config).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['unwrap_model', 'resolve_mean_std', 'normalize', 'Normalizer']
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's model under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, 'module', None) or getattr(model, '_orig_mod', None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def resolve_mean_std(
+        model: Optional[nn.Module] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Mean/std given explicitly, else from the model's ``pretrained_cfg``; an error names what is missing."""
+    if (mean is None) != (std is None):
+        raise ValueError(f'give both mean and std or neither (got mean={mean!r}, std={std!r}).')
+    if mean is None:
+        cfg = getattr(unwrap_model(model), 'pretrained_cfg', None) if model is not None else None
+        if not cfg or cfg.get('mean') is None or cfg.get('std') is None:
+            name = type(unwrap_model(model)).__name__ if model is not None else None
+            raise ValueError(
+                f'model {name} has no pretrained_cfg mean/std; pass mean=... and std=... (e.g. torchvision '
+                f'ImageNet models: mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)).')
+        mean, std = cfg['mean'], cfg['std']
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean) != len(std):
+        raise ValueError(f'mean {mean} and std {std} have different lengths.')
+    if any(s <= 0 for s in std):
+        raise ValueError(f'std {std} must be > 0 in every channel.')
+    return mean, std
+
+
+def _per_channel(values: Tuple[float, ...], channels: int, what: str) -> Tuple[float, ...]:
+    if len(values) == channels:
+        return values
+    if len(values) == 1:
+        return values * channels
+    if channels == 1:
+        # A 3-channel config on 1-channel data (e.g. CIFAR cfg, grayscale input): use the channel average.
+        return (sum(values) / len(values),)
+    raise ValueError(f'{what} has {len(values)} channels but the images have {channels}.')
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(images - mean) / std per channel, for NCHW float images in [0,1] pixel space."""
+    c = images.shape[1]
+    m = torch.tensor(_per_channel(tuple(mean), c, 'mean'), dtype=images.dtype, device=images.device)
+    s = torch.tensor(_per_channel(tuple(std), c, 'std'), dtype=images.dtype, device=images.device)
+    return (images - m.view(1, c, 1, 1)) / s.view(1, c, 1, 1)
+
+
+class Normalizer:
+    """Normalizes for one model; mean/std are resolved lazily from the model on first use and then kept."""
+
+    def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+        if (mean is None) != (std is None):
+            raise ValueError(f'give both mean and std or neither (got mean={mean!r}, std={std!r}).')
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
+
+    def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        mean, std = resolve_mean_std(model, self.mean, self.std)
+        return normalize(images, mean, std)
