@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ['unwrap_model', 'resolve_mean_std', 'normalize', 'Normalizer']
+__all__ = ['unwrap_model', 'resolve_mean_std', 'normalize', 'Normalizer', 'per_channel']
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -48,7 +48,8 @@ def resolve_mean_std(
     return mean, std
 
 
-def _per_channel(values: Tuple[float, ...], channels: int, what: str) -> Tuple[float, ...]:
+def per_channel(values: Tuple[float, ...], channels: int, what: str) -> Tuple[float, ...]:
+    """``values`` (a mean or std) for ``channels`` channels: as is, broadcast from 1, or averaged down to 1."""
     if len(values) == channels:
         return values
     if len(values) == 1:
@@ -62,8 +63,8 @@ def _per_channel(values: Tuple[float, ...], channels: int, what: str) -> Tuple[f
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(images - mean) / std per channel, for NCHW float images in [0,1] pixel space."""
     c = images.shape[1]
-    m = torch.tensor(_per_channel(tuple(mean), c, 'mean'), dtype=images.dtype, device=images.device)
-    s = torch.tensor(_per_channel(tuple(std), c, 'std'), dtype=images.dtype, device=images.device)
+    m = torch.tensor(per_channel(tuple(mean), c, 'mean'), dtype=images.dtype, device=images.device)
+    s = torch.tensor(per_channel(tuple(std), c, 'std'), dtype=images.dtype, device=images.device)
     return (images - m.view(1, c, 1, 1)) / s.view(1, c, 1, 1)
 
 

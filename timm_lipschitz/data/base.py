@@ -25,7 +25,7 @@ __all__ = ['DatasetInfo', 'TensorImageDataset', 'DataError', 'adapt_images', 'ch
 PAD_LIMIT = 8
 
 
-class DataError(RuntimeError):
+class DataError(ValueError):
     """Data is missing, unreadable or inconsistent; the message says where and how to fix it."""
 
 

@@ -54,6 +54,7 @@ class Objective:
         self._generator: Optional[torch.Generator] = None
         self._pending_state: Optional[torch.Tensor] = None
         self._pending_device: Optional[str] = None
+        self.num_shards, self.shard_index = 1, 0
 
     # -- hyperparameters -------------------------------------------------------------------------------------
     def hparams(self) -> Dict[str, Any]:
@@ -70,6 +71,17 @@ class Objective:
         self.seed = int(seed)
         self._generator = None
         self._pending_state = None
+
+    def set_shard(self, num_shards: int, index: int) -> None:
+        """Draw noise for the global batch and keep this process's slice.
+
+        Every process seeds the same stream, draws noise for all ``num_shards`` equal slices of the global batch
+        and keeps slice ``index`` (the slice its data loader gives it), so an N-process run adds exactly the
+        noise of a 1-process run with the same global batch, and one saved generator state serves all ranks.
+        """
+        if not 0 <= index < num_shards:
+            raise ValueError(f'shard index {index} is not in [0, {num_shards}).')
+        self.num_shards, self.shard_index = int(num_shards), int(index)
 
     def generator(self, device: torch.device) -> torch.Generator:
         device = torch.device(device)
@@ -89,8 +101,11 @@ class Objective:
 
     def noise_like(self, images: torch.Tensor, sigma: float) -> torch.Tensor:
         """sigma * N(0, 1) noise, drawn in float32 from the objective's generator."""
-        z = torch.randn(images.shape, generator=self.generator(images.device), device=images.device,
-                        dtype=torch.float32)
+        b = images.shape[0]
+        shape = (b * self.num_shards, *images.shape[1:])
+        z = torch.randn(shape, generator=self.generator(images.device), device=images.device, dtype=torch.float32)
+        if self.num_shards > 1:
+            z = z[self.shard_index * b:(self.shard_index + 1) * b]
         return (z * sigma).to(images.dtype)
 
     def state_dict(self) -> Dict[str, Any]:

@@ -1,0 +1,254 @@
+"""Trainer: in-process runs on tiny recipes, plus the few subprocess tests of launching, killing and resuming."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from timm_lipschitz.recipes import RecipeError, resolve_recipe
+from timm_lipschitz.train import TrainingDiverged, latest_state, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny(tmp_path, name='tiny', **over):
+    """A recipe that trains the paper's MNIST net on 8x8 digits in seconds."""
+    recipe = {
+        'name': name,
+        'model': {'name': 'mnist_convnet'},
+        'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
+        'loss': {'name': 'lipschitz_hinge', 'sigma': 0.3, 'beta': 1.0, 'lipschitz_target': 0.1},
+        'optimizer': {'name': 'sgd', 'lr': 0.05, 'momentum': 0.9, 'weight_decay': 0.0},
+        'schedule': {'name': 'none'},
+        'epochs': 1,
+        'batch_size': 64,
+        'eval': {'sigmas': '0:0.5:0.25', 'every_epochs': 1},
+        'log_with': [],
+        'log_every_steps': 5,
+        'output_dir': str(tmp_path / name),
+    }
+    for key, value in over.items():
+        section, _, sub = key.partition('__')
+        if sub:
+            recipe.setdefault(section, {})[sub] = value
+        else:
+            recipe[key] = value
+    return recipe
+
+
+def _write(tmp_path, recipe, name='r.yaml'):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1')
+    return env
+
+
+def test_train_writes_the_run_folder(tmp_path):
+    summary = train(tiny(tmp_path), progress=False)
+    out = Path(summary['output_dir'])
+    for f in ('recipe.yaml', 'metrics.jsonl', 'model.safetensors', 'config.json', 'README.md', 'robustness.json',
+              'robustness.md', 'robustness.png', 'final.json'):
+        assert (out / f).is_file(), f
+    assert summary['steps'] == 1437 // 64 and summary['epochs'] == 1
+    assert summary['clean_accuracy'] > 30  # one epoch on 8x8 digits learns something
+    assert set(summary['robustness']) == {'acc@0', 'acc@0.3', 'acc@0.5', 'grid_mean'}
+    rows = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    train_rows = [r for r in rows if 'train/loss' in r]
+    assert train_rows and {'train/k_mean', 'train/hinge_active_fraction', 'train/images_per_s'} <= set(train_rows[0])
+    assert latest_state(out) is not None
+    final = json.loads((out / 'final.json').read_text())
+    assert final['objective'] == 'lipschitz_hinge' and final['hparams']['sigma'] == 0.3
+
+
+def test_standard_and_fast_paths_train_identically_without_augmentation(tmp_path):
+    a = train(tiny(tmp_path, 'fast', loss={'name': 'cross_entropy'}, eval__at_end=False), progress=False)
+    b = train(tiny(tmp_path, 'std', loss={'name': 'cross_entropy'}, data__fast_path=False, eval__at_end=False),
+              progress=False)
+    wa = load_file(str(Path(a['output_dir']) / 'model.safetensors'))
+    wb = load_file(str(Path(b['output_dir']) / 'model.safetensors'))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+
+
+def test_steps_limit_gradient_accumulation_and_multistep_schedule(tmp_path):
+    s = train(tiny(tmp_path, steps=7, epochs=None, gradient_accumulation_steps=2,
+                   schedule={'name': 'multistep', 'milestones': [0], 'decay_rate': 0.1},
+                   eval__at_end=False), progress=False)
+    assert s['steps'] == 7
+    rows = [json.loads(x) for x in (Path(s['output_dir']) / 'metrics.jsonl').read_text().splitlines()]
+    lrs = [r['train/lr'] for r in rows if 'train/lr' in r]
+    assert lrs and all(abs(lr - 0.005) < 1e-9 for lr in lrs)  # decayed at epoch 0 by 0.1
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    s = train(tiny(tmp_path, precision='bf16', eval__at_end=False), progress=False)
+    assert s['clean_accuracy'] > 20
+    w = load_file(str(Path(s['output_dir']) / 'model.safetensors'))
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_ema_and_channels_last(tmp_path):
+    s = train(tiny(tmp_path, ema={'enabled': True, 'decay': 0.9}, channels_last=True, eval__at_end=False,
+                   model={'name': 'cifar_resnet20'}, data__input_size=[1, 8, 8], batch_size=128), progress=False)
+    assert s['clean_accuracy'] > 0
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_state(tmp_path):
+    recipe = tiny(tmp_path, optimizer={'name': 'sgd', 'lr': 1e12, 'momentum': 0.0}, checkpoint={'every_steps': 1},
+                  loss={'name': 'cross_entropy'})
+    with pytest.raises(TrainingDiverged, match=r'loss is (nan|inf) at step \d+ .*last good state is .*step_'):
+        train(recipe, progress=False)
+    out = Path(recipe['output_dir'])
+    diverged = json.loads((out / 'diverged.json').read_text())
+    good = latest_state(out)
+    assert good is not None and int(good.name.split('_')[1]) == diverged['step'] - 1
+    weights = load_file(str(good / 'model.safetensors'))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert not (out / 'final.json').exists()
+    assert not list((out / 'state').glob('.tmp*'))
+
+
+def test_label_out_of_range_is_rejected_before_training(tmp_path):
+    with pytest.raises(ValueError, match='num_classes=5'):
+        train(tiny(tmp_path, model={'name': 'mnist_convnet', 'kwargs': {'num_classes': 5}}), progress=False)
+
+
+# ---- subprocess tests: launching, killing, resuming, two processes --------------------------------------------------
+def _run(args, **kw):
+    return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    base = tiny(tmp_path, 'killed', epochs=3, batch_size=32, checkpoint={'every_steps': 10, 'keep': 3},
+                eval={'at_end': False, 'every_epochs': 0})
+    ref = dict(base, name='ref', output_dir=str(tmp_path / 'ref'))
+    r = _run([sys.executable, '-m', 'timm_lipschitz.train', '--recipe', str(_write(tmp_path, ref, 'ref.yaml')),
+              '--no-progress'])
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    recipe_path = _write(tmp_path, base, 'killed.yaml')
+    out = Path(base['output_dir'])
+    proc = subprocess.Popen([sys.executable, '-m', 'timm_lipschitz.train', '--recipe', str(recipe_path),
+                             '--no-progress'], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (out / 'state' / 'step_00000010').is_dir():
+        assert proc.poll() is None and time.time() < deadline, 'training ended before its first checkpoint'
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / 'final.json').exists()
+    saved = latest_state(out)
+    steps_per_epoch = 1437 // 32
+    assert int(saved.name.split('_')[1]) % steps_per_epoch != 0  # killed mid-epoch
+
+    r = _run([sys.executable, '-m', 'timm_lipschitz.train', '--recipe', str(recipe_path), '--resume',
+              '--no-progress'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = [line for line in (r.stdout + r.stderr).splitlines() if 'skipping' in line]
+    assert m and 'skipping 10 batches' in m[0] or 'skipping' in m[0]
+    skipped = int(m[0].split('skipping ')[1].split()[0])
+    assert skipped == int(saved.name.split('_')[1]) % steps_per_epoch
+    a = load_file(str(out / 'model.safetensors'))
+    b = load_file(str(tmp_path / 'ref' / 'model.safetensors'))
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_cpu_run_matches_one_process(tmp_path):
+    base = tiny(tmp_path, 'one', steps=12, epochs=None, eval={'at_end': False, 'every_epochs': 0})
+    two = dict(base, name='two', output_dir=str(tmp_path / 'two'))
+    r1 = _run([sys.executable, '-m', 'timm_lipschitz.train', '--recipe', str(_write(tmp_path, base, 'one.yaml')),
+               '--no-progress'])
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    torchrun = Path(sys.executable).parent / 'torchrun'
+    r2 = _run([str(torchrun), '--nproc_per_node', '2', '--master_addr', '127.0.0.1', '--master_port',
+               str(_free_port()), '-m', 'timm_lipschitz.train', '--recipe', str(_write(tmp_path, two, 'two.yaml')),
+               '--no-progress'])
+    assert r2.returncode == 0, (r2.stdout + r2.stderr)[-3000:]
+    log = r2.stdout + r2.stderr
+    for rank in (0, 1):
+        assert f'[rank {rank}] num_processes=2 distributed_type=MULTI_CPU' in log
+    assert json.loads((tmp_path / 'two' / 'final.json').read_text())['num_processes'] == 2
+    a = load_file(str(tmp_path / 'one' / 'model.safetensors'))
+    b = load_file(str(tmp_path / 'two' / 'model.safetensors'))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+
+
+def test_accelerate_launch_runs_a_recipe(tmp_path):
+    recipe = _write(tmp_path, tiny(tmp_path, 'launched', steps=3, epochs=None, eval__at_end=False))
+    accelerate = Path(sys.executable).parent / 'accelerate'
+    r = _run([str(accelerate), 'launch', '--config_file', str(ROOT / 'recipes/accelerate/cpu.yaml'), '-m',
+              'timm_lipschitz.train', '--recipe', str(recipe), '--no-progress'])
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert (tmp_path / 'launched' / 'final.json').is_file()
+
+
+def test_console_script_and_bad_recipe_message(tmp_path):
+    bad = _write(tmp_path, {'epochs': 1, 'optimiser': {'lr': 0.1}}, 'bad.yaml')
+    r = _run([sys.executable, '-m', 'timm_lipschitz.cli', 'train', '--recipe', str(bad)])
+    assert r.returncode == 2 and "unknown recipe key 'optimiser'" in r.stderr
+
+
+# ---- recipes --------------------------------------------------------------------------------------------------------
+SHIPPED = sorted(p for p in (ROOT / 'recipes').rglob('*.yaml') if not {'accelerate', 'grids'} & set(p.parts))
+
+
+def test_recipes_are_shipped():
+    names = {p.relative_to(ROOT / 'recipes').as_posix() for p in SHIPPED}
+    assert {'digits_standard.yaml', 'digits_lipschitz.yaml'} <= names
+    assert len(SHIPPED) >= 10
+
+
+@pytest.mark.parametrize('path', SHIPPED, ids=lambda p: p.relative_to(ROOT / 'recipes').as_posix())
+def test_every_shipped_recipe_validates(path):
+    recipe = resolve_recipe(path)
+    assert recipe['model']['name'] and recipe['loss']['name']
+
+
+@pytest.mark.parametrize('raw,message', [
+    ({'epochs': 1, 'optimiser': {}}, "unknown recipe key 'optimiser'"),
+    ({'epochs': 1, 'data': {'nam': 'digits'}}, "unknown recipe key 'data.nam'"),
+    ({'epochs': 'ten'}, "epochs must be int or null, got 'ten'"),
+    ({'epochs': 1, 'loss': {'name': 'lipschitz_hinge', 'gamma': 1}}, 'unknown recipe key loss.gamma'),
+    ({'epochs': 1, 'loss': {'name': 'nope'}}, "loss.name: unknown loss 'nope'"),
+    ({'epochs': 1, 'steps': 5}, 'exactly one of epochs or steps'),
+    ({'epochs': 1, 'precision': 'fp8'}, "precision='fp8' is not allowed"),
+    ({'epochs': 1, 'eval': {'sigmas': '0:0.5:0'}}, 'eval.sigmas'),
+    ({'epochs': 1, 'data': {'train_fraction': 0}}, 'train_fraction=0'),
+    ({'epochs': 1, 'batch_size': 1.5}, 'batch_size must be int'),
+])
+def test_recipe_validation_names_the_key(raw, message):
+    with pytest.raises(RecipeError, match=message.replace('(', r'\(').replace('[', r'\[')):
+        resolve_recipe(raw)
+
+
+def test_extends_and_overrides(tmp_path):
+    (tmp_path / 'base.yaml').write_text(yaml.safe_dump({'epochs': 3, 'loss': {'name': 'lipschitz_hinge',
+                                                                              'sigma': 0.5, 'beta': 5.0}}))
+    (tmp_path / 'child.yaml').write_text(yaml.safe_dump({'extends': 'base.yaml', 'name': 'c',
+                                                         'loss': {'beta': 1.0}}))
+    r = resolve_recipe(tmp_path / 'child.yaml', ['loss.lipschitz_target=0.01', 'data.input_size=[1,32,32]'])
+    assert r['loss'] == {'name': 'lipschitz_hinge', 'sigma': 0.5, 'beta': 1.0, 'lipschitz_target': 0.01}
+    assert r['epochs'] == 3 and r['data']['input_size'] == [1, 32, 32] and r['output_dir'] == 'runs/c'
+    r2 = resolve_recipe(tmp_path / 'child.yaml', ['loss={name: cross_entropy}'])
+    assert r2['loss'] == {'name': 'cross_entropy'}
