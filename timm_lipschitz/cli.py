@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='timm-lipschitz',
                                 description='Noise-robust training with the Lipschitz hinge loss, as a timm plugin.')
     sub = p.add_subparsers(dest='command', required=True)
-    for add in (_train, _eval, _publish, _convert):
+    for add in (_train, _eval, _sweep, _publish, _convert):
         add(sub)
     return p
 
