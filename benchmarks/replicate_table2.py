@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -39,14 +40,15 @@ def summarize(grid_name: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--grids', nargs='+', default=['fmnist', 'mnist5k', 'digits'])
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--collect', action='store_true')
     args = p.parse_args()
+    os.chdir(ROOT)
+    if not args.collect:
+        for seed in args.seeds:  # seed-major across datasets: an interrupted run still covers every dataset
+            for name in args.grids:
+                run_sweep(ROOT / 'recipes' / 'grids' / f'{name}_table2.yaml', seeds=[seed])
     for name in args.grids:
-        if not args.collect:
-            grid_file = ROOT / 'recipes' / 'grids' / f'{name}_table2.yaml'
-            import os
-            os.chdir(ROOT)
-            run_sweep(grid_file)
         print(f'\n## {name}\n\n{summarize(name)}')
 
 

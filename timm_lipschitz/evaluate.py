@@ -3,6 +3,7 @@ folders, or registered models with a checkpoint file or their pretrained tag; wr
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -106,9 +107,10 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         entry: Dict[str, Any] = {'data': name, 'split': split, 'sweep': sweep.to_dict()}
         if lipschitz or certify or demo:
             from .robustness.certify import extra_evaluations
+            hp = json.loads(info['metadata'].get('hparams', '{}') or '{}')
             entry.update(extra_evaluations(model, ds, out, label, lipschitz=lipschitz, certify=certify,
-                                           certify_args=certify_args or {}, demo=demo, mean=mean, std=std,
-                                           seed=seed))
+                                           certify_args={**(certify_args or {}), 'hparams': hp}, demo=demo,
+                                           mean=mean, std=std, seed=seed))
         results[label] = entry
         sweeps[label] = sweep
     atomic_write_json(out / 'eval.json', results)

@@ -148,11 +148,14 @@ def _command(grid: Dict[str, Any], point: Dict[str, Any], launcher: str = 'accel
 
 
 def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_commands: bool = False,
-              progress: bool = False) -> Dict[str, Any]:
-    """Run every unfinished point; returns the collected results (also written to ``results.json``)."""
+              progress: bool = False, seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """Run every unfinished point (only those of ``seeds`` if given); returns the collected results (also
+    written to ``results.json``)."""
     from .train import train
     grid = load_grid(grid_path)
     points = expand_grid(grid)
+    if seeds is not None:
+        points = [p for p in points if p.get('seed') in set(seeds)]
     out_root = Path(grid['output_dir'])
     todo = [p for p in points if not (out_root / point_name(p) / 'final.json').is_file()]
     if emit_commands:
@@ -424,6 +427,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--emit-commands', action='store_true', help='print one accelerate launch command per point')
     p.add_argument('--progress', action='store_true', help='progress bars for each run')
     p.add_argument('--collect', action='store_true', help='only collect finished points and render the tables')
+    p.add_argument('--seeds', type=int, nargs='+', help='run only the points of these seeds')
 
 
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
@@ -433,7 +437,7 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         print(render(grid, results).read_text())
         return results
     results = run_sweep(args.grid, jobs=args.jobs, dry_run=args.dry_run, emit_commands=args.emit_commands,
-                        progress=args.progress)
+                        progress=args.progress, seeds=args.seeds)
     if not (args.dry_run or args.emit_commands):
         grid = load_grid(args.grid)
         print((Path(grid['output_dir']) / 'tables.md').read_text())

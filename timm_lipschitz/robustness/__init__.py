@@ -7,3 +7,9 @@ __all__ = ['noise_sweep', 'SweepResult', 'parse_sigmas', 'unit_noise', 'PAPER_SI
 from .report import plot_certified, plot_sweeps, summary_table, sweep_table  # noqa: E402
 
 __all__ += ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified']
+from .certify import ABSTAIN, Smooth, certify_dataset, demo_grid, lower_confidence_bound, theorem1_radius  # noqa
+from .lipschitz import (conv_operator_norm, margin_certificate, pgd_lower_bound, sampled_k,  # noqa: E402
+                        spectral_upper_bound)
+
+__all__ += ['Smooth', 'certify_dataset', 'demo_grid', 'lower_confidence_bound', 'theorem1_radius', 'ABSTAIN',
+            'conv_operator_norm', 'margin_certificate', 'pgd_lower_bound', 'sampled_k', 'spectral_upper_bound']
