@@ -25,7 +25,8 @@ from .fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, re
 from .normalization import unwrap_model
 
 __all__ = ['save_pretrained', 'read_metadata', 'load_robustness', 'load_checkpoint', 'load_pretrained',
-           'publish', 'convert_checkpoint', 'make_tag', 'recipe_hash', 'CheckpointError', 'WEIGHTS_NAME']
+           'publish', 'place_in_cache', 'ship_pretrained', 'convert_checkpoint', 'make_tag', 'recipe_hash',
+           'CheckpointError', 'WEIGHTS_NAME']
 
 WEIGHTS_NAME = 'model.safetensors'
 _SUMMARY_KEYS = ('acc@0', 'acc@0.3', 'acc@0.5', 'grid_mean')
@@ -301,6 +302,55 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
         api.create_repo(repo_id, exist_ok=True, private=private)
         api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message='Upload timm-lipschitz checkpoint')
     return out
+
+
+def place_in_cache(folder: Union[str, Path], repo_id: str, cache_dir: Optional[Union[str, Path]] = None,
+                   revision: str = 'main') -> Path:
+    """Copy a checkpoint folder into the Hugging Face cache as ``repo_id``, so ``hf-hub:<repo_id>`` and tags
+    naming that ``hf_hub_id`` load offline (``HF_HUB_OFFLINE=1``) exactly as if downloaded."""
+    import shutil
+
+    from huggingface_hub import constants
+    folder = Path(folder)
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f'{folder} has no {WEIGHTS_NAME} to place in the cache.')
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    digest = hashlib.sha1()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode() + f.read_bytes())
+    commit = digest.hexdigest()
+    snap = root / 'snapshots' / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        if f.is_file():
+            shutil.copy2(f, snap / f.name)
+    atomic_write_text(root / 'refs' / revision, commit)
+    return snap
+
+
+def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, Path]] = None) -> str:
+    """Copy a finished run's weights into the package (``timm_lipschitz/weights``) and register its tag in
+    ``weights/index.json``; returns the model name ``<arch>.<tag>`` (registered on the next import)."""
+    import shutil
+
+    from .models._pretrained import INDEX, WEIGHTS_DIR
+    run_dir = Path(run_dir)
+    if not (run_dir / 'final.json').is_file():
+        raise CheckpointError(f'{run_dir} is not a finished training run (no final.json).')
+    meta = read_metadata(run_dir)
+    config = read_json(run_dir / 'config.json')
+    name = f"{meta['architecture']}.{meta['tag']}"
+    out_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+    index_file = out_dir / INDEX.name
+    index = read_json(index_file) if index_file.is_file() else {}
+    shutil.copy2(run_dir / WEIGHTS_NAME, out_dir / f'{name}.safetensors')
+    pcfg = config.get('pretrained_cfg', {})
+    index[name] = {'file': f'{name}.safetensors',
+                   'cfg': {k: pcfg[k] for k in ('input_size', 'mean', 'std', 'num_classes', 'label_names',
+                                                'pool_size', 'license') if k in pcfg}}
+    atomic_write_json(index_file, dict(sorted(index.items())))
+    return name
 
 
 # ---- converters ------------------------------------------------------------------------------------------------

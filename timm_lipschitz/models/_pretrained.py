@@ -1,28 +1,60 @@
 """Pretrained tags: weights that were really trained by this package's recipes and ship inside it.
 
 A tag is ``<arch>.<objective>_<setting>_<dataset>`` with numbers written without the dot, e.g.
-``mnist_convnet.lipschitz_hinge_s075_b10_l0005_fmnist`` (sigma 0.75, beta 10, L_n 0.005, Fashion-MNIST).
-Each entry of ``PRETRAINED`` names a file under ``timm_lipschitz/weights/`` (safetensors with the robustness
-scores in its metadata, written by ``timm_lipschitz.hub.save_pretrained``) and the cfg fields that differ from
-the architecture's default (input size, mean/std, class names). Only files that exist are registered, so a
-missing file never becomes a tag that fails on ``pretrained=True``.
+``mnist_convnet.lipschitz_hinge_s075_b10_l0005_fmnist`` (sigma 0.75, beta 10, L_n 0.005, Fashion-MNIST); see
+:func:`timm_lipschitz.hub.make_tag`. ``weights/index.json`` maps each shipped tag to its safetensors file (scores
+in its metadata, written by ``timm_lipschitz.hub.save_pretrained``) and the cfg fields that differ from the
+architecture's default (input size, mean/std, class names). Only files that exist are registered, so a missing
+file never becomes a tag that fails on ``pretrained=True``. ``build`` wraps timm's ``build_model_with_cfg`` to turn
+a missing hub file (offline) into an error that says how to place it.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable, Dict
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
+INDEX = WEIGHTS_DIR / 'index.json'
 
-# name -> dict(file=<file name under WEIGHTS_DIR>, cfg=<overrides of the arch's _cfg>)
-PRETRAINED: Dict[str, Dict[str, Any]] = {}
+
+def shipped() -> Dict[str, Dict[str, Any]]:
+    """name -> {'file': <file name under WEIGHTS_DIR>, 'cfg': {...}} for the weights that ship in the package."""
+    return json.loads(INDEX.read_text()) if INDEX.is_file() else {}
 
 
 def pretrained_cfgs_for(prefix: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     """The default-cfg entries of shipped weights whose model name starts with ``prefix``."""
     out = {}
-    for name, entry in PRETRAINED.items():
+    for name, entry in shipped().items():
         path = WEIGHTS_DIR / entry['file']
         if name.startswith(prefix) and path.is_file():
-            out[name] = cfg_fn(file=str(path), **entry.get('cfg', {}))
+            cfg = dict(entry.get('cfg', {}))
+            for key in ('input_size', 'mean', 'std', 'label_names', 'pool_size'):
+                if isinstance(cfg.get(key), list):
+                    cfg[key] = tuple(cfg[key])
+            out[name] = cfg_fn(file=str(path), **cfg)
     return out
+
+
+def build(model_cls: type, variant: str, pretrained: bool, **kwargs: Any):
+    """``build_model_with_cfg`` with a clear message when hub weights are not available offline."""
+    from timm.models import build_model_with_cfg
+    try:
+        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    except (OSError, ValueError) as e:
+        from timm.models._builder import resolve_pretrained_cfg
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+        hub_id = getattr(cfg, 'hf_hub_id', None)
+        if not pretrained or not hub_id or 'offline' not in f'{type(e).__name__} {e}'.lower() and \
+                not isinstance(e, FileNotFoundError):
+            raise
+        tag = f'{variant}.{cfg.tag}' if getattr(cfg, 'tag', None) else variant
+        raise RuntimeError(
+            f'pretrained weights of {tag} live in the Hugging Face Hub repo {hub_id!r} and are not in the local '
+            f'cache (offline or unreachable: {type(e).__name__}). Place them locally with '
+            f'timm_lipschitz.hub.place_in_cache("<folder with model.safetensors>", "{hub_id}"), run '
+            f'`huggingface-cli download {hub_id}` where there is internet, or load a file directly with '
+            f'timm.create_model("{variant}", pretrained=True, pretrained_cfg_overlay=dict(file="model.safetensors")).'
+        ) from e

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, create_classifier
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._pretrained import pretrained_cfgs_for
+from ._pretrained import build, pretrained_cfgs_for
 
 __all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'CIFAR10_MEAN', 'CIFAR10_STD',
            'CIFAR10_LABELS', 'SHORTCUT_OPTIONS']
@@ -270,7 +270,7 @@ class CifarResNet(nn.Module):
 
 
 def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    return build_model_with_cfg(
+    return build(
         CifarResNet, variant, pretrained,
         feature_cfg=dict(out_indices=(0, 1, 2, 3)),
         **kwargs,

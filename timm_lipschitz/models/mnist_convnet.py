@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
-from ._pretrained import pretrained_cfgs_for
+from ._pretrained import build, pretrained_cfgs_for
 
 __all__ = ['MnistConvNet', 'MNIST_MEAN', 'MNIST_STD']
 
@@ -110,7 +110,7 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def mnist_convnet(pretrained: bool = False, **kwargs: Any) -> MnistConvNet:
     """The paper's MNIST network (1 conv + 1 FC hidden + output), 1x28x28 inputs by default."""
-    return build_model_with_cfg(
+    return build(
         MnistConvNet, 'mnist_convnet', pretrained,
         feature_cfg=dict(out_indices=(0,)),
         **kwargs,

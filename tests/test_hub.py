@@ -1,0 +1,226 @@
+"""Checkpoints: safetensors + timm config + card, timm's loaders, torch.hub, the hub cache offline, converters."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from timm.models import generate_default_cfgs, register_model
+
+import timm_lipschitz  # noqa: F401
+from timm_lipschitz.hub import (CheckpointError, convert_checkpoint, load_checkpoint, load_pretrained,
+                                load_robustness, make_tag, place_in_cache, publish, read_metadata, save_pretrained)
+from timm_lipschitz.models._pretrained import shipped
+
+ROOT = Path(__file__).resolve().parent.parent
+ROB = {'sigmas': [0.0, 0.3, 0.5], 'accuracy': [90.0, 60.0, 30.0], 'accuracy_std': [0.0, 0.0, 0.0],
+       'per_repeat': [[90.0, 60.0, 30.0]], 'num_images': 100, 'repeats': 1, 'seed': 0, 'clip': False,
+       'quantize': False, 'summary': {'acc@0': 90.0, 'acc@0.3': 60.0, 'acc@0.5': 30.0, 'grid_mean': 60.0}}
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return timm.create_model('cifar_resnet20', in_chans=1, pretrained_cfg_overlay=dict(
+        input_size=(1, 16, 16), mean=(0.3,), std=(0.4,)), **kw).eval()
+
+
+def _save(tmp_path, model=None, name='ck'):
+    model = model or _model()
+    hp = {'sigma': 0.5, 'beta': 1.0, 'lipschitz_target': 0.01}
+    return model, save_pretrained(model, tmp_path / name, tag=make_tag('lipschitz_hinge', hp, 'digits'),
+                                  dataset='digits', objective='lipschitz_hinge', hparams=hp,
+                                  recipe={'name': 'x', 'seed': 0}, robustness=ROB, command='timm-lipschitz train',
+                                  plot='robustness.png')
+
+
+def test_tag_scheme():
+    assert make_tag('lipschitz_hinge', {'sigma': 0.5, 'beta': 1, 'lipschitz_target': 0.01},
+                    'fashion_mnist') == 'lipschitz_hinge_s050_b1_l001_fmnist'
+    assert make_tag('lipschitz_hinge', {'sigma': 0.75, 'beta': 10, 'lipschitz_target': 0.005},
+                    'mnist_5k') == 'lipschitz_hinge_s075_b10_l0005_mnist5k'
+    assert make_tag('gaussian_augmentation', {'sigma': 0.25}, 'cifar10') == 'gaussian_augmentation_s025_c10'
+    assert make_tag('cross_entropy', {'label_smoothing': 0.0}, 'digits') == 'cross_entropy_digits'
+
+
+def test_round_trip_through_pretrained_cfg_overlay(tmp_path):
+    model, folder = _save(tmp_path)
+    x = torch.rand(3, 1, 16, 16)
+    loaded = timm.create_model('cifar_resnet20', pretrained=True, in_chans=1,
+                               pretrained_cfg_overlay=dict(file=str(folder / 'model.safetensors'))).eval()
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_local_dir_loading_restores_model_args_and_cfg(tmp_path):
+    model, folder = _save(tmp_path, _model(shortcut='B'))
+    loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    x = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert tuple(loaded.pretrained_cfg['mean']) == (0.3,) and loaded.layer2[0].downsample is not None
+    torch.testing.assert_close(load_pretrained(folder).eval()(x), model(x), rtol=0, atol=0)
+
+
+def test_metadata_config_and_card(tmp_path):
+    _, folder = _save(tmp_path)
+    meta = read_metadata(folder)
+    assert meta['architecture'] == 'cifar_resnet20' and meta['tag'] == 'lipschitz_hinge_s050_b1_l001_digits'
+    assert meta['dataset'] == 'digits' and meta['objective'] == 'lipschitz_hinge'
+    assert json.loads(meta['hparams'])['sigma'] == 0.5 and len(meta['recipe_hash']) == 16
+    assert meta['version'] == timm_lipschitz.__version__
+    scores = load_robustness(folder / 'model.safetensors')
+    assert scores['acc@0'] == 90.0 and scores['acc@0.3'] == 60.0 and scores['acc@0.5'] == 30.0
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['architecture'] == 'cifar_resnet20' and config['num_classes'] == 10
+    assert config['num_features'] == 64 and config['model_args']['in_chans'] == 1
+    assert config['pretrained_cfg']['input_size'] == [1, 16, 16]
+    card = (folder / 'README.md').read_text()
+    assert card.startswith('---\n') and 'library_name: timm' in card and '- digits' in card
+    assert '| 0.30 | 60.00 |' in card and 'timm-lipschitz train' in card and '![accuracy vs sigma]' in card
+    assert json.loads((folder / 'robustness.json').read_text())['robustness']['accuracy'] == [90.0, 60.0, 30.0]
+
+
+def test_torch_hub_local(tmp_path):
+    m = torch.hub.load(str(ROOT), 'cifar_preresnet20', source='local', num_classes=7)
+    assert m.num_classes == 7
+    with pytest.raises(ValueError, match='no default weights; pass tag='):
+        torch.hub.load(str(ROOT), 'cifar_resnet20', source='local', pretrained=True)
+
+
+@pytest.mark.parametrize('name', sorted(shipped()))
+def test_shipped_tags_load_offline_and_report_their_scores(name):
+    model = timm.create_model(name, pretrained=True).eval()
+    scores = load_robustness(name)
+    assert scores['tag'] == name.split('.', 1)[1]
+    assert scores['acc@0'] is not None and 0 < scores['acc@0'] <= 100
+    size = model.pretrained_cfg['input_size']
+    assert model(torch.rand(2, *size)).shape == (2, model.num_classes)
+
+
+@pytest.mark.parametrize('name', sorted(n for n in shipped() if n.endswith('_digits')))
+def test_shipped_digits_tags_reproduce_their_clean_accuracy(name):
+    from timm_lipschitz.data import create_dataset
+    from timm_lipschitz.robustness import noise_sweep
+    model = timm.create_model(name, pretrained=True)
+    ds, _ = create_dataset('digits', 'test', input_size=model.pretrained_cfg['input_size'])
+    r = noise_sweep(model, ds, [0.0, 0.3])
+    scores = load_robustness(name)
+    assert r.at(0.0) == pytest.approx(scores['acc@0'], abs=1e-6)
+    assert r.at(0.3) == pytest.approx(scores['acc@0.3'], abs=1e-6)
+
+
+# a tag whose weights live on the Hugging Face Hub, registered by the test itself
+default_cfgs = generate_default_cfgs({'cifar_hubtest.lipschitz_hinge_s050_b1_l001_digits': {
+    'hf_hub_id': 'timm-lipschitz-tests/cifar-hubtest', 'num_classes': 10, 'input_size': (1, 16, 16),
+    'mean': (0.3,), 'std': (0.4,), 'first_conv': 'conv1', 'classifier': 'fc'}})
+
+
+@register_model
+def cifar_hubtest(pretrained=False, **kwargs):
+    from timm_lipschitz.models import CifarResNet
+    from timm_lipschitz.models._pretrained import build
+    return build(CifarResNet, 'cifar_hubtest', pretrained, **dict(dict(depth=20), **kwargs))
+
+
+def test_hub_tag_offline_failure_message(tmp_path, monkeypatch):
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, 'HF_HUB_CACHE', str(tmp_path / 'empty-cache'))
+    with pytest.raises(RuntimeError, match=r"cifar_hubtest\.lipschitz_hinge_s050_b1_l001_digits.*"
+                                           r"timm-lipschitz-tests/cifar-hubtest.*place_in_cache"):
+        timm.create_model('cifar_hubtest.lipschitz_hinge_s050_b1_l001_digits', pretrained=True)
+
+
+def test_hub_tag_and_hf_hub_prefix_from_prefilled_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
+    model, folder = _save(tmp_path)
+    place_in_cache(folder, 'timm-lipschitz-tests/cifar-hubtest', cache_dir=tmp_path / 'cache')
+    x = torch.rand(2, 1, 16, 16)
+    tagged = timm.create_model('cifar_hubtest.lipschitz_hinge_s050_b1_l001_digits', pretrained=True,
+                               in_chans=1).eval()
+    torch.testing.assert_close(tagged(x), model(x), rtol=0, atol=0)
+    via_hub = timm.create_model('hf-hub:timm-lipschitz-tests/cifar-hubtest', pretrained=True).eval()
+    torch.testing.assert_close(via_hub(x), model(x), rtol=0, atol=0)
+    assert load_robustness('hf-hub:timm-lipschitz-tests/cifar-hubtest')['acc@0.5'] == 30.0
+
+
+def test_corrupt_truncated_and_mismatched_files(tmp_path):
+    _, folder = _save(tmp_path)
+    data = (folder / 'model.safetensors').read_bytes()
+    (tmp_path / 'trunc.safetensors').write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match='trunc.safetensors'):
+        load_checkpoint(_model(), tmp_path / 'trunc.safetensors')
+    (tmp_path / 'junk.safetensors').write_bytes(b'\x00' * 64)
+    with pytest.raises(CheckpointError, match='junk.safetensors is not a readable safetensors file'):
+        read_metadata(tmp_path / 'junk.safetensors')
+    with pytest.raises(CheckpointError, match='holds a cifar_resnet20 but the model is a cifar_preresnet20'):
+        load_checkpoint(timm.create_model('cifar_preresnet20', in_chans=1), folder)
+    with pytest.raises(CheckpointError, match='has 10 classes but the model has num_classes=5'):
+        load_checkpoint(_model(num_classes=5), folder)
+    with pytest.raises(CheckpointError, match='does not fit the model.*conv1.weight'):
+        load_checkpoint(timm.create_model('cifar_resnet20', in_chans=3), folder)
+    from safetensors.torch import save_file
+    save_file({'a': torch.zeros(1)}, str(tmp_path / 'plain.safetensors'))
+    with pytest.raises(CheckpointError, match='no timm-lipschitz metadata'):
+        load_robustness(tmp_path / 'plain.safetensors')
+    assert not list(folder.glob('.*tmp'))
+
+
+def test_publish_dry_run_builds_the_folder(tmp_path):
+    from timm_lipschitz.train import train
+    recipe = {'name': 'pub', 'model': {'name': 'mnist_convnet'}, 'loss': {'name': 'lipschitz_hinge', 'sigma': 0.3},
+              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True}, 'steps': 3,
+              'batch_size': 32, 'log_with': [], 'eval': {'sigmas': [0.0, 0.3, 0.5], 'every_epochs': 0},
+              'output_dir': str(tmp_path / 'run'), 'optimizer': {'name': 'sgd', 'lr': 0.01}}
+    train(recipe, progress=False)
+    with pytest.raises(CheckpointError, match='not a finished training run'):
+        publish(tmp_path, 'org/name', dry_run=True)
+    out = publish(tmp_path / 'run', 'org/name', dry_run=True)
+    for f in ('model.safetensors', 'config.json', 'README.md', 'robustness.json', 'robustness.png'):
+        assert (out / f).is_file(), f
+    assert load_robustness(out)['tag'] == 'lipschitz_hinge_s030_b1_l010_digits'
+    m = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert m.pretrained_cfg['input_size'] == (1, 8, 8)
+    from timm_lipschitz.cli import main
+    assert main(['publish', str(tmp_path / 'run'), '--repo-id', 'org/name', '--dry-run',
+                 '--out-dir', str(tmp_path / 'pub2')]) == 0
+    assert (tmp_path / 'pub2' / 'README.md').is_file()
+
+
+def _reference_state(shortcut):
+    torch.manual_seed(1)
+    return timm.create_model('cifar_resnet20', shortcut=shortcut).eval()
+
+
+def test_convert_akamaster_layout(tmp_path):
+    ref = _reference_state('A')
+    state = {}
+    for k, v in ref.state_dict().items():
+        if k.endswith('num_batches_tracked'):
+            continue
+        state['module.' + k.replace('fc.', 'linear.')] = v
+    torch.save({'state_dict': state, 'best_prec1': 91.7}, tmp_path / 'resnet20.th')
+    out = convert_checkpoint(tmp_path / 'resnet20.th', tmp_path / 'conv', source='akamaster')
+    m = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(m(x), ref(x), rtol=0, atol=0)
+    assert read_metadata(out)['objective'] == 'external'
+
+
+def test_convert_chenyaofo_layout(tmp_path):
+    ref = _reference_state('B')
+    torch.save(ref.state_dict(), tmp_path / 'cifar10_resnet20-4118986f.pt')
+    out = convert_checkpoint(tmp_path / 'cifar10_resnet20-4118986f.pt', tmp_path / 'conv', source='chenyaofo')
+    m = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(m(x), ref(x), rtol=0, atol=0)
+    assert m.layer2[0].downsample is not None
+
+
+def test_convert_refuses_pickled_objects_and_foreign_layouts(tmp_path):
+    torch.save({'net': torch.nn.Linear(2, 2)}, tmp_path / 'obj.pt')  # a pickled module, not tensors
+    with pytest.raises(CheckpointError, match='weights-only'):
+        convert_checkpoint(tmp_path / 'obj.pt', tmp_path / 'o')
+    torch.save({'foo.weight': torch.zeros(2)}, tmp_path / 'foreign.pt')
+    with pytest.raises(CheckpointError, match='does not look like a CIFAR ResNet'):
+        convert_checkpoint(tmp_path / 'foreign.pt', tmp_path / 'o')
