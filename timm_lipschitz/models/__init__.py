@@ -10,4 +10,4 @@ __all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'MnistC
 def list_registered() -> list[str]:
     """Names of the architectures this package registers with timm."""
     import timm
-    return sorted(timm.list_models('cifar_*') + timm.list_models('mnist_*'))
+    return sorted(timm.list_models(module='cifar_resnet') + timm.list_models(module='mnist_convnet'))

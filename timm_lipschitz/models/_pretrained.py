@@ -37,6 +37,19 @@ def pretrained_cfgs_for(prefix: str, cfg_fn: Callable[..., Dict[str, Any]]) -> D
     return out
 
 
+def keep_untrained_default(default_cfgs: Dict[str, Any]) -> Dict[str, Any]:
+    """Keep the untagged (untrained, CIFAR-10 shaped) cfg the default of every architecture.
+
+    timm promotes the first tag with weights to the default; here that would silently turn
+    ``create_model("cifar_resnet20")`` into a 1x16x16 digits model. Trained tags are used only when named.
+    """
+    for dc in default_cfgs.values():
+        if '' in dc.tags and dc.tags[0] != '':
+            dc.tags.remove('')
+            dc.tags.appendleft('')
+    return default_cfgs
+
+
 def build(model_cls: type, variant: str, pretrained: bool, **kwargs: Any):
     """``build_model_with_cfg`` with a clear message when hub weights are not available offline."""
     from timm.models import build_model_with_cfg

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, create_classifier
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._pretrained import build, pretrained_cfgs_for
+from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
 __all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'CIFAR10_MEAN', 'CIFAR10_STD',
            'CIFAR10_LABELS', 'SHORTCUT_OPTIONS']
@@ -294,12 +294,12 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 RESNET_DEPTHS = (20, 32, 44, 56, 110, 1202)
 PRERESNET_DEPTHS = (20, 32, 44, 56, 110)
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = keep_untrained_default(generate_default_cfgs({
     **{f'cifar_resnet{d}': _cfg() for d in RESNET_DEPTHS},
     **{f'cifar_preresnet{d}': _cfg(paper_ids='arXiv:1603.05027') for d in PRERESNET_DEPTHS},
     # Weights trained by this package's recipes (see timm_lipschitz/models/_pretrained.py).
     **pretrained_cfgs_for('cifar_', _cfg),
-})
+}))
 
 
 def _resnet(depth: int, pretrained: bool, preact: bool, **kwargs: Any) -> CifarResNet:

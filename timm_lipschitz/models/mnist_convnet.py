@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
-from ._pretrained import build, pretrained_cfgs_for
+from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
 __all__ = ['MnistConvNet', 'MNIST_MEAN', 'MNIST_STD']
 
@@ -101,10 +101,10 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = keep_untrained_default(generate_default_cfgs({
     'mnist_convnet': _cfg(),
     **pretrained_cfgs_for('mnist_convnet', _cfg),
-})
+}))
 
 
 @register_model
