@@ -148,14 +148,17 @@ def _command(grid: Dict[str, Any], point: Dict[str, Any], launcher: str = 'accel
 
 
 def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_commands: bool = False,
-              progress: bool = False, seeds: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-    """Run every unfinished point (only those of ``seeds`` if given); returns the collected results (also
-    written to ``results.json``)."""
+              progress: bool = False, seeds: Optional[Sequence[int]] = None,
+              names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run every unfinished point (only those of ``seeds`` / named ``names`` if given); returns the collected
+    results (also written to ``results.json``)."""
     from .train import train
     grid = load_grid(grid_path)
     points = expand_grid(grid)
     if seeds is not None:
         points = [p for p in points if p.get('seed') in set(seeds)]
+    if names is not None:
+        points = [p for p in points if point_name(p) in set(names)]
     out_root = Path(grid['output_dir'])
     todo = [p for p in points if not (out_root / point_name(p) / 'final.json').is_file()]
     if emit_commands:

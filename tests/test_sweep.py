@@ -1,0 +1,133 @@
+"""Grids: expansion, validation before any run, resumable execution, paper-layout tables, studies."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from timm_lipschitz.sweep import (GridError, expand_grid, load_grid, objective_table, paper_tables, point_name,
+                                  run_sweep, sensitivity)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _grid(tmp_path, **over):
+    base = {'name': 'base', 'model': {'name': 'mnist_convnet'}, 'steps': 4, 'batch_size': 32,
+            'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
+            'loss': {'name': 'lipschitz_hinge', 'sigma': 0.25, 'beta': 1.0, 'lipschitz_target': 0.1},
+            'optimizer': {'name': 'sgd', 'lr': 0.05}, 'log_with': [],
+            'eval': {'sigmas': '0:0.5:0.1', 'every_epochs': 0}}
+    (tmp_path / 'base.yaml').write_text(yaml.safe_dump(base))
+    grid = {'name': 'g', 'base': 'base.yaml', 'output_dir': str(tmp_path / 'sweep'),
+            'axes': {'loss.sigma': [0.25, 0.5], 'loss.beta': [1.0, 5.0]},
+            'include': [{'loss': {'name': 'cross_entropy'}}],
+            'table': {'group': 'loss.sigma', 'rows': 'loss.lipschitz_target', 'cols': 'loss.beta'}}
+    grid.update(over)
+    path = tmp_path / 'grid.yaml'
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def test_digits_grid_runs_resumes_and_renders(tmp_path, capsys):
+    path = _grid(tmp_path)
+    results = run_sweep(path)
+    out = tmp_path / 'sweep'
+    names = {r['point'] for r in results['rows']}
+    assert names == {'s0.25_b1', 's0.25_b5', 's0.5_b1', 's0.5_b5', 'cross_entropy'}
+    tables = (out / 'tables.md').read_text()
+    assert '### sigma = 0.25' in tables and '### sigma = 0.5' in tables and '| standard | - |' in tables
+    assert (out / 'curves_sigma0.25.png').stat().st_size > 5000
+    assert json.loads((out / 'results.json').read_text())['grid'] == 'g'
+    # delete one point: only it runs again
+    mtimes = {n: (out / n / 'final.json').stat().st_mtime for n in names}
+    shutil.rmtree(out / 's0.5_b5')
+    capsys.readouterr()
+    run_sweep(path)
+    assert '1 to run' in capsys.readouterr().out
+    for n in names - {'s0.5_b5'}:
+        assert (out / n / 'final.json').stat().st_mtime == mtimes[n]
+    assert (out / 's0.5_b5' / 'final.json').is_file()
+
+
+def test_dry_run_and_emit_commands(tmp_path, capsys):
+    path = _grid(tmp_path)
+    assert run_sweep(path, dry_run=True) == {'points': 5, 'todo': 5}
+    run_sweep(path, emit_commands=True)
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith('accelerate launch')]
+    assert len(lines) == 5 and all('-m timm_lipschitz.train' in x and '--resume' in x for x in lines)
+    assert any('--set loss.sigma=0.5 ' in x for x in lines)
+    assert not (tmp_path / 'sweep').exists()
+
+
+@pytest.mark.parametrize('over,message', [
+    ({'axes': {'loss.sigma': []}}, "axis 'loss.sigma' is empty"),
+    ({'axes': {'optimiser.lr': [0.1]}}, "unknown axis key 'optimiser.lr'"),
+    ({'axes': {'data.nme': ['digits']}}, "unknown axis key 'data.nme'"),
+    ({'axes': {'loss.gamma': [1]}}, 'unknown recipe key loss.gamma'),
+    ({'axes': {'epochs': ['ten']}}, 'epochs must be int'),
+    ({'bogus': 1}, "unknown grid key"),
+])
+def test_bad_grids_are_rejected_before_any_run(tmp_path, over, message):
+    path = _grid(tmp_path, **over)
+    with pytest.raises(GridError, match=message):
+        run_sweep(path)
+    assert not (tmp_path / 'sweep').exists()
+
+
+def test_invalid_base_recipe_is_rejected(tmp_path):
+    path = _grid(tmp_path)
+    (tmp_path / 'base.yaml').write_text(yaml.safe_dump({'epochs': 1, 'precision': 'fp8'}))
+    with pytest.raises(GridError, match="precision='fp8'"):
+        run_sweep(path)
+
+
+@pytest.mark.parametrize('grid', sorted((ROOT / 'recipes' / 'grids').glob('*.yaml')), ids=lambda p: p.stem)
+def test_shipped_grids_validate(grid):
+    points = expand_grid(load_grid(grid))
+    assert points and len({point_name(p) for p in points}) == len(points)
+
+
+def _row(sigma, beta, ln, accs, seed=0, name='lipschitz_hinge'):
+    loss = {'name': name} if name == 'cross_entropy' else {'name': name, 'sigma': sigma, 'beta': beta,
+                                                           'lipschitz_target': ln}
+    return {'point': f'{name}{sigma}{beta}{ln}{seed}', 'axes': {}, 'final': {},
+            'recipe': {'loss': loss, 'seed': seed, 'data': {'train_fraction': 1.0}},
+            'robustness': {'sigmas': [0.0, 0.3, 0.5], 'accuracy': accs}}
+
+
+def test_paper_table_layout_bold_and_mean_std():
+    rows = [_row(None, None, None, [92.77, 38.28, 18.01], name='cross_entropy'),
+            _row(0.25, 1.0, 0.01, [88.0, 50.0, 23.0], seed=0), _row(0.25, 1.0, 0.01, [88.04, 51.12, 23.98], seed=1),
+            _row(0.25, 5.0, 0.01, [82.49, 45.80, 21.68]), _row(0.25, 1.0, 0.1, [88.86, 63.01, 34.73]),
+            _row(0.25, 5.0, 0.1, [88.21, 59.05, 31.17])]
+    table = paper_tables({'rows': rows}, sigmas=(0.0, 0.3, 0.5))
+    lines = table.splitlines()
+    assert lines[0] == '### sigma = 0.25'
+    assert lines[2] == ('| training | lipschitz_target | σ_test 0, beta 1 | σ_test 0, beta 5 | σ_test 0.3, beta 1 | '
+                        'σ_test 0.3, beta 5 | σ_test 0.5, beta 1 | σ_test 0.5, beta 5 |')
+    assert lines[4].startswith('| standard | - | **92.77** | **92.77** | 38.28 | 38.28 |')
+    assert lines[5].startswith('| proposed | 0.01 | 88.02 ± 0.03 | 82.49 | 50.56 ± 0.79 |')
+    assert lines[6] == '| proposed | 0.1 | 88.86 | 88.21 | **63.01** | **59.05** | **34.73** | **31.17** |'
+    obj = objective_table({'rows': rows}, (0.0, 0.3))
+    assert '| standard | 1 | **92.77** | 38.28 |' in obj
+
+
+def test_sensitivity_reproduces_the_papers_slopes():
+    # the paper's ResNet-20 entries around (sigma 0.25, beta 5, L_n 0.01) at sigma_test 0.3 (Tables 3 and 5)
+    rows = [_row(0.25, 5.0, 0.01, [82.49, 45.80, 21.68]), _row(0.5, 5.0, 0.01, [82.72, 67.60, 43.91]),
+            _row(0.25, 10.0, 0.01, [88.18, 58.56, 29.70]), _row(0.25, 5.0, 0.1, [88.21, 59.05, 31.17])]
+    s = sensitivity({'rows': rows}, {'loss.sigma': 0.25, 'loss.beta': 5.0, 'loss.lipschitz_target': 0.01},
+                    {'loss.sigma': 0.25, 'loss.beta': 5.0, 'loss.lipschitz_target': 0.09}, sigma_test=0.3)
+    assert s['loss.sigma'] == pytest.approx(87.20, abs=0.01)
+    assert s['loss.beta'] == pytest.approx(2.55, abs=0.01)
+    assert s['loss.lipschitz_target'] == pytest.approx((59.05 - 45.80) / 0.09)
+
+
+def test_train_fraction_study(tmp_path):
+    path = _grid(tmp_path, axes={'data.train_fraction': [0.25, 1.0]}, include=[])
+    results = run_sweep(path)
+    assert {r['recipe']['data']['train_fraction'] for r in results['rows']} == {0.25, 1.0}
+    steps = {r['recipe']['data']['train_fraction']: r['final']['steps'] for r in results['rows']}
+    assert steps == {0.25: 4, 1.0: 4}
+    assert (tmp_path / 'sweep' / 'fraction_study.png').stat().st_size > 5000
