@@ -50,6 +50,13 @@ def test_digits_grid_runs_resumes_and_renders(tmp_path, capsys):
     assert (out / 's0.5_b5' / 'final.json').is_file()
 
 
+def test_parallel_jobs_run_points_as_subprocesses(tmp_path):
+    path = _grid(tmp_path, axes={'loss.sigma': [0.25, 0.5]}, include=[])
+    results = run_sweep(path, jobs=2)
+    assert {r['point'] for r in results['rows']} == {'s0.25', 's0.5'}
+    assert all(r['final']['steps'] == 4 for r in results['rows'])
+
+
 def test_dry_run_and_emit_commands(tmp_path, capsys):
     path = _grid(tmp_path)
     assert run_sweep(path, dry_run=True) == {'points': 5, 'todo': 5}

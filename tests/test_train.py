@@ -174,7 +174,7 @@ def _free_port():
 
 
 def test_two_process_cpu_run_matches_one_process(tmp_path):
-    base = tiny(tmp_path, 'one', steps=12, epochs=None, eval={'at_end': False, 'every_epochs': 0})
+    base = tiny(tmp_path, 'one', steps=12, epochs=None, eval={'sigmas': '0:0.5:0.25', 'every_epochs': 0})
     two = dict(base, name='two', output_dir=str(tmp_path / 'two'))
     r1 = _run([sys.executable, '-m', 'timm_lipschitz.train', '--recipe', str(_write(tmp_path, base, 'one.yaml')),
                '--no-progress'])
@@ -192,6 +192,11 @@ def test_two_process_cpu_run_matches_one_process(tmp_path):
     b = load_file(str(tmp_path / 'two' / 'model.safetensors'))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+    # the end-of-run noise sweep split over 2 processes sees the same noisy images (keyed by image index)
+    r1 = json.loads((tmp_path / 'one' / 'robustness.json').read_text())['robustness']
+    r2 = json.loads((tmp_path / 'two' / 'robustness.json').read_text())['robustness']
+    assert r2['num_images'] == r1['num_images'] == 360
+    assert r2['accuracy'] == pytest.approx(r1['accuracy'], abs=100 / 360 + 1e-9)
 
 
 def test_accelerate_launch_runs_a_recipe(tmp_path):

@@ -96,6 +96,8 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     out.mkdir(parents=True, exist_ok=True)
     results: Dict[str, Any] = {}
     sweeps: Dict[str, Any] = {}
+    demo_models: Dict[str, nn.Module] = {}
+    demo_data = None
     for model, info in models:
         model.eval()
         ds, name = _data_for(model, info, data, root, input_size, split, max_images)
@@ -105,14 +107,25 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         sweep = noise_sweep(model, ds, sigmas, repeats, seed, clip=clip, quantize=quantize, batch_size=batch_size,
                             mean=mean, std=std, progress=progress)
         entry: Dict[str, Any] = {'data': name, 'split': split, 'sweep': sweep.to_dict()}
-        if lipschitz or certify or demo:
+        if lipschitz or certify:
             from .robustness.certify import extra_evaluations
             hp = json.loads(info['metadata'].get('hparams', '{}') or '{}')
             entry.update(extra_evaluations(model, ds, out, label, lipschitz=lipschitz, certify=certify,
-                                           certify_args={**(certify_args or {}), 'hparams': hp}, demo=demo,
+                                           certify_args={**(certify_args or {}), 'hparams': hp},
                                            mean=mean, std=std, seed=seed))
         results[label] = entry
         sweeps[label] = sweep
+        demo_models[label] = model
+        demo_data = demo_data if demo_data is not None else ds
+    if demo:
+        # the paper's Table 1: one test image at sigma 0..0.6, every model's prediction and confidence
+        from .robustness.certify import demo_grid
+        x, y = demo_data[0]
+        first = next(iter(demo_models.values()))
+        rows = demo_grid(demo_models, x, int(y), out / 'demo.png', class_names=first.pretrained_cfg.get('label_names'),
+                         seed=seed, mean=mean, std=std)
+        for label in results:
+            results[label]['demo'] = [r for r in rows if r['model'] == label]
     atomic_write_json(out / 'eval.json', results)
     md = ['# Noise-robustness evaluation', '', summary_table(sweeps), '', sweep_table(sweeps), '']
     for label, entry in results.items():

@@ -138,8 +138,8 @@ def demo_grid(models: Dict[str, nn.Module], image: torch.Tensor, label: int, pat
 
 
 def extra_evaluations(model: nn.Module, data: Dataset, out: Path, label: str, lipschitz: bool, certify: bool,
-                      certify_args: Dict[str, Any], demo: bool, mean=None, std=None, seed: int = 0) -> Dict[str, Any]:
-    """Lipschitz estimates and bounds, certificates and the demo grid for ``timm-lipschitz eval``."""
+                      certify_args: Dict[str, Any], mean=None, std=None, seed: int = 0) -> Dict[str, Any]:
+    """Lipschitz estimates and bounds, and certificates, for ``timm-lipschitz eval``."""
     from .lipschitz import margin_certificate, pgd_lower_bound, sampled_k, spectral_upper_bound
     res: Dict[str, Any] = {}
     subset = data
@@ -191,10 +191,4 @@ def extra_evaluations(model: nn.Module, data: Dataset, out: Path, label: str, li
                           f"{probs_lo['max']:.3f} ({'consistent with' if probs_lo['max'] <= ln else 'exceeds'} "
                           f"L_n{'' if probs_lo['max'] <= ln else ': the condition fails, no radius is certified'})."]
         res['certify_md'] = {'title': 'certified accuracy (%) at l2 radius', 'table': '\n'.join(lines)}
-    if demo:
-        x, y = data[0]
-        path = out / f'demo_{label}.png'
-        res['demo'] = demo_grid({label: model}, x, int(y), path, sigmas=(0.0, 0.2, 0.4, 0.6),
-                                class_names=getattr(model, 'pretrained_cfg', {}).get('label_names'), seed=seed,
-                                mean=mean, std=std)
     return res
