@@ -359,7 +359,7 @@ def sensitivity(results: Dict[str, Any], nominal: Dict[str, float], deltas: Dict
 
 def fraction_study(results: Dict[str, Any], path: str | Path, sigmas: Sequence[float] = (0.0, 0.5)) -> Path:
     """Accuracy vs training-data fraction (the paper's Fig. 1), one curve per objective and sigma_test."""
-    from .robustness.report import _pyplot
+    from .robustness.report import _pyplot, save_figure
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     by_obj: Dict[str, Dict[float, List[Dict[str, Any]]]] = {}
@@ -372,15 +372,7 @@ def fraction_study(results: Dict[str, Any], path: str | Path, sigmas: Sequence[f
             ys = [_mean_std([v for v in (_metric(r, s) for r in fr[x]) if v is not None] or [float('nan')])[0]
                   for x in xs]
             ax.plot(xs, ys, marker='o', label=f'{label}, σ_test {s:g}')
-    ax.set_xlabel('fraction of the training split used')
-    ax.set_ylabel('test accuracy (%)')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, 'fraction of the training split used', 'test accuracy (%)')
 
 
 def render(grid: Dict[str, Any], results: Dict[str, Any]) -> Path:

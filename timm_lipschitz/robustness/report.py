@@ -6,7 +6,7 @@ from typing import Dict, Mapping, Optional, Sequence, Union
 
 from .noise import TABLE_SIGMAS, SweepResult
 
-__all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified']
+__all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure']
 
 
 def _as_result(r: Union[SweepResult, Mapping]) -> SweepResult:
@@ -55,6 +55,22 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, ax, path: Union[str, Path], xlabel: str, ylabel: str, title: Optional[str] = None) -> Path:
+    """Label, grid, legend, save as PNG and close: the common ending of every plot here."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_sweeps(results: Mapping[str, Union[SweepResult, Mapping]], path: Union[str, Path],
                 title: str = 'Accuracy under Gaussian noise') -> Path:
     """Accuracy vs sigma_test, one curve per model, with a +-std band over noise draws."""
@@ -67,17 +83,7 @@ def plot_sweeps(results: Mapping[str, Union[SweepResult, Mapping]], path: Union[
             lo = [a - s for a, s in zip(r.accuracy, r.accuracy_std)]
             hi = [a + s for a, s in zip(r.accuracy, r.accuracy_std)]
             ax.fill_between(r.sigmas, lo, hi, color=line.get_color(), alpha=0.2)
-    ax.set_xlabel('sigma_test (pixel std, [0,1] scale)')
-    ax.set_ylabel('test accuracy (%)')
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, 'sigma_test (pixel std, [0,1] scale)', 'test accuracy (%)', title)
 
 
 def plot_certified(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Union[str, Path]) -> Path:
@@ -86,13 +92,4 @@ def plot_certified(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Un
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for name, c in curves.items():
         ax.plot(c['radii'], c['accuracy'], marker='o', label=name)
-    ax.set_xlabel('l2 radius')
-    ax.set_ylabel('certified accuracy (%)')
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path, 'l2 radius', 'certified accuracy (%)')
