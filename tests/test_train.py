@@ -257,3 +257,11 @@ def test_extends_and_overrides(tmp_path):
     assert r['epochs'] == 3 and r['data']['input_size'] == [1, 32, 32] and r['output_dir'] == 'runs/c'
     r2 = resolve_recipe(tmp_path / 'child.yaml', ['loss={name: cross_entropy}'])
     assert r2['loss'] == {'name': 'cross_entropy'}
+
+
+def test_torch_compile_trains_and_saves_plain_weights(tmp_path):
+    s = train(tiny(tmp_path, 'compiled', steps=3, epochs=None, compile=True,
+                   eval={'at_end': False, 'every_epochs': 0}), progress=False)
+    import timm
+    m = timm.create_model(f"local-dir:{s['output_dir']}", pretrained=True)  # no _orig_mod. prefixes
+    assert m(torch.rand(2, 1, 8, 8)).shape == (2, 10)
