@@ -1,6 +1,5 @@
 """Checkpoints: safetensors + timm config + card, timm's loaders, torch.hub, the hub cache offline, converters."""
 import json
-import sys
 from pathlib import Path
 
 import pytest

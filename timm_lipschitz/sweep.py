@@ -20,7 +20,6 @@ from its last saved state.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import json
 import os
@@ -34,10 +33,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from .fileio import atomic_write_json, atomic_write_text, read_json
-from .recipes import RecipeError, SCHEMA, apply_overrides, get_dotted, load_recipe, resolve_recipe
+from .recipes import RecipeError, SCHEMA, get_dotted, load_recipe, resolve_recipe
 
-__all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'paper_tables', 'objective_table', 'sensitivity',
-           'fraction_study', 'add_arguments', 'run_from_args', 'GridError']
+__all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'paper_tables',
+           'objective_table', 'sensitivity', 'fraction_study', 'add_arguments', 'run_from_args', 'GridError']
 
 GRID_KEYS = {'name', 'description', 'base', 'output_dir', 'set', 'axes', 'include', 'seeds', 'table', 'sensitivity'}
 

@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -86,7 +86,7 @@ def pgd_lower_bound(model: nn.Module, data: Dataset, radius: float = 0.5, steps:
             'num_images': len(r)}
 
 
-# ---- sound upper bound ------------------------------------------------------------------------------------------------
+# ---- sound upper bound -----------------------------------------------------------------------------------------
 def bn_scale(bn: nn.Module) -> torch.Tensor:
     """Per-channel multiplier of an eval-mode BatchNorm: gamma / sqrt(running_var + eps)."""
     w = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
