@@ -67,7 +67,7 @@ class Objective:
 
     # -- noise -----------------------------------------------------------------------------------------------
     def reseed(self, seed: int) -> None:
-        """Restart the noise stream from ``seed`` (e.g. seed + rank, so processes draw different noise)."""
+        """Restart the noise stream from ``seed`` (every process uses the same seed; see :meth:`set_shard`)."""
         self.seed = int(seed)
         self._generator = None
         self._pending_state = None
