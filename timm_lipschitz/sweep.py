@@ -64,18 +64,18 @@ def load_grid(path: str | Path) -> Dict[str, Any]:
 
 
 def _check_axis_key(key: str, base: Dict[str, Any]) -> None:
-    """An axis key must be a recipe key, or an argument of the loss named in the base recipe or on the axis."""
+    """An axis key must be a recipe key; ``loss.*`` arguments depend on the loss name and are checked when each
+    point's recipe is resolved."""
     parts = key.split('.')
+    if parts[0] == 'loss':
+        return
     node: Any = SCHEMA
     for i, p in enumerate(parts):
-        if node is not SCHEMA and not isinstance(node, dict):
-            break
-        if parts[0] == 'loss':
-            return  # loss arguments depend on the loss name; checked when each point's recipe is resolved
-        if not isinstance(node, dict) or p not in node:
+        if not isinstance(node, dict):
+            return  # below a free-form leaf (e.g. model.kwargs.*): checked by the consumer
+        if p not in node:
             where = '.'.join(parts[:i]) or 'the top level'
-            allowed = sorted(node) if isinstance(node, dict) else []
-            raise GridError(f'unknown axis key {key!r}: {p!r} is not a recipe key at {where}; allowed: {allowed}.')
+            raise GridError(f'unknown axis key {key!r}: {p!r} is not a recipe key at {where}; allowed: {sorted(node)}.')
         node = node[p]
 
 

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
+from accelerate.tracking import GeneralTracker
 
 from .data import (DeviceLoader, check_labels, create_dataset, standard_loader, train_transform)
 from .fileio import atomic_write_json, atomic_write_text
@@ -53,12 +54,7 @@ class TrainState:
                                                              ('global_step', 'epoch', 'batch_in_epoch'))
 
 
-def _tracker_base():
-    from accelerate.tracking import GeneralTracker
-    return GeneralTracker
-
-
-class JsonlTracker(_tracker_base()):
+class JsonlTracker(GeneralTracker):
     """An Accelerate tracker writing one JSON line per ``accelerator.log`` call to ``metrics.jsonl``."""
 
     name = 'jsonl'

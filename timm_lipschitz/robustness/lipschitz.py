@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..normalization import Normalizer, per_channel, resolve_mean_std, unwrap_model
-from .noise import IndexedDataset, unit_noise
+from .noise import IndexedDataset, batch_unit_noise
 
 __all__ = ['sampled_k', 'pgd_lower_bound', 'spectral_upper_bound', 'conv_operator_norm', 'bn_scale',
            'margin_certificate']
@@ -37,7 +37,7 @@ def sampled_k(model: nn.Module, data: Dataset, sigma: float, output: str = 'logi
     model.eval()
     ks = []
     for images, _, index in DataLoader(IndexedDataset(data), batch_size=batch_size):
-        z = torch.stack([unit_noise(images.shape[1:], seed, int(i), 0) for i in index.tolist()])
+        z = batch_unit_noise(images.shape[1:], seed, index.tolist(), 0)
         delta = sigma * z
         f0 = _outputs(model(norm(model, images)), output)
         f1 = _outputs(model(norm(model, images + delta)), output)

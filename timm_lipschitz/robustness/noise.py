@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..normalization import Normalizer
 
 __all__ = ['PAPER_SIGMAS', 'CIFAR10C_GAUSSIAN', 'parse_sigmas', 'unit_noise', 'noise_sweep', 'SweepResult',
-           'IndexedDataset', 'TABLE_SIGMAS']
+           'IndexedDataset', 'TABLE_SIGMAS', 'batch_unit_noise']
 
 PAPER_SIGMAS = tuple(round(0.01 * i, 2) for i in range(51))           # 0.00 ... 0.50, the paper's CIFAR grid
 MNIST_SIGMAS = tuple(round(0.01 * i, 2) for i in range(101))          # 0.00 ... 1.00
@@ -61,6 +61,11 @@ def unit_noise(shape: Sequence[int], seed: int, index: int, repeat: int) -> torc
     """The unit Gaussian draw of one (seed, image index, repeat): the only source of evaluation noise."""
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) * 1_009 + int(repeat))
     return torch.randn(tuple(shape), generator=g)
+
+
+def batch_unit_noise(shape: Sequence[int], seed: int, indices: Sequence[int], repeat: int) -> torch.Tensor:
+    """The unit draws of a batch of images, stacked: one :func:`unit_noise` per image index."""
+    return torch.stack([unit_noise(shape, seed, int(i), repeat) for i in indices])
 
 
 class IndexedDataset(Dataset):
@@ -155,7 +160,7 @@ def noise_sweep(model: nn.Module, data: Union[Dataset, Tuple[torch.Tensor, torch
             images, labels = images.to(device).float(), labels.to(device)
             hits = torch.zeros(repeats, len(sigmas), len(labels), device=device)
             for r in range(repeats):
-                z = torch.stack([unit_noise(images.shape[1:], seed, int(i), r) for i in index.tolist()]).to(device)
+                z = batch_unit_noise(images.shape[1:], seed, index.tolist(), r).to(device)
                 for j, sigma in enumerate(sigmas):
                     logits = model(normalizer(model, _noisy(images, z, sigma, clip, quantize)))
                     hits[r, j] = (logits.argmax(1) == labels).float()
