@@ -120,6 +120,17 @@ def test_paper_table_layout_bold_and_mean_std():
     assert '| standard | 1 | **92.77** | 38.28 |' in obj
 
 
+def test_objective_table_pools_only_seeds():
+    # two seeds of one setting pool; a variant that differs in a non-loss override (here the input scaling) does not
+    rows = [_row(None, None, None, [90.0, 40.0, 20.0], seed=s, name='cross_entropy') for s in (0, 1)]
+    rows[1]['robustness'] = {'sigmas': [0.0, 0.3, 0.5], 'accuracy': [92.0, 44.0, 20.0]}
+    variant = _row(None, None, None, [91.0, 60.0, 30.0], name='cross_entropy')
+    variant['axes'] = {'model': {'mean': [0.0], 'std': [1.0]}, 'steps': 200, 'seed': 0}
+    table = objective_table({'rows': rows + [variant]}, (0.0, 0.3))
+    assert '| standard | 2 | **91.00 ± 1.41** | 42.00 ± 2.83 |' in table
+    assert '| standard, model.mean [0.0], model.std [1.0], steps 200 | 1 | **91.00** | **60.00** |' in table
+
+
 def test_sensitivity_reproduces_the_papers_slopes():
     # the paper's ResNet-20 entries around (sigma 0.25, beta 5, L_n 0.01) at sigma_test 0.3 (Tables 3 and 5)
     rows = [_row(0.25, 5.0, 0.01, [82.49, 45.80, 21.68]), _row(0.5, 5.0, 0.01, [82.72, 67.60, 43.91]),

@@ -322,12 +322,27 @@ def _loss_label(row: Dict[str, Any]) -> str:
         for k, v in loss.items() if k != 'name')
 
 
+def _flatten(prefix: str, value: Any) -> List[Tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [kv for k, v in value.items() for kv in _flatten(f'{prefix}.{k}' if prefix else k, v)]
+    return [(prefix, value)]
+
+
+def _row_label(row: Dict[str, Any]) -> str:
+    """The objective plus every other grid override except the seed (``model.std [1.0]``, ``steps 200``): only
+    seeds are pooled, so variants of one loss (a wider net, another data fraction) keep their own rows."""
+    extra = [f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}'
+             for k, v in _flatten('', row.get('axes') or {})
+             if k != 'seed' and not k.startswith('loss.')]
+    return ', '.join([_loss_label(row)] + extra)
+
+
 def objective_table(results: Dict[str, Any], sigmas: Sequence[float] = (0.0, 0.3, 0.5)) -> str:
     """Markdown: one row per training objective and setting (seeds pooled: mean ± std), σ_test columns plus the
     grid mean; best entry per column in bold. Used for comparisons with the peers."""
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in results['rows']:
-        groups.setdefault(_loss_label(r), []).append(r)
+        groups.setdefault(_row_label(r), []).append(r)
     cells = {label: [_cell(rs, s) for s in sigmas] for label, rs in groups.items()}
     means = {label: _mean_std([sum(r['robustness']['accuracy']) / len(r['robustness']['accuracy'])
                                for r in rs if r.get('robustness')] or [float('nan')]) for label, rs in groups.items()}
