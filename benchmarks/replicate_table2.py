@@ -10,32 +10,17 @@ finished. Writes benchmarks/results/table2_<dataset>.{json,md} and the curves; p
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 from pathlib import Path
 
-from timm_lipschitz.sweep import (collect_results, expand_grid, load_grid, objective_table, point_name, render,
-                                  run_sweep)
+from grid_report import summarize  # benchmarks/grid_report.py (this folder is on sys.path when run as a script)
+from timm_lipschitz.sweep import expand_grid, load_grid, point_name, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / 'benchmarks' / 'results'
 
 
-def summarize(grid_name: str) -> str:
-    grid = load_grid(ROOT / 'recipes' / 'grids' / f'{grid_name}_table2.yaml')
-    grid['output_dir'] = str(ROOT / grid['output_dir'])
-    results = collect_results(grid)
-    render(grid, results)
-    table = objective_table(results, (0.0, 0.5, 1.0))
-    OUT.mkdir(parents=True, exist_ok=True)
-    rows = [{'point': r['point'], 'loss': r['recipe']['loss'], 'seed': r['recipe']['seed'],
-             'clean': r['final']['clean_accuracy'], 'robustness': r['robustness']} for r in results['rows']]
-    (OUT / f'table2_{grid_name}.json').write_text(json.dumps(rows, indent=1))
-    (OUT / f'table2_{grid_name}.md').write_text(f'# Table 2 setting on {grid_name}\n\n{table}\n')
-    for png in Path(grid['output_dir']).glob('curves_*.png'):
-        shutil.copy(png, OUT / f'table2_{grid_name}_{png.name}')
-    return table
+def grid_file(name: str) -> Path:
+    return ROOT / 'recipes' / 'grids' / f'{name}_table2.yaml'
 
 
 def main() -> None:
@@ -48,7 +33,7 @@ def main() -> None:
     if not args.collect:
         # the headline objectives (standard, Lipschitz s0.75/L0.005, Gaussian) for every seed and dataset first,
         # then the other Lipschitz settings and the peers: an interrupted run still has mean +- std where it counts
-        files = {n: ROOT / 'recipes' / 'grids' / f'{n}_table2.yaml' for n in args.grids}
+        files = {n: grid_file(n) for n in args.grids}
         for group in ([0, 2, 4], [1, 3, 5, 6]):
             for seed in args.seeds:
                 for i in group:
@@ -57,7 +42,7 @@ def main() -> None:
                         if i < len(points):
                             run_sweep(f, names=[point_name(points[i])])
     for name in args.grids:
-        print(f'\n## {name}\n\n{summarize(name)}')
+        print(f'\n## {name}\n\n{summarize(grid_file(name), f"table2_{name}", (0.0, 0.5, 1.0))}')
 
 
 if __name__ == '__main__':
