@@ -257,6 +257,9 @@ def test_extends_and_overrides(tmp_path):
     assert r['epochs'] == 3 and r['data']['input_size'] == [1, 32, 32] and r['output_dir'] == 'runs/c'
     r2 = resolve_recipe(tmp_path / 'child.yaml', ['loss={name: cross_entropy}'])
     assert r2['loss'] == {'name': 'cross_entropy'}
+    # a whole-section override (a grid's include) keeps the defaults of the keys it does not name
+    r3 = resolve_recipe(tmp_path / 'child.yaml', ['model={name: mnist_convnet, mean: [0.0], std: [1.0]}'])
+    assert r3['model'] == {'name': 'mnist_convnet', 'mean': [0.0], 'std': [1.0], 'pretrained': False, 'kwargs': {}}
 
 
 def test_torch_compile_trains_and_saves_plain_weights(tmp_path):
