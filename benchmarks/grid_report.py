@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from timm_lipschitz.sweep import collect_results, load_grid, objective_table, render, run_sweep
 
@@ -21,12 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / 'benchmarks' / 'results'
 
 
-def summarize(grid_file: Path, stem: Optional[str] = None, sigmas: Optional[Sequence[float]] = None) -> str:
-    """Collect a grid's finished points, render its sweep folder, and write ``results/<stem>.{json,md}`` + PNGs."""
+def summarize(grid_file: Path, stem: Optional[str] = None) -> str:
+    """Collect a grid's finished points, render its sweep folder, and write ``results/<stem>.{json,md}`` + PNGs;
+    the table's columns are the grid's ``table.sigmas``."""
     grid = load_grid(grid_file)
     grid['output_dir'] = str(ROOT / grid['output_dir'])
     stem = stem or grid['name']
-    sigmas = tuple(sigmas or (grid.get('table') or {}).get('sigmas', (0.0, 0.3, 0.5)))
+    sigmas = tuple((grid.get('table') or {}).get('sigmas', (0.0, 0.3, 0.5)))
     results = collect_results(grid)
     render(grid, results)
     table = objective_table(results, sigmas)

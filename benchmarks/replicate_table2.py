@@ -33,16 +33,16 @@ def main() -> None:
     if not args.collect:
         # the headline objectives (standard, Lipschitz s0.75/L0.005, Gaussian) for every seed and dataset first,
         # then the other Lipschitz settings and the peers: an interrupted run still has mean +- std where it counts
-        files = {n: grid_file(n) for n in args.grids}
+        grids = {grid_file(n): expand_grid(load_grid(grid_file(n))) for n in args.grids}
         for group in ([0, 2, 4], [1, 3, 5, 6]):
             for seed in args.seeds:
                 for i in group:
-                    for name, f in files.items():
-                        points = [p for p in expand_grid(load_grid(f)) if p.get('seed') == seed]
+                    for f, all_points in grids.items():
+                        points = [p for p in all_points if p.get('seed') == seed]
                         if i < len(points):
                             run_sweep(f, names=[point_name(points[i])])
     for name in args.grids:
-        print(f'\n## {name}\n\n{summarize(grid_file(name), f"table2_{name}", (0.0, 0.5, 1.0))}')
+        print(f'\n## {name}\n\n{summarize(grid_file(name), f"table2_{name}")}')
 
 
 if __name__ == '__main__':

@@ -234,9 +234,9 @@ def resolve_recipe(source: Union[str, Path, Dict[str, Any]], overrides: Sequence
     if isinstance(source, dict) and 'extends' in raw:
         raw = deep_merge(load_recipe(raw.pop('extends')), raw)
     _check(raw, SCHEMA, '')  # the user's own keys first, so typos are reported as written
-    # defaults again after the overrides: an override that replaces a whole section (``model={...}`` from a grid's
-    # include) keeps the defaults of the keys it does not name
-    recipe = deep_merge(DEFAULTS, apply_overrides(deep_merge(DEFAULTS, raw), overrides))
+    # defaults last, under the recipe and its overrides: an override that replaces a whole section (``model={...}``
+    # from a grid's include) keeps the defaults of the keys it does not name
+    recipe = deep_merge(DEFAULTS, apply_overrides(raw, overrides))
     validate_recipe(recipe)
     recipe['output_dir'] = recipe['output_dir'].format(name=recipe['name'])
     return recipe
