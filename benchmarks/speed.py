@@ -75,8 +75,13 @@ def paired(fns, repeats):
     return {k: statistics.median(v) for k, v in times.items()}, times
 
 
+def _scale(device, cpu: int, cuda: int) -> int:
+    """A GPU step is ~100x shorter: more work per timing keeps launch jitter out of the medians."""
+    return cuda if device.type == 'cuda' else cpu
+
+
 def bench_loss_ratio(device, repeats, quick):
-    steps = 2 if quick else 5
+    steps = 2 if quick else _scale(device, 5, 50)
     objs = {'cross_entropy': create_loss('cross_entropy'),
             'lipschitz_hinge': create_loss('lipschitz_hinge', sigma=0.25, beta=5, lipschitz_target=0.01),
             'lipschitz_hinge (two forwards)': create_loss('lipschitz_hinge', sigma=0.25, beta=5,
@@ -99,7 +104,7 @@ def bench_loss_ratio(device, repeats, quick):
 def bench_trainer_vs_plain(device, repeats, quick, tmp):
     """The trainer (fast path, CE, no eval) vs a plain loop over the same device tensors, same steps."""
     from timm_lipschitz.train import train
-    n_img = 1280 if quick else 2560
+    n_img = 1280 if quick else _scale(device, 2560, 25600)
     steps = n_img // 128
     recipe = {'name': 'speed', 'model': {'name': 'cifar_resnet20'}, 'loss': {'name': 'cross_entropy'},
               'data': {'name': 'synthetic', 'input_size': [3, 32, 32], 'fast_path': True, 'augmentation': 'none',
@@ -173,7 +178,7 @@ def bench_data_paths(device, repeats, quick):
 def bench_sweep(device, repeats, quick):
     from timm_lipschitz.normalization import Normalizer
     from timm_lipschitz.robustness import PAPER_SIGMAS, noise_sweep
-    n = 256 if quick else 1000
+    n = 256 if quick else _scale(device, 1000, 10000)
     ds, _ = create_dataset('synthetic', 'test', num_samples=n)
     model = timm.create_model('cifar_resnet20').to(device).eval()
     norm = Normalizer()

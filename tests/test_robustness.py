@@ -205,7 +205,7 @@ def test_eval_command_writes_json_markdown_and_plots(tmp_path):
     out = tmp_path / 'ev'
     rc = main(['eval', str(tmp_path / 'ck'), '--sigmas', '0:0.2:0.1', '--max-images', '40', '--lipschitz',
                '--certify', '--n0', '20', '--n', '50', '--certify-images', '5', '--demo', '--out', str(out),
-               '--no-progress'])
+               '--device', 'cpu', '--no-progress'])
     assert rc == 0
     import json
     res = json.loads((out / 'eval.json').read_text())
@@ -215,6 +215,18 @@ def test_eval_command_writes_json_markdown_and_plots(tmp_path):
     assert 'theorem1' in entry and entry['smoothing']['num_images'] == 5
     for f in ('eval.md', 'eval.png', 'certified.png', 'demo.png'):
         assert (out / f).stat().st_size > 0
+
+
+@pytest.mark.parametrize('device, message', [
+    ('tpu', "--device 'tpu' is not a device"),
+    ('meta', "--device 'meta' is not supported"),
+    pytest.param('cuda', "CUDA is not available on this machine", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason='this machine has CUDA')),
+])
+def test_eval_rejects_bad_device_before_loading(tmp_path, capsys, device, message):
+    from timm_lipschitz.cli import main
+    assert main(['eval', str(tmp_path / 'no_such_run'), '--device', device, '--out', str(tmp_path / 'o')]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_eval_rejects_class_count_mismatch(tmp_path, capsys):

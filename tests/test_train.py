@@ -105,6 +105,30 @@ def test_ema_and_channels_last(tmp_path):
     assert s['clean_accuracy'] > 0
 
 
+def test_training_steps_do_not_sync_the_host_every_step(tmp_path, monkeypatch):
+    """Reading a device tensor on the host (item/float/bool) waits for the GPU: the trainer may do it at log lines,
+    state saves and epoch ends, never once per step, or small models run slower on a GPU than a plain loop.
+    Counted: such reads made by the trainer's own code; the count must not grow with the number of steps."""
+    import traceback
+    reads = {'n': 0}
+    for name in ('item', '__float__', '__bool__', '__int__'):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            caller = traceback.extract_stack(limit=2)[0]
+            reads['n'] += caller.filename.endswith(os.path.join('timm_lipschitz', 'train.py'))
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = {}
+    for steps in (8, 32):
+        reads['n'] = 0
+        recipe = tiny(tmp_path, name=f's{steps}', epochs=None, steps=steps, log_every_steps=1000,
+                      eval__every_epochs=0, eval__at_end=False, checkpoint={'every_steps': 0})
+        assert train(recipe, progress=False)['steps'] == steps
+        counts[steps] = reads['n']
+    assert counts[32] - counts[8] < 6, f'host reads of device tensors by the trainer: {counts} (steps: reads)'
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_good_state(tmp_path):
     recipe = tiny(tmp_path, optimizer={'name': 'sgd', 'lr': 1e12, 'momentum': 0.0}, checkpoint={'every_steps': 1},
                   loss={'name': 'cross_entropy'})

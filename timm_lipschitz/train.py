@@ -339,6 +339,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
     window_images = 0
     history: List[Dict[str, Any]] = []
     clean_acc = None
+    guard = DivergenceGuard(accelerator.device)
     done = state.global_step >= total_steps
     model.train()
     while not done:
@@ -357,7 +358,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
                 images = images.contiguous(memory_format=torch.channels_last)
             with accelerator.accumulate(model):
                 output = objective(model, images, targets)
-                _check_finite(accelerator, output.loss, state, out)
+                guard.observe(output.loss, state.global_step + 1)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and recipe['max_grad_norm']:
                     accelerator.clip_grad_norm_(model.parameters(), recipe['max_grad_norm'])
@@ -369,7 +370,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
             window_images += n_img
             acc = (output.logits.argmax(1) == targets).float().mean()
             for k, v in {'loss': output.loss.detach(), 'acc': acc, **output.parts}.items():
-                window[k] = window.get(k, 0.0) + float(v)
+                window[k] = window.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)  # summed on the device
             window_n += 1
             if not accelerator.sync_gradients:
                 continue
@@ -380,8 +381,9 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
                 ema.update(unwrap_model(model), step=state.global_step)
             bar.update(1)
             if state.global_step % log_every == 0 or state.global_step == total_steps:
+                guard.check(accelerator, state, out)
                 elapsed = max(time.time() - window_t, 1e-9)
-                logs = {f'train/{k}': v / window_n for k, v in window.items()}
+                logs = {f'train/{k}': float(v) / window_n for k, v in window.items()}
                 logs['train/lr'] = optimizer.param_groups[0]['lr']
                 logs['train/images_per_s'] = window_images / elapsed
                 logs['train/epoch'] = epoch
@@ -390,6 +392,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
                                 refresh=False)
                 window, window_n, window_images, window_t = {}, 0, 0, time.time()
             if every and state.global_step % every == 0 and state.global_step < total_steps:
+                guard.check(accelerator, state, out)
                 _save_state(accelerator, out, state.global_step, keep)
             if state.global_step >= total_steps:
                 done = True
@@ -405,6 +408,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
             if accelerator.is_main_process and progress:
                 bar.write(f'epoch {state.epoch}: step {state.global_step}/{total_steps}, clean test acc '
                           f'{clean_acc:.2f}%')
+        guard.check(accelerator, state, out)
         _save_state(accelerator, out, state.global_step, keep)
     bar.close()
     train_time = time.time() - t_start
@@ -444,20 +448,40 @@ def _has_accelerator() -> bool:
         bool(getattr(torch, 'xpu', None) and torch.xpu.is_available())
 
 
-def _check_finite(accelerator, loss: torch.Tensor, state: TrainState, out: Path) -> None:
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], device=loss.device)
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, 'sum')
-    if bad.item() == 0:
-        return
-    latest = latest_state(out)
-    msg = (f'loss is {loss.item()} at step {state.global_step + 1} (epoch {state.epoch}, batch '
-           f'{state.batch_in_epoch}); training stopped. The last good state is '
-           f'{latest if latest else "none (no state was saved yet)"}: lower the learning rate or change precision, '
-           f'then --resume.')
-    if accelerator.is_main_process:
-        atomic_write_json(out / 'diverged.json', {'message': msg, 'step': state.global_step + 1})
-    raise TrainingDiverged(msg)
+class DivergenceGuard:
+    """Notes the first non-finite loss on the device and raises at the next ``check``.
+
+    A per-step check would sync the host with the GPU every step, and on small models that costs more than the
+    check is worth. Here the step stays on the device and ``check`` syncs once: before every state save,
+    log line and the end of an epoch. A bad state is then never saved, and ``--resume`` restarts from the last
+    good one.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)  # first bad step; -1: none yet
+        self.value = torch.zeros((), device=device)                       # the loss it had
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        new = (self.step < 0) & ~torch.isfinite(loss.detach())
+        self.step = torch.where(new, step, self.step)
+        self.value = torch.where(new, loss.detach().float(), self.value)
+
+    def check(self, accelerator, state: TrainState, out: Path) -> None:
+        bad = self.step
+        if accelerator.num_processes > 1:
+            bad = accelerator.reduce(bad.clone(), 'max')
+        step = int(bad.item())
+        if step < 0:
+            return
+        latest = latest_state(out)
+        value = self.value.item() if int(self.step.item()) >= 0 else 'non-finite (on another process)'
+        msg = (f'loss is {value} at step {step} (now at step {state.global_step}, epoch {state.epoch}); training '
+               f'stopped before saving anything after it. The last good state is '
+               f'{latest if latest else "none (no state was saved yet)"}: lower the learning rate or change '
+               f'precision, then --resume.')
+        if accelerator.is_main_process:
+            atomic_write_json(out / 'diverged.json', {'message': msg, 'step': step})
+        raise TrainingDiverged(msg)
 
 
 def _command_line(recipe: Dict[str, Any]) -> str:

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every GPU figure of benchmarks/RESULTS.md in one command, for a short GPU lease (about 5 min on one H200):
+#   1. speed.py --device cuda (alone on the GPU, so its timings are clean);
+#   2. Table 3 with PreResNet-20 (recipes/grids/fmnist_preresnet20_table3.yaml, 4 points at a time on the GPU);
+#   3. the ResNet-20 Table 3 checkpoints re-evaluated on the paper's full 0.01 grid (51 levels).
+# Inputs: Fashion-MNIST idx files in $DATA_ROOT/fashion_mnist (default .devcarry) and the ResNet-20 run folders in $R20
+# (default .devcarry/r20). Outputs go to $OUT (default benchmarks/results/gpu) as a few files/tarballs.
+#
+#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export TIMM_LIPSCHITZ_DATA=${DATA_ROOT:-$ROOT/.devcarry}  # Fashion-MNIST idx files in <root>/fashion_mnist
+R20=${R20:-$ROOT/.devcarry/r20}
+PY=${PYTHON:-python3}
+GRID=recipes/grids/fmnist_preresnet20_table3.yaml
+SWEEP_DIR=runs/sweeps/fmnist_preresnet20_table3
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+$PY -c "import torch, timm, accelerate; print('torch', torch.__version__, 'timm', timm.__version__,
+'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+
+echo "== 1. speed (GPU alone) $(date +%T)"
+timeout "${SPEED_LIMIT:-200}" $PY benchmarks/speed.py --device cuda --repeats 5 && \
+  cp benchmarks/results/speed_cuda.json benchmarks/results/speed_cuda.md "$OUT"/
+
+echo "== 2. Table 3 PreResNet-20, 3. ResNet-20 0.01 curves $(date +%T)"
+OMP_NUM_THREADS=4 timeout "${TRAIN_LIMIT:-240}" $PY -m timm_lipschitz.cli sweep "$GRID" --jobs 4 > "$OUT/sweep.log" 2>&1 &
+SWEEP=$!
+for run in "$R20"/*/; do
+  name=$(basename "$run")
+  $PY -m timm_lipschitz.cli eval "$run" --sigmas 0:0.5:0.01 --out "$OUT/r20_eval/$name" --no-progress ${EVAL_ARGS:-} \
+    > "$OUT/r20_eval_$name.log" 2>&1 || echo "eval $name failed"
+done
+(cd "$OUT" && tar czf r20_eval.tgz r20_eval r20_eval_*.log && rm -rf r20_eval r20_eval_*.log)
+wait $SWEEP; echo "sweep exit $? $(date +%T)"
+# finished points travel without their resume state; unfinished ones with it (they resume elsewhere)
+excl=(--exclude=tensorboard)
+for d in "$SWEEP_DIR"/*/; do [ -f "$d/final.json" ] && excl+=(--exclude="$(basename "$d")/state"); done
+tar czf "$OUT/table3_preresnet20.tgz" "${excl[@]}" -C runs/sweeps fmnist_preresnet20_table3
+ls -la "$OUT"; tail -n 30 "$OUT/sweep.log"
