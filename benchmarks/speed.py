@@ -283,6 +283,11 @@ def markdown(r) -> str:
              f"<= 1.1 |",
              f"| peak memory Lipschitz / CE step ({mem['method']}) | {mem['ratio']:.2f}x "
              f"({mem[mem_key]['lipschitz_hinge']:.0f} vs {mem[mem_key]['cross_entropy']:.0f} MiB) | - |"]
+    for name in ('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory'):
+        run = r[name].get('run')
+        if run and run['command'] != r['command']:
+            lines.append(f"\n`{name}` re-measured later: {run['hardware']}; torch {run['torch']}; {run['date']}; "
+                         f"command: `{run['command']}`")
     return '\n'.join(lines)
 
 
@@ -300,8 +305,9 @@ def main() -> None:
          'command': 'python ' + ' '.join(['benchmarks/speed.py'] + sys.argv[1:])}
     todo = args.only or ['loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory']
     prev = OUT / f'speed_{device.type}.json'
-    if args.only and prev.is_file():  # re-measure some items, keep the others
-        r = {**json.loads(prev.read_text()), **r}
+    run = {k: r[k] for k in ('hardware', 'torch', 'date', 'command')}
+    if args.only and prev.is_file():  # re-measure some items, keep the others (and say which run measured what)
+        r = json.loads(prev.read_text())
     for name in todo:
         t = time.time()
         if name == 'loss_ratio':
@@ -314,6 +320,7 @@ def main() -> None:
             r[name] = bench_sweep(device, max(1, args.repeats // 2), args.quick)
         else:
             r[name] = bench_memory(device)
+        r[name]['run'] = run
         print(f'{name}: done in {time.time() - t:.0f}s', flush=True)
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / f'speed_{device.type}.json').write_text(json.dumps(r, indent=1))  # saved after every item
