@@ -1,0 +1,49 @@
+"""Merge the ``eval.json`` files of separate ``timm-lipschitz eval`` runs into one table and one overlaid plot, for
+models evaluated one at a time (on different machines, say) on the same data and noise grid.
+
+    python benchmarks/merge_evals.py NAME EVAL_JSON [EVAL_JSON ...]
+
+Writes benchmarks/results/NAME.{json,md,png} and prints the markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from timm_lipschitz.robustness import plot_sweeps, summary_table, sweep_table  # noqa: E402
+
+OUT = ROOT / 'benchmarks' / 'results'
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('name')
+    p.add_argument('evals', nargs='+', type=Path)
+    args = p.parse_args()
+    entries = {}
+    for path in args.evals:
+        for label, entry in json.loads(path.read_text()).items():
+            if not isinstance(entry, dict) or not {'sweep', 'data'} <= set(entry):
+                raise SystemExit(f'{path} is not an eval.json of timm-lipschitz eval (entry {label!r} has no sweep).')
+            while label in entries:  # the same run name from two files: keep both
+                label += "'"
+            entries[label] = entry
+    grids = {tuple(e['sweep']['sigmas']) for e in entries.values()}
+    if len(grids) != 1 or len({(e['data'], e['sweep']['num_images']) for e in entries.values()}) != 1:
+        raise SystemExit(f'the evaluations differ in data or noise grid; nothing merged: {sorted(entries)}')
+    sweeps = {label: e['sweep'] for label, e in entries.items()}
+    md = '\n'.join([summary_table(sweeps), '', sweep_table(sweeps), ''])
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f'{args.name}.json').write_text(json.dumps(entries, indent=1))
+    (OUT / f'{args.name}.md').write_text(md)
+    plot_sweeps(sweeps, OUT / f'{args.name}.png')
+    print(md)
+
+
+if __name__ == '__main__':
+    main()
