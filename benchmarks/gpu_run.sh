@@ -6,7 +6,7 @@
 # Inputs: Fashion-MNIST idx files in $DATA_ROOT/fashion_mnist (default .devcarry) and the ResNet-20 run folders in $R20
 # (default .devcarry/r20). Outputs go to $OUT (default benchmarks/results/gpu) as a few files/tarballs.
 #
-#   OUT=/tmp/gpu bash benchmarks/gpu_run.sh
+#   OUT=gpu_out bash benchmarks/gpu_run.sh
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"

@@ -36,6 +36,7 @@ from timm_lipschitz.data import DeviceLoader, create_dataset, standard_loader, t
 from timm_lipschitz.losses import create_loss  # noqa: E402
 
 OUT = ROOT / 'benchmarks' / 'results'
+ITEMS = ('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory')
 
 
 def _sync(device):
@@ -283,7 +284,7 @@ def markdown(r) -> str:
              f"<= 1.1 |",
              f"| peak memory Lipschitz / CE step ({mem['method']}) | {mem['ratio']:.2f}x "
              f"({mem[mem_key]['lipschitz_hinge']:.0f} vs {mem[mem_key]['cross_entropy']:.0f} MiB) | - |"]
-    for name in ('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory'):
+    for name in ITEMS:
         run = r[name].get('run')
         if run and run['command'] != r['command']:
             lines.append(f"\n`{name}` re-measured later: {run['hardware']}; torch {run['torch']}; {run['date']}; "
@@ -296,14 +297,14 @@ def main() -> None:
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--quick', action='store_true', help='smaller sizes (a smoke run)')
-    p.add_argument('--only', nargs='+', choices=('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory'))
+    p.add_argument('--only', nargs='+', choices=ITEMS)
     args = p.parse_args()
     device = torch.device(args.device)
     import tempfile
     tmp = Path(tempfile.mkdtemp())
     r = {'hardware': hardware(device), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
          'command': 'python ' + ' '.join(['benchmarks/speed.py'] + sys.argv[1:])}
-    todo = args.only or ['loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory']
+    todo = args.only or list(ITEMS)
     prev = OUT / f'speed_{device.type}.json'
     run = {k: r[k] for k in ('hardware', 'torch', 'date', 'command')}
     if args.only and prev.is_file():  # re-measure some items, keep the others (and say which run measured what)
@@ -324,7 +325,7 @@ def main() -> None:
         print(f'{name}: done in {time.time() - t:.0f}s', flush=True)
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / f'speed_{device.type}.json').write_text(json.dumps(r, indent=1))  # saved after every item
-    if {'loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory'} <= set(r):
+    if set(ITEMS) <= set(r):
         md = markdown(r)
         (OUT / f'speed_{device.type}.md').write_text(md + '\n')
         print(md)

@@ -111,6 +111,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     on the CPU, where their per-image loops are written to run.
     """
     from .robustness import noise_sweep, plot_sweeps, summary_table, sweep_table
+    sweep_device = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: Dict[str, Any] = {}
@@ -123,7 +124,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         label = info['label']
         while label in results:
             label += "'"
-        sweep = noise_sweep(model.to(resolve_device(device)), ds, sigmas, repeats, seed, clip=clip,
+        sweep = noise_sweep(model.to(sweep_device), ds, sigmas, repeats, seed, clip=clip,
                             quantize=quantize, batch_size=batch_size, mean=mean, std=std, progress=progress)
         model.cpu()
         entry: Dict[str, Any] = {'data': name, 'split': split, 'sweep': sweep.to_dict()}
