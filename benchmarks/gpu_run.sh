@@ -5,8 +5,10 @@
 #   3. the ResNet-20 Table 3 checkpoints re-evaluated on the paper's full 0.01 grid (51 levels).
 # Inputs: Fashion-MNIST idx files in $DATA_ROOT/fashion_mnist (default .devcarry) and the ResNet-20 run folders in $R20
 # (default .devcarry/r20). Outputs go to $OUT (default benchmarks/results/gpu) as a few files/tarballs.
+# STEPS picks a subset (default "speed table3 r20eval"), for a lease too short for all of them.
 #
 #   OUT=gpu_out bash benchmarks/gpu_run.sh
+#   STEPS="speed r20eval" OUT=gpu_out bash benchmarks/gpu_run.sh
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -18,24 +20,33 @@ R20=${R20:-$ROOT/.devcarry/r20}
 PY=${PYTHON:-python3}
 GRID=recipes/grids/fmnist_preresnet20_table3.yaml
 SWEEP_DIR=runs/sweeps/fmnist_preresnet20_table3
+STEPS=" ${STEPS:-speed table3 r20eval} "
+want() { [[ $STEPS == *" $1 "* ]]; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, timm, accelerate; print('torch', torch.__version__, 'timm', timm.__version__,
 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 
-echo "== 1. speed (GPU alone) $(date +%T)"
-timeout "${SPEED_LIMIT:-200}" $PY benchmarks/speed.py --device cuda --repeats 5 && \
-  cp benchmarks/results/speed_cuda.json benchmarks/results/speed_cuda.md "$OUT"/
+if want speed; then
+  echo "== 1. speed (GPU alone) $(date +%T)"
+  timeout "${SPEED_LIMIT:-200}" $PY benchmarks/speed.py --device cuda --repeats 5 && \
+    cp benchmarks/results/speed_cuda.json benchmarks/results/speed_cuda.md "$OUT"/
+fi
 
 echo "== 2. Table 3 PreResNet-20, 3. ResNet-20 0.01 curves $(date +%T)"
-OMP_NUM_THREADS=4 timeout "${TRAIN_LIMIT:-240}" $PY -m timm_lipschitz.cli sweep "$GRID" --jobs 4 > "$OUT/sweep.log" 2>&1 &
-SWEEP=$!
-for run in "$R20"/*/; do
-  name=$(basename "$run")
-  $PY -m timm_lipschitz.cli eval "$run" --sigmas 0:0.5:0.01 --out "$OUT/r20_eval/$name" --no-progress ${EVAL_ARGS:-} \
-    > "$OUT/r20_eval_$name.log" 2>&1 || echo "eval $name failed"
-done
-(cd "$OUT" && tar czf r20_eval.tgz r20_eval r20_eval_*.log && rm -rf r20_eval r20_eval_*.log)
+if want table3; then
+  OMP_NUM_THREADS=4 timeout "${TRAIN_LIMIT:-240}" $PY -m timm_lipschitz.cli sweep "$GRID" --jobs 4 > "$OUT/sweep.log" 2>&1 &
+  SWEEP=$!
+fi
+if want r20eval; then
+  for run in "$R20"/*/; do
+    name=$(basename "$run")
+    $PY -m timm_lipschitz.cli eval "$run" --sigmas 0:0.5:0.01 --out "$OUT/r20_eval/$name" --no-progress ${EVAL_ARGS:-} \
+      > "$OUT/r20_eval_$name.log" 2>&1 || echo "eval $name failed"
+  done
+  (cd "$OUT" && tar czf r20_eval.tgz r20_eval r20_eval_*.log && rm -rf r20_eval r20_eval_*.log)
+fi
+want table3 || { ls -la "$OUT"; exit 0; }
 wait $SWEEP; echo "sweep exit $? $(date +%T)"
 # finished points travel without their resume state; unfinished ones with it (they resume elsewhere)
 excl=(--exclude=tensorboard)

@@ -210,7 +210,7 @@ def test_eval_command_writes_json_markdown_and_plots(tmp_path):
     import json
     res = json.loads((out / 'eval.json').read_text())
     entry = res['ck']
-    assert entry['data'] == 'digits' and entry['sweep']['num_images'] == 40
+    assert entry['data'] == 'digits' and entry['sweep']['num_images'] == 40 and entry['device'] == 'cpu'
     assert entry['lipschitz']['upper_bound']['bound'] >= entry['lipschitz']['pgd_lower_bound']['max']
     assert 'theorem1' in entry and entry['smoothing']['num_images'] == 5
     for f in ('eval.md', 'eval.png', 'certified.png', 'demo.png'):

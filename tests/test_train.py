@@ -14,7 +14,8 @@ import yaml
 from safetensors.torch import load_file
 
 from timm_lipschitz.recipes import RecipeError, resolve_recipe
-from timm_lipschitz.train import TrainingDiverged, latest_state, train
+from timm_lipschitz.train import (DivergenceGuard, TrainingDiverged, TrainState, _window_add, _window_means,
+                                  latest_state, optimizer_stepper, step_target, train)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,6 +143,63 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_state(tmp_path):
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert not (out / 'final.json').exists()
     assert not list((out / 'state').glob('.tmp*'))
+
+
+@pytest.mark.parametrize('fold_every', [2, 3, 1024])
+def test_divergence_guard_names_the_first_bad_step_across_folds(tmp_path, monkeypatch, fold_every):
+    """Losses are folded in chunks; the first non-finite one wins, whichever chunk it lands in, and a later
+    bad chunk does not overwrite it. Repeated step numbers are gradient-accumulation micro-batches."""
+    from types import SimpleNamespace
+    monkeypatch.setattr(DivergenceGuard, 'FOLD_EVERY', fold_every)
+    guard, state = DivergenceGuard(torch.device('cpu')), TrainState()
+    acc = SimpleNamespace(num_processes=1, is_main_process=True)
+    for step, loss in [(1, 2.3), (1, 2.1), (2, 1.9)]:
+        guard.observe(torch.tensor(loss), step)
+    guard.check(acc, state, tmp_path)  # all finite: no error
+    for step, loss in [(3, 1.5), (3, 1.4), (4, 1.2), (4, float('inf')), (5, float('nan')), (6, 1.0)]:
+        guard.observe(torch.tensor(loss), step)
+    with pytest.raises(TrainingDiverged, match=r'loss is inf at step 4 '):
+        guard.check(acc, state, tmp_path)
+    assert json.loads((tmp_path / 'diverged.json').read_text())['step'] == 4
+
+
+def test_log_window_means_survive_folding():
+    """Per-step metrics are kept as device tensors and folded into sums every few steps; the logged mean must be
+    the plain mean of every step, folded or not, for tensor and Python-number metrics alike."""
+    window, losses = {}, [0.5 * i for i in range(11)]
+    for i, v in enumerate(losses):
+        _window_add(window, 'loss', torch.tensor(v), fold_every=4)
+        _window_add(window, 'count', i)
+    assert len(window['loss']) < len(losses)
+    means = _window_means(window, len(losses))
+    assert means['loss'] == pytest.approx(sum(losses) / len(losses))
+    assert means['count'] == pytest.approx(5.0)
+
+
+def test_optimizer_stepper_matches_the_wrapped_step_and_keeps_the_wrapper_where_needed():
+    """The stepper skips Accelerate's optimizer wrapper only where the wrapper would do nothing: the update must
+    equal a plain SGD step, gradients must be cleared, and a GradScaler keeps the wrapper in charge."""
+    from accelerate import Accelerator
+    torch.manual_seed(0)
+    model, reference = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    reference.load_state_dict(model.state_dict())
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    assert step_target(accelerator, optimizer) is optimizer.optimizer
+    step = optimizer_stepper(accelerator, optimizer)
+    x = torch.randn(4, 3)
+    for _ in range(3):
+        accelerator.backward(model(x).square().sum())
+        step()
+        reference(x).square().sum().backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+        assert all(p.grad is None for p in model.parameters())
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q)
+    optimizer.scaler = torch.amp.GradScaler('cpu')  # fp16 training: the wrapper's unscale/skip logic is needed
+    assert step_target(accelerator, optimizer) is optimizer
 
 
 def test_label_out_of_range_is_rejected_before_training(tmp_path):

@@ -54,6 +54,14 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
     raise ValueError(f'--model {model_name} needs --checkpoint PATH or --pretrained.')
 
 
+def device_name(device: torch.device) -> str:
+    """``cpu`` or e.g. ``cuda:0 (NVIDIA H200)``: recorded with results, since GPU convolutions (cuDNN, TF32 by
+    default) can flip a few borderline images against a CPU evaluation of the same weights."""
+    if device.type == 'cuda':
+        return f'{device} ({torch.cuda.get_device_name(device)})'
+    return str(device)
+
+
 def resolve_device(name: str = 'auto') -> torch.device:
     """'auto' picks CUDA when there is one: a 51-level sweep of a 10k test set is minutes on a CPU, seconds on a GPU."""
     if name == 'auto':
@@ -127,7 +135,8 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         sweep = noise_sweep(model.to(sweep_device), ds, sigmas, repeats, seed, clip=clip,
                             quantize=quantize, batch_size=batch_size, mean=mean, std=std, progress=progress)
         model.cpu()
-        entry: Dict[str, Any] = {'data': name, 'split': split, 'sweep': sweep.to_dict()}
+        entry: Dict[str, Any] = {'data': name, 'split': split, 'device': device_name(sweep_device),
+                                 'sweep': sweep.to_dict()}
         if lipschitz or certify:
             from .robustness.certify import extra_evaluations
             hp = json.loads(info['metadata'].get('hparams', '{}') or '{}')

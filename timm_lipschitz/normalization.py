@@ -7,7 +7,8 @@ before the model, with the mean/std of the model's ``pretrained_cfg`` (timm mode
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import weakref
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -60,23 +61,43 @@ def per_channel(values: Tuple[float, ...], channels: int, what: str) -> Tuple[fl
     raise ValueError(f'{what} has {len(values)} channels but the images have {channels}.')
 
 
+def _mean_std_tensors(mean: Sequence[float], std: Sequence[float], channels: int, dtype: torch.dtype,
+                      device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    m = torch.tensor(per_channel(tuple(mean), channels, 'mean'), dtype=dtype, device=device)
+    s = torch.tensor(per_channel(tuple(std), channels, 'std'), dtype=dtype, device=device)
+    return m.view(1, channels, 1, 1), s.view(1, channels, 1, 1)
+
+
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(images - mean) / std per channel, for NCHW float images in [0,1] pixel space."""
-    c = images.shape[1]
-    m = torch.tensor(per_channel(tuple(mean), c, 'mean'), dtype=images.dtype, device=images.device)
-    s = torch.tensor(per_channel(tuple(std), c, 'std'), dtype=images.dtype, device=images.device)
-    return (images - m.view(1, c, 1, 1)) / s.view(1, c, 1, 1)
+    m, s = _mean_std_tensors(mean, std, images.shape[1], images.dtype, images.device)
+    return (images - m) / s
 
 
 class Normalizer:
-    """Normalizes for one model; mean/std are resolved lazily from the model on first use and then kept."""
+    """Normalizes for one model; mean/std are resolved lazily from the model on first use and then kept.
+
+    The mean/std tensors are kept per model, device, dtype and channel count: building them anew would copy
+    them host-to-device at every training step, which shows on a GPU that small models leave launch-bound.
+    """
 
     def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
         if (mean is None) != (std is None):
             raise ValueError(f'give both mean and std or neither (got mean={mean!r}, std={std!r}).')
         self.mean = tuple(mean) if mean is not None else None
         self.std = tuple(std) if std is not None else None
+        self._tensors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        mean, std = resolve_mean_std(model, self.mean, self.std)
-        return normalize(images, mean, std)
+        key = (images.shape[1], images.dtype, images.device)
+        per_model = self._tensors.setdefault(model, {})
+        if key not in per_model:
+            per_model[key] = _mean_std_tensors(*resolve_mean_std(model, self.mean, self.std), *key)
+        m, s = per_model[key]
+        return (images - m) / s
+
+    def __getstate__(self) -> Dict[str, Any]:  # the cache holds weak references: not copied or pickled
+        return {'mean': self.mean, 'std': self.std}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(state['mean'], state['std'])

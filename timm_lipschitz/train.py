@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
@@ -333,13 +333,21 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
                desc=recipe['name'], dynamic_ncols=True)
     t_start = time.time()
     seen_images = 0
-    window: Dict[str, float] = {}
+    window: Dict[str, List[Any]] = {}
     window_n = 0
     window_t = time.time()
     window_images = 0
     history: List[Dict[str, Any]] = []
     clean_acc = None
     guard = DivergenceGuard(accelerator.device)
+    step_optimizer = optimizer_stepper(accelerator, optimizer)
+    save_s = 0.0  # time inside train_time_s spent saving state (reported: it dominates very short epochs)
+
+    def save_state() -> None:
+        nonlocal save_s
+        t = time.time()
+        _save_state(accelerator, out, state.global_step, keep)
+        save_s += time.time() - t
     done = state.global_step >= total_steps
     model.train()
     while not done:
@@ -360,17 +368,18 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
                 output = objective(model, images, targets)
                 guard.observe(output.loss, state.global_step + 1)
                 accelerator.backward(output.loss)
-                if accelerator.sync_gradients and recipe['max_grad_norm']:
-                    accelerator.clip_grad_norm_(model.parameters(), recipe['max_grad_norm'])
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    if recipe['max_grad_norm']:
+                        accelerator.clip_grad_norm_(model.parameters(), recipe['max_grad_norm'])
+                    step_optimizer()
             state.batch_in_epoch += 1
             n_img = images.shape[0] * world
             seen_images += n_img
             window_images += n_img
+            # kept on the device and reduced at the log line: a few small kernels a step, no host sync
             acc = (output.logits.argmax(1) == targets).float().mean()
-            for k, v in {'loss': output.loss.detach(), 'acc': acc, **output.parts}.items():
-                window[k] = window.get(k, 0.0) + (v.detach() if torch.is_tensor(v) else v)  # summed on the device
+            for k, v in {'loss': output.loss, 'acc': acc, **output.parts}.items():
+                _window_add(window, k, v)
             window_n += 1
             if not accelerator.sync_gradients:
                 continue
@@ -383,7 +392,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
             if state.global_step % log_every == 0 or state.global_step == total_steps:
                 guard.check(accelerator, state, out)
                 elapsed = max(time.time() - window_t, 1e-9)
-                logs = {f'train/{k}': float(v) / window_n for k, v in window.items()}
+                logs = {f'train/{k}': v for k, v in _window_means(window, window_n).items()}
                 logs['train/lr'] = optimizer.param_groups[0]['lr']
                 logs['train/images_per_s'] = window_images / elapsed
                 logs['train/epoch'] = epoch
@@ -393,7 +402,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
                 window, window_n, window_images, window_t = {}, 0, 0, time.time()
             if every and state.global_step % every == 0 and state.global_step < total_steps:
                 guard.check(accelerator, state, out)
-                _save_state(accelerator, out, state.global_step, keep)
+                save_state()
             if state.global_step >= total_steps:
                 done = True
                 break
@@ -409,7 +418,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
                 bar.write(f'epoch {state.epoch}: step {state.global_step}/{total_steps}, clean test acc '
                           f'{clean_acc:.2f}%')
         guard.check(accelerator, state, out)
-        _save_state(accelerator, out, state.global_step, keep)
+        save_state()
     bar.close()
     train_time = time.time() - t_start
 
@@ -427,7 +436,8 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
         robustness = sweep.to_dict()
     summary = {
         'name': recipe['name'], 'output_dir': str(out), 'steps': state.global_step, 'epochs': state.epoch,
-        'train_time_s': round(train_time, 2), 'images_per_s': round(seen_images / max(train_time, 1e-9), 1),
+        'train_time_s': round(train_time, 2), 'state_save_s': round(save_s, 3),
+        'images_per_s': round(seen_images / max(train_time, 1e-9), 1),
         'clean_accuracy': clean_acc, 'history': history,
         'robustness': robustness['summary'] if robustness else None,
         'num_processes': world, 'distributed_type': accelerator.distributed_type.value,
@@ -442,6 +452,50 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
     return summary
 
 
+def optimizer_stepper(accelerator, optimizer) -> Callable[[], None]:
+    """``step()`` then ``zero_grad()`` of :func:`step_target`, called on gradient-sync steps only."""
+    target = step_target(accelerator, optimizer)
+
+    def step() -> None:
+        target.step()
+        target.zero_grad(set_to_none=True)
+    return step
+
+
+def step_target(accelerator, optimizer):
+    """The optimizer to step: the one Accelerate wraps, where the wrapper has nothing to do.
+
+    Accelerate's optimizer wrapper (1.15) looks up the optional ``lomo_optim`` package with an uncached
+    ``importlib`` search twice per step and inspects ``zero_grad``'s signature every call: about 0.5 ms of host
+    time a step, which a launch-bound GPU turns into lost throughput on small models. It is kept where it works:
+    an fp16 GradScaler, XLA, and DeepSpeed or other specialised wrappers (subclasses).
+    """
+    from accelerate.optimizer import AcceleratedOptimizer
+    from accelerate.utils import DistributedType
+    if type(optimizer) is not AcceleratedOptimizer or optimizer.scaler is not None or \
+            accelerator.distributed_type == DistributedType.XLA:
+        return optimizer
+    return optimizer.optimizer
+
+
+def _window_add(window: Dict[str, List[Any]], key: str, value: Any, fold_every: int = 1024) -> None:
+    """Keeps a step's metric for the log line: a reference to the device tensor, no kernel and no sync; every
+    ``fold_every`` values are summed into one, so a long interval between log lines holds little memory."""
+    values = window.setdefault(key, [])
+    values.append(value.detach() if torch.is_tensor(value) else value)
+    if len(values) >= fold_every and torch.is_tensor(values[0]):
+        values[:] = [torch.stack(values).sum(0)]
+
+
+def _window_means(window: Dict[str, List[Any]], n: int) -> Dict[str, float]:
+    """Mean of each logged quantity over the ``n`` steps since the last log line, with one host sync for all."""
+    sums = {k: sum(v) for k, v in window.items() if not torch.is_tensor(v[0])}
+    on_device = {k: torch.stack(v).float().sum() for k, v in window.items() if torch.is_tensor(v[0])}
+    if on_device:
+        sums.update(zip(on_device, torch.stack(list(on_device.values())).tolist()))
+    return {k: float(sums[k]) / n for k in window}
+
+
 def _has_accelerator() -> bool:
     mps = getattr(torch.backends, 'mps', None)
     return torch.cuda.is_available() or bool(mps and mps.is_available()) or \
@@ -449,24 +503,45 @@ def _has_accelerator() -> bool:
 
 
 class DivergenceGuard:
-    """Notes the first non-finite loss on the device and raises at the next ``check``.
+    """Notes the first non-finite loss and raises at the next ``check``.
 
     A per-step check would sync the host with the GPU every step, and on small models that costs more than the
-    check is worth. Here the step stays on the device and ``check`` syncs once: before every state save,
-    log line and the end of an epoch. A bad state is then never saved, and ``--resume`` restarts from the last
-    good one.
+    check is worth; even a few tiny kernels per step show on a launch-bound GPU. So a step only keeps a reference
+    to its (already computed) loss, and ``check`` looks at them all at once and syncs once: before every state
+    save, log line and the end of an epoch. A bad state is then never saved, and ``--resume`` restarts from the
+    last good one.
     """
+
+    FOLD_EVERY = 1024  # pending losses folded into (step, value) on the device, so memory stays bounded
 
     def __init__(self, device: torch.device) -> None:
         self.step = torch.full((), -1, dtype=torch.long, device=device)  # first bad step; -1: none yet
         self.value = torch.zeros((), device=device)                       # the loss it had
+        self._losses: List[torch.Tensor] = []
+        self._steps: List[int] = []
 
     def observe(self, loss: torch.Tensor, step: int) -> None:
-        new = (self.step < 0) & ~torch.isfinite(loss.detach())
-        self.step = torch.where(new, step, self.step)
-        self.value = torch.where(new, loss.detach().float(), self.value)
+        self._losses.append(loss.detach())  # no kernel launched
+        self._steps.append(step)
+        if len(self._losses) >= self.FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        """The first non-finite pending loss, if any and none was found before, becomes (step, value)."""
+        if not self._losses:
+            return
+        losses = torch.stack(self._losses).float()
+        steps = torch.tensor(self._steps, dtype=torch.long).to(losses.device, non_blocking=True)
+        first = torch.where(torch.isfinite(losses), len(losses), torch.arange(len(losses), device=losses.device))
+        first = first.min()
+        new = (self.step < 0) & (first < len(losses))
+        at = first.clamp(max=len(losses) - 1)
+        self.step = torch.where(new, steps[at], self.step)
+        self.value = torch.where(new, losses[at], self.value)
+        self._losses, self._steps = [], []
 
     def check(self, accelerator, state: TrainState, out: Path) -> None:
+        self._fold()
         bad = self.step
         if accelerator.num_processes > 1:
             bad = accelerator.reduce(bad.clone(), 'max')
