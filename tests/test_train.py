@@ -93,6 +93,20 @@ def test_steps_limit_gradient_accumulation_and_multistep_schedule(tmp_path):
     assert lrs and all(abs(lr - 0.005) < 1e-9 for lr in lrs)  # decayed at epoch 0 by 0.1
 
 
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    """Two micro-batches of 16 with accumulation take the same optimizer steps as batches of 32 (the MNIST net has
+    no BatchNorm, and CE is a mean): the optimizer must step once per two micro-batches, on the averaged gradient."""
+    weights = {}
+    for accum in (1, 2):
+        s = train(tiny(tmp_path, name=f'acc{accum}', loss={'name': 'cross_entropy'}, batch_size=32, steps=4,
+                       epochs=None, gradient_accumulation_steps=accum, data__augmentation='none',
+                       eval__at_end=False), progress=False)
+        assert s['steps'] == 4
+        weights[accum] = load_file(str(Path(s['output_dir']) / 'model.safetensors'))
+    for k, v in weights[1].items():
+        torch.testing.assert_close(weights[2][k], v, rtol=1e-4, atol=1e-5)
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path):
     s = train(tiny(tmp_path, precision='bf16', eval__at_end=False), progress=False)
     assert s['clean_accuracy'] > 20
