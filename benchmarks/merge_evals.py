@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from timm_lipschitz.robustness import plot_sweeps, summary_table, sweep_table  # noqa: E402
+from timm_lipschitz.robustness import plot_sweeps, summary_table, sweep_table, unique_label  # noqa: E402
 
 OUT = ROOT / 'benchmarks' / 'results'
 
@@ -30,9 +30,7 @@ def main() -> None:
         for label, entry in json.loads(path.read_text()).items():
             if not isinstance(entry, dict) or not {'sweep', 'data'} <= set(entry):
                 raise SystemExit(f'{path} is not an eval.json of timm-lipschitz eval (entry {label!r} has no sweep).')
-            while label in entries:  # the same run name from two files: keep both
-                label += "'"
-            entries[label] = entry
+            entries[unique_label(label, entries)] = entry  # the same run name from two files: keep both
     grids = {tuple(e['sweep']['sigmas']) for e in entries.values()}
     if len(grids) != 1 or len({(e['data'], e['sweep']['num_images']) for e in entries.values()}) != 1:
         raise SystemExit(f'the evaluations differ in data or noise grid; nothing merged: {sorted(entries)}')

@@ -237,3 +237,9 @@ def test_eval_rejects_class_count_mismatch(tmp_path, capsys):
     save_pretrained(model, tmp_path / 'ck3', dataset='digits')
     assert main(['eval', str(tmp_path / 'ck3'), '--out', str(tmp_path / 'o')]) == 2
     assert 'digits has 10 classes but the model has num_classes=3' in capsys.readouterr().err
+
+
+def test_unique_label_primes_until_free():
+    from timm_lipschitz.robustness import unique_label
+    assert unique_label('ce', {}) == 'ce'
+    assert unique_label('ce', {'ce': 1, "ce'": 2}) == "ce''"

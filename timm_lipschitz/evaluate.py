@@ -118,7 +118,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     The noise sweep runs on ``device``; the optional extras (Lipschitz estimates, certificates, the demo grid) run
     on the CPU, where their per-image loops are written to run.
     """
-    from .robustness import noise_sweep, plot_sweeps, summary_table, sweep_table
+    from .robustness import noise_sweep, plot_sweeps, summary_table, sweep_table, unique_label
     sweep_device = resolve_device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,9 +129,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     for model, info in models:
         model.eval()
         ds, name = _data_for(model, info, data, root, input_size, split, max_images)
-        label = info['label']
-        while label in results:
-            label += "'"
+        label = unique_label(info['label'], results)
         sweep = noise_sweep(model.to(sweep_device), ds, sigmas, repeats, seed, clip=clip,
                             quantize=quantize, batch_size=batch_size, mean=mean, std=std, progress=progress)
         model.cpu()

@@ -478,7 +478,10 @@ def step_target(accelerator, optimizer):
     return optimizer.optimizer
 
 
-def _window_add(window: Dict[str, List[Any]], key: str, value: Any, fold_every: int = 1024) -> None:
+FOLD_EVERY = 1024  # per-step device tensors kept at most before they are reduced, so memory stays bounded
+
+
+def _window_add(window: Dict[str, List[Any]], key: str, value: Any, fold_every: int = FOLD_EVERY) -> None:
     """Keeps a step's metric for the log line: a reference to the device tensor, no kernel and no sync; every
     ``fold_every`` values are summed into one, so a long interval between log lines holds little memory."""
     values = window.setdefault(key, [])
@@ -512,7 +515,7 @@ class DivergenceGuard:
     last good one.
     """
 
-    FOLD_EVERY = 1024  # pending losses folded into (step, value) on the device, so memory stays bounded
+    FOLD_EVERY = FOLD_EVERY  # pending losses folded into (step, value) on the device
 
     def __init__(self, device: torch.device) -> None:
         self.step = torch.full((), -1, dtype=torch.long, device=device)  # first bad step; -1: none yet

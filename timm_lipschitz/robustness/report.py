@@ -6,7 +6,15 @@ from typing import Mapping, Optional, Sequence, Union
 
 from .noise import TABLE_SIGMAS, SweepResult
 
-__all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure']
+__all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label']
+
+
+def unique_label(label: str, taken: Mapping[str, object]) -> str:
+    """``label``, primed (``name'``, ``name''`` ...) until it is not in ``taken``: two models with the same run
+    name both keep a column in the tables and a curve in the plot."""
+    while label in taken:
+        label += "'"
+    return label
 
 
 def _as_result(r: Union[SweepResult, Mapping]) -> SweepResult:
