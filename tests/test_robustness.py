@@ -1,4 +1,5 @@
 """Noise sweeps, Lipschitz bounds and certificates against analytic answers."""
+import json
 import math
 
 import pytest
@@ -207,8 +208,9 @@ def test_eval_command_writes_json_markdown_and_plots(tmp_path):
                '--certify', '--n0', '20', '--n', '50', '--certify-images', '5', '--demo', '--out', str(out),
                '--device', 'cpu', '--no-progress'])
     assert rc == 0
-    import json
-    res = json.loads((out / 'eval.json').read_text())
+    from timm_lipschitz.evaluate import read_eval
+    res = read_eval(out / 'eval.json')
+    assert json.loads((out / 'eval.json').read_text())['format_version'] == 2
     entry = res['ck']
     assert entry['data'] == 'digits' and entry['sweep']['num_images'] == 40 and entry['device'] == 'cpu'
     assert entry['lipschitz']['upper_bound']['bound'] >= entry['lipschitz']['pgd_lower_bound']['max']

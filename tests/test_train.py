@@ -355,7 +355,8 @@ def test_extends_and_overrides(tmp_path):
     assert r2['loss'] == {'name': 'cross_entropy'}
     # a whole-section override (a grid's include) keeps the defaults of the keys it does not name
     r3 = resolve_recipe(tmp_path / 'child.yaml', ['model={name: mnist_convnet, mean: [0.0], std: [1.0]}'])
-    assert r3['model'] == {'name': 'mnist_convnet', 'mean': [0.0], 'std': [1.0], 'pretrained': False, 'kwargs': {}}
+    assert r3['model'] == {'name': 'mnist_convnet', 'mean': [0.0], 'std': [1.0], 'pretrained': False, 'kwargs': {},
+                           'checkpoint': None}
 
 
 def test_torch_compile_trains_and_saves_plain_weights(tmp_path):

@@ -1,12 +1,71 @@
 """timm-lipschitz: noise-robust image classifiers with the Lipschitz hinge loss (Usama & Chang), as a timm plugin.
 
 ``import timm_lipschitz`` registers the CIFAR ResNet/PreResNet family and the paper's MNIST net with timm, so
-``timm.create_model("cifar_resnet20")`` works like any built-in model.
+``timm.create_model("cifar_resnet20")`` works like any built-in model. timm has no plugin entry points, so the
+import is the registration. It happens at once when timm is already imported, and otherwise the moment timm is
+imported (an import hook): ``import timm_lipschitz`` itself loads neither torch nor timm, which keeps the command
+line's ``--help`` and recipe checks fast.
 """
-__version__ = '0.1.0'
+from __future__ import annotations
 
-from . import models  # noqa: F401  (registers the models with timm)
-from .models import list_registered
-from .losses import LossOutput, create_loss, list_losses, register_loss
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+from typing import Any
 
-__all__ = ["__version__", "models", "list_registered", "create_loss", "list_losses", "register_loss", "LossOutput"]
+__version__ = '0.2.0'
+
+_LAZY = {
+    'create_loss': 'losses', 'list_losses': 'losses', 'register_loss': 'losses', 'LossOutput': 'losses',
+    'Objective': 'losses', 'list_registered': 'models',
+}
+__all__ = ['__version__', 'models', 'list_registered', 'create_loss', 'list_losses', 'register_loss', 'LossOutput',
+           'Objective']
+
+
+def _register_models() -> None:
+    importlib.import_module(f'{__name__}.models')
+
+
+class _RegisterAfterTimm(importlib.abc.MetaPathFinder):
+    """Imports ``timm_lipschitz.models`` (which registers the models) right after timm finishes importing."""
+
+    def find_spec(self, fullname, path, target=None):  # noqa: ANN001 (importlib protocol)
+        if fullname != 'timm':
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec('timm')
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+
+        class _Loader(importlib.abc.Loader):
+            def create_module(self, spec):  # noqa: ANN001
+                return loader.create_module(spec)
+
+            def exec_module(self, module):  # noqa: ANN001
+                module.__spec__.loader = module.__loader__ = loader  # timm sees its own loader
+                loader.exec_module(module)
+                _register_models()
+
+        spec.loader = _Loader()
+        return spec
+
+
+def _install() -> None:
+    if 'timm' in sys.modules:
+        _register_models()
+    elif not any(isinstance(f, _RegisterAfterTimm) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegisterAfterTimm())
+
+
+_install()
+
+
+def __getattr__(name: str) -> Any:
+    if name == 'models':
+        return importlib.import_module(f'{__name__}.models')
+    if name in _LAZY:
+        return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

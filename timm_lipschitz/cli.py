@@ -1,76 +1,156 @@
-"""``timm-lipschitz`` command line: argparse front-end only; the work is done by the package's modules."""
+"""``timm-lipschitz`` command line: argparse front-end only; the work is done by the package's modules.
+
+Every parser is defined here without importing torch or timm: ``--help`` and a recipe mistake are answered in well
+under a second, and the heavy modules load only when a command runs.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Optional, Sequence
 
-__all__ = ['main']
+__all__ = ['main', 'build_parser', 'add_train_arguments', 'add_eval_arguments', 'add_sweep_arguments']
 
 
-def _train(sub) -> None:
-    from . import train as train_mod
-    p = sub.add_parser('train', help='train a model from a recipe (Accelerate)')
-    train_mod.build_parser(p)
-    p.set_defaults(func=train_mod.run_from_args)
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('--recipe', required=True, help='recipe YAML (see recipes/)')
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                   help='override a recipe key, e.g. --set loss.sigma=0.5 (repeatable)')
+    p.add_argument('--output-dir', help="run folder (default: the recipe's output_dir)")
+    p.add_argument('--resume', action='store_true', help='continue from the newest saved state in the run folder')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return p
 
 
-def _eval(sub) -> None:
-    p = sub.add_parser('eval', help='noise-robustness evaluation of runs, checkpoints or registered models')
-    from .evaluate import add_arguments, run_from_args
-    add_arguments(p)
-    p.set_defaults(func=run_from_args)
+def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('sources', nargs='*', help='run folders or checkpoint folders (several give one overlaid plot)')
+    p.add_argument('--model', help='registered model name, e.g. cifar_resnet20 or cifar_resnet20.<tag> '
+                                   '(with --checkpoint or --pretrained)')
+    p.add_argument('--checkpoint', help='safetensors file for --model')
+    p.add_argument('--pretrained', action='store_true', help='use the registered pretrained tag of --model')
+    p.add_argument('--data', help='dataset name (default: the one the run or tag was trained on)')
+    p.add_argument('--data-root', help='where the dataset files are (default: the dataset\'s own default)')
+    p.add_argument('--input-size', help="C,H,W (default: the model's pretrained_cfg input_size)")
+    p.add_argument('--split', default='test', choices=('train', 'test'), help='which split to evaluate')
+    p.add_argument('--sigmas', default=None,
+                   help="'start:stop:step' (stop included), a comma list, or a preset: paper (0..0.5), mnist "
+                        "(0..1.0), cifar10c_gaussian (clipped, uint8-rounded); default 0:0.5:0.01")
+    p.add_argument('--preset', choices=('paper', 'mnist', 'cifar10c_gaussian'),
+                   help='same as --sigmas PRESET (kept for compatibility)')
+    p.add_argument('--repeats', type=int, default=1, help='noise draws per image and sigma (mean ± std reported)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the evaluation noise (common random numbers)')
+    p.add_argument('--clip', action='store_true', help='clip noisy images to [0,1]')
+    p.add_argument('--batch-size', type=int, default=256, help='images per forward pass')
+    p.add_argument('--max-images', type=int, help='evaluate only the first N images of the split')
+    p.add_argument('--mean', help='normalization mean for models without pretrained_cfg (comma list)')
+    p.add_argument('--std', help='normalization std (comma list)')
+    p.add_argument('--lipschitz', action='store_true', help='k(x) statistics, PGD lower bound, spectral upper bound')
+    p.add_argument('--certify', action='store_true', help='randomized smoothing certificates (Cohen et al.)')
+    p.add_argument('--certify-sigma', type=float, default=0.25, help='noise level of the smoothed classifier')
+    p.add_argument('--n0', type=int, default=100, help='Monte Carlo samples to pick the class (certify)')
+    p.add_argument('--n', type=int, default=1000, help='Monte Carlo samples to bound its probability (certify)')
+    p.add_argument('--alpha', type=float, default=0.001, help='failure probability of a certificate')
+    p.add_argument('--certify-images', type=int, default=100, help='images certified, spread over the split')
+    p.add_argument('--demo', action='store_true', help="the paper's Table 1: one image at sigma 0..0.6")
+    p.add_argument('--out', default='eval_out', help='output folder')
+    p.add_argument('--device', default='auto',
+                   help='where the noise sweep runs: auto (CUDA if available), cpu, cuda or cuda:N; '
+                        '--lipschitz/--certify/--demo run on the CPU')
+    p.add_argument('--no-progress', action='store_true', help='no progress bars')
+    return p
 
 
-def _sweep(sub) -> None:
-    p = sub.add_parser('sweep', help='run a hyperparameter grid and render the paper-style tables')
-    from .sweep import add_arguments, run_from_args
-    add_arguments(p)
-    p.set_defaults(func=run_from_args)
+def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('grid', help='grid YAML (see recipes/grids/)')
+    p.add_argument('--dry-run', action='store_true', help='list the points and what is finished; run nothing')
+    p.add_argument('--jobs', type=int, default=1, help='points at a time (subprocesses; one per GPU if several)')
+    p.add_argument('--emit-commands', action='store_true', help='print one accelerate launch command per point')
+    p.add_argument('--progress', action='store_true', help='progress bars for each run')
+    p.add_argument('--collect', action='store_true', help='only collect finished points and render the tables')
+    p.add_argument('--seeds', type=int, nargs='+', help='run only the points of these seeds')
+    return p
 
 
-def _publish(sub) -> None:
-    p = sub.add_parser('publish', help='build a hub folder from a finished run and upload it')
-    p.add_argument('run_dir')
+def _add_publish_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('run_dir', help='a finished run folder')
     p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hugging Face Hub')
     p.add_argument('--dry-run', action='store_true', help='write the folder only, upload nothing')
     p.add_argument('--out-dir', help='where to build the folder (default RUN_DIR/publish)')
-    p.add_argument('--private', action='store_true')
-
-    def run(args):
-        from .hub import publish
-        out = publish(args.run_dir, args.repo_id, dry_run=args.dry_run, out_dir=args.out_dir, private=args.private)
-        print(f"{'built' if args.dry_run else 'uploaded'} {out}" + ('' if args.dry_run else f' to {args.repo_id}'))
-    p.set_defaults(func=run)
+    p.add_argument('--private', action='store_true', help='create the hub repo as private')
+    return p
 
 
-def _convert(sub) -> None:
-    p = sub.add_parser('convert', help='convert akamaster / chenyaofo CIFAR ResNet checkpoints')
+def _add_convert_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('checkpoint', help='.th / .pt file (read with torch.load(weights_only=True))')
-    p.add_argument('out_dir')
-    p.add_argument('--source', default='auto', choices=('auto', 'akamaster', 'chenyaofo'))
-    p.add_argument('--dataset', default='cifar10')
+    p.add_argument('out_dir', help='checkpoint folder to write')
+    p.add_argument('--source', default='auto', choices=('auto', 'akamaster', 'chenyaofo'),
+                   help='the project the file comes from; auto detects it from the layout, a named source is '
+                        'checked against it')
+    p.add_argument('--dataset', default='cifar10', help='dataset the weights were trained on (metadata)')
+    return p
 
-    def run(args):
-        from .hub import convert_checkpoint
-        print(f'wrote {convert_checkpoint(args.checkpoint, args.out_dir, args.source, args.dataset)}')
-    p.set_defaults(func=run)
+
+def train_overrides(args: argparse.Namespace) -> list:
+    """``--set`` overrides plus ``--output-dir``."""
+    return list(args.overrides) + ([f'output_dir={args.output_dir}'] if args.output_dir else [])
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from .recipes import resolve_recipe
+    resolve_recipe(args.recipe, train_overrides(args))  # a recipe mistake is reported before torch loads
+    from .train import run_from_args
+    run_from_args(args)
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from .evaluate import run_from_args
+    run_from_args(args)
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    from .sweep import run_from_args
+    run_from_args(args)
+
+
+def _run_publish(args: argparse.Namespace) -> None:
+    from .hub import publish
+    out = publish(args.run_dir, args.repo_id, dry_run=args.dry_run, out_dir=args.out_dir, private=args.private)
+    print(f"{'built' if args.dry_run else 'uploaded'} {out}" + ('' if args.dry_run else f' to {args.repo_id}'))
+
+
+def _run_convert(args: argparse.Namespace) -> None:
+    from .hub import convert_checkpoint
+    print(f'wrote {convert_checkpoint(args.checkpoint, args.out_dir, args.source, args.dataset)}')
+
+
+COMMANDS: dict = {
+    'train': ('train a model from a recipe (Accelerate)', add_train_arguments, _run_train),
+    'eval': ('noise-robustness evaluation of runs, checkpoints or registered models', add_eval_arguments,
+             _run_eval),
+    'sweep': ('run a hyperparameter grid and render the paper-style tables', add_sweep_arguments, _run_sweep),
+    'publish': ('build a hub folder from a finished run and upload it', _add_publish_arguments, _run_publish),
+    'convert': ('convert akamaster / chenyaofo CIFAR ResNet checkpoints', _add_convert_arguments, _run_convert),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='timm-lipschitz',
                                 description='Noise-robust training with the Lipschitz hinge loss, as a timm plugin.')
     sub = p.add_subparsers(dest='command', required=True)
-    for add in (_train, _eval, _sweep, _publish, _convert):
-        add(sub)
+    for name, (help_text, add, run) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text)).set_defaults(func=run)
     return p
+
+
+# The exceptions that are the user's mistake (or the machine's state) and deserve one line, not a traceback.
+USER_ERRORS = (ValueError, RuntimeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -1,23 +1,75 @@
-"""``timm-lipschitz eval``: noise sweeps (and optional Lipschitz estimates and certificates) of runs, checkpoint
-folders, or registered models with a checkpoint file or their pretrained tag; writes JSON, markdown and plots."""
+"""``timm-lipschitz eval``: robustness evaluation of runs, checkpoint folders, or registered models with a checkpoint
+file or their pretrained tag; writes ``eval.json``, ``eval.md`` and plots.
+
+This module orchestrates; the measurements are :mod:`timm_lipschitz.robustness` (noise sweeps under the evaluation
+protocol, Lipschitz estimates and bounds, certificates). ``eval.json`` layout (``format_version`` 2)::
+
+    {"format_version": 2, "models": {<label>: {"data": ..., "split": ..., "device": ..., "sweep": {...},
+                                                "lipschitz": {...}, "smoothing": {...}, ...}}}
+
+Files of 0.1.0 (format 1) hold the ``models`` mapping at the top level; :func:`read_eval` reads both.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from torch.utils.data import Dataset
 
 from .fileio import atomic_write_json, atomic_write_text, read_json
 
-__all__ = ['load_model', 'resolve_device', 'evaluate', 'add_arguments', 'run_from_args']
+__all__ = ['load_model', 'resolve_device', 'evaluate', 'run_from_args', 'extra_evaluations', 'read_eval',
+           'EVAL_FORMAT_VERSION', 'ClassNamesWarning']
+
+EVAL_FORMAT_VERSION = 2
+
+
+class ClassNamesWarning(UserWarning):
+    """The model's class names differ from the evaluation data's: the accuracy compares unrelated labels."""
+
+
+def read_eval(path) -> Dict[str, Any]:
+    """The per-model entries of an ``eval.json`` (format 2, or 0.1.0's flat format 1)."""
+    data = read_json(path)
+    return data['models'] if 'format_version' in data else data
+
+
+# ---- what to evaluate ----------------------------------------------------------------------------------------------
+def _unfinished_message(folder: Path) -> Optional[str]:
+    from .runs import run_status
+    status = run_status(folder)
+    if status and status.startswith('an unfinished') and not (folder / 'model.safetensors').is_file():
+        return (f'{folder} holds {status}: there are no final weights to evaluate. Finish it with '
+                f'timm-lipschitz train --recipe {folder / "recipe.yaml"} --resume.')
+    return None
+
+
+def _num_classes_of(checkpoint: str, model_name: str) -> int:
+    """The class count a checkpoint file was saved with: its metadata, else its classifier's weight."""
+    import timm
+    from safetensors import safe_open
+
+    from .hub import read_metadata
+    meta = read_metadata(checkpoint)
+    if meta.get('num_classes'):
+        return int(meta['num_classes'])
+    classifier = getattr(timm.models.get_pretrained_cfg(model_name), 'classifier', None) or 'fc'
+    with safe_open(str(checkpoint), framework='pt') as f:
+        key = f'{classifier}.weight'
+        if key in f.keys():
+            return int(f.get_slice(key).get_shape()[0])
+    raise ValueError(f'--checkpoint {checkpoint}: its class count is recorded nowhere (no num_classes metadata, '
+                     f'no {classifier}.weight); save it with timm_lipschitz.hub.save_pretrained.')
 
 
 def load_model(source: Optional[str] = None, model_name: Optional[str] = None, checkpoint: Optional[str] = None,
                pretrained: bool = False) -> Tuple[nn.Module, Dict[str, Any]]:
-    """A model and what is known of how it was trained (the run's recipe, if any).
+    """A model and what is known of how it was trained (the run's recipe and the checkpoint's metadata).
 
     ``source``: a run folder or checkpoint folder (``config.json`` + ``model.safetensors``).
     ``model_name`` with ``checkpoint`` (a safetensors file) or ``pretrained`` (its registered tag).
@@ -27,6 +79,9 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
     from .hub import CheckpointError, load_checkpoint, load_pretrained, read_metadata
     if source is not None:
         folder = Path(source)
+        unfinished = _unfinished_message(folder)
+        if unfinished:
+            raise CheckpointError(unfinished)
         model = load_pretrained(folder)
         recipe = {}
         if (folder / 'recipe.yaml').is_file():
@@ -37,20 +92,19 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
     if model_name is None:
         raise ValueError('give a run/checkpoint folder, or --model NAME with --checkpoint PATH or --pretrained.')
     if checkpoint is not None:
-        meta = read_metadata(checkpoint)
-        model = timm.create_model(model_name, pretrained=False,
-                                  num_classes=int(meta.get('num_classes') or 10),
+        model = timm.create_model(model_name, pretrained=False, num_classes=_num_classes_of(checkpoint, model_name),
                                   **_args_beside(checkpoint))
         load_checkpoint(model, checkpoint)
         return model, {'label': Path(checkpoint).stem if Path(checkpoint).stem != 'model' else model_name,
-                       'recipe': {}, 'metadata': meta}
+                       'recipe': {}, 'metadata': read_metadata(checkpoint)}
     if pretrained:
         cfg = timm.models.get_pretrained_cfg(model_name)
         if cfg is None or not (cfg.file or cfg.hf_hub_id or cfg.url):
             raise CheckpointError(f'{model_name!r} has no pretrained weights; registered tags with weights: '
                                   f'{timm.list_pretrained(model_name.split(".")[0] + "*")}.')
         model = timm.create_model(model_name, pretrained=True)
-        return model, {'label': model_name, 'recipe': {}, 'metadata': {}}
+        meta = read_metadata(cfg.file) if cfg.file else {}
+        return model, {'label': model_name, 'recipe': {}, 'metadata': meta}
     raise ValueError(f'--model {model_name} needs --checkpoint PATH or --pretrained.')
 
 
@@ -87,6 +141,21 @@ def _args_beside(checkpoint: str) -> Dict[str, Any]:
     return {**args, 'pretrained_cfg_overlay': cfg.get('pretrained_cfg', {})}
 
 
+def _check_input_size(model: nn.Module, size: Sequence[int]) -> None:
+    """One forward of a zero image at ``size``: a size the model cannot take fails here, naming the flag."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *size))
+    except RuntimeError as e:
+        raise ValueError(f'--input-size {",".join(map(str, size))} does not fit the model (its pretrained_cfg '
+                         f'input_size is {tuple(model.pretrained_cfg["input_size"])}): {str(e).splitlines()[0]}') \
+            from None
+    finally:
+        model.train(was)
+
+
 def _data_for(model: nn.Module, info: Dict[str, Any], data: Optional[str], root: Optional[str],
               input_size: Optional[Sequence[int]], split: str, max_images: Optional[int]):
     from .data import check_labels, create_dataset
@@ -95,11 +164,17 @@ def _data_for(model: nn.Module, info: Dict[str, Any], data: Optional[str], root:
     if not name:
         raise ValueError('which data? give --data NAME (the model carries no record of its training data).')
     size = tuple(input_size) if input_size else tuple(model.pretrained_cfg['input_size'])
+    if input_size:
+        _check_input_size(model, size)
     kwargs = recipe_data.get('kwargs', {}) if name == recipe_data.get('name') else {}
     ds, dinfo = create_dataset(name, split, root=root or recipe_data.get('root'), input_size=size, **kwargs)
     if dinfo.num_classes > model.num_classes:
         raise ValueError(f'{name} has {dinfo.num_classes} classes but the model has num_classes='
                          f'{model.num_classes}; evaluate it on data with at most {model.num_classes} classes.')
+    own = list(model.pretrained_cfg.get('label_names') or [])
+    if own and dinfo.class_names and own[:len(dinfo.class_names)] != list(dinfo.class_names):
+        warnings.warn(f'the model was trained on classes {own[:4]}... but {name} has {dinfo.class_names[:4]}...: '
+                      f'its accuracy there compares unrelated labels.', ClassNamesWarning, stacklevel=2)
     if hasattr(ds, 'labels'):
         check_labels(ds.labels, model.num_classes, f'{name}/{split}')
     if max_images is not None and max_images < len(ds):
@@ -107,6 +182,69 @@ def _data_for(model: nn.Module, info: Dict[str, Any], data: Optional[str], root:
     return ds, name
 
 
+# ---- extra measurements ------------------------------------------------------------------------------------------
+def _spread_subset(data: Dataset, n: int) -> Dataset:
+    if len(data) <= n:
+        return data
+    return torch.utils.data.Subset(data, list(range(0, len(data), len(data) // n))[:n])
+
+
+def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify: bool,
+                      certify_args: Dict[str, Any], mean=None, std=None, seed: int = 0) -> Dict[str, Any]:
+    """Lipschitz estimates and bounds, and certificates: the measurements, their markdown, for one model."""
+    from .robustness.certify import CERT_RADII, certify_dataset, theorem1_radius
+    from .robustness.lipschitz import margin_certificate, pgd_lower_bound, sampled_k, spectral_upper_bound
+    res: Dict[str, Any] = {}
+    subset = _spread_subset(data, 1000)
+    if lipschitz or certify:
+        try:
+            upper = spectral_upper_bound(model, mean=mean, std=std)
+        except NotImplementedError as e:
+            upper = {'bound': None, 'method': str(e)}
+        res['lipschitz'] = {
+            'k_sigma_0.25': sampled_k(model, subset, 0.25, seed=seed, mean=mean, std=std),
+            'pgd_lower_bound': pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std, max_images=128),
+            'upper_bound': upper,
+        }
+        k, lo, hi = res['lipschitz']['k_sigma_0.25'], res['lipschitz']['pgd_lower_bound']['max'], upper['bound']
+        res['lipschitz_md'] = {'title': 'Lipschitz constant of the logits w.r.t. [0,1] pixels', 'table': '\n'.join([
+            '| quantity | value |', '|---|---|',
+            f"| sampled k(x) at σ 0.25: mean / p95 / max | {k['mean']:.3f} / {k['p95']:.3f} / {k['max']:.3f} |",
+            f'| PGD lower bound (max over images) | {lo:.3f} |',
+            f"| upper bound ({upper['method'][:60]}...) | {'n/a' if hi is None else f'{hi:.4g}'} |"])}
+    if certify:
+        a = dict(certify_args)
+        smooth = certify_dataset(model, data, model.num_classes, sigma=a.get('sigma', 0.25), n0=a.get('n0', 100),
+                                 n=a.get('n', 1000), alpha=a.get('alpha', 0.001),
+                                 num_images=a.get('num_images', 100), mean=mean, std=std, seed=seed)
+        res['smoothing'] = smooth
+        res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
+        lines = ['| certificate | ' + ' | '.join(f'r = {r:g}' for r in CERT_RADII) + ' | mean radius |',
+                 '|---|' + '---|' * (len(CERT_RADII) + 1),
+                 f"| randomized smoothing σ {smooth['sigma']:g} (n0 {smooth['n0']}, n {smooth['n']}, α "
+                 f"{smooth['alpha']:g}, {smooth['num_images']} images) | " +
+                 ' | '.join(f'{v:.1f}' for v in smooth['certified_accuracy']) +
+                 f" | {smooth['average_certified_radius']:.3f} |"]
+        if res['lipschitz']['upper_bound']['bound']:
+            mc = margin_certificate(model, subset, res['lipschitz']['upper_bound']['bound'], mean=mean, std=std)
+            res['margin_certificate'] = mc
+            lines.append('| Lipschitz margin (global upper bound) | ' +
+                         ' | '.join(f'{v:.1f}' for v in mc['certified_accuracy']) + f" | {mc['mean_radius']:.2e} |")
+        ln = (certify_args.get('hparams') or {}).get('lipschitz_target')  # the L_n the model was trained with
+        if ln:
+            t1 = theorem1_radius(ln, 'probs')
+            probs_lo = pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std, max_images=128, output='probs')
+            res['theorem1'] = {'lipschitz_target': ln, 'radius': t1, 'measured_lower_bound_probs': probs_lo['max'],
+                               'holds': probs_lo['max'] <= ln}
+            lines += ['', f"Theorem 1 (conditional): ρ/L_n = {t1:.2f} with ρ = √2/2 and L_n = {ln:g}, valid only if "
+                          f"the softmax output is L_n-Lipschitz. Measured lower bound of its Lipschitz constant: "
+                          f"{probs_lo['max']:.3f} ({'consistent with' if probs_lo['max'] <= ln else 'exceeds'} "
+                          f"L_n{'' if probs_lo['max'] <= ln else ': the condition fails, no radius is certified'})."]
+        res['certify_md'] = {'title': 'certified accuracy (%) at l2 radius', 'table': '\n'.join(lines)}
+    return res
+
+
+# ---- the evaluation ------------------------------------------------------------------------------------------------
 def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data: Optional[str] = None,
              root: Optional[str] = None, input_size: Optional[Sequence[int]] = None, split: str = 'test',
              sigmas: Any = None, repeats: int = 1, seed: int = 0, clip: bool = False, quantize: bool = False,
@@ -115,12 +253,15 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
              demo: bool = False, progress: bool = True, device: str = 'cpu') -> Dict[str, Any]:
     """Evaluate each model on its data; write ``eval.json``, ``eval.md``, ``eval.png`` (and more) in ``out_dir``.
 
-    The noise sweep runs on ``device``; the optional extras (Lipschitz estimates, certificates, the demo grid) run
-    on the CPU, where their per-image loops are written to run.
+    ``sigmas`` is a grid or a preset of the evaluation protocol (a preset brings its clipping and rounding). The
+    noise sweep runs on ``device``; the optional extras (Lipschitz estimates, certificates, the demo grid) run on
+    the CPU, where their per-image loops are written to run.
     """
     from .robustness import noise_sweep, plot_sweeps, summary_table, sweep_table, unique_label
     sweep_device = resolve_device(device)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'--out {out} is a file; give a folder for eval.json, eval.md and the plots.')
     out.mkdir(parents=True, exist_ok=True)
     results: Dict[str, Any] = {}
     sweeps: Dict[str, Any] = {}
@@ -136,9 +277,8 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         entry: Dict[str, Any] = {'data': name, 'split': split, 'device': device_name(sweep_device),
                                  'sweep': sweep.to_dict()}
         if lipschitz or certify:
-            from .robustness.certify import extra_evaluations
             hp = json.loads(info['metadata'].get('hparams', '{}') or '{}')
-            entry.update(extra_evaluations(model, ds, out, label, lipschitz=lipschitz, certify=certify,
+            entry.update(extra_evaluations(model, ds, lipschitz=lipschitz, certify=certify,
                                            certify_args={**(certify_args or {}), 'hparams': hp},
                                            mean=mean, std=std, seed=seed))
         results[label] = entry
@@ -154,8 +294,8 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
                          seed=seed, mean=mean, std=std)
         for label in results:
             results[label]['demo'] = [r for r in rows if r['model'] == label]
-    atomic_write_json(out / 'eval.json', results)
-    md = ['# Noise-robustness evaluation', '', summary_table(sweeps), '', sweep_table(sweeps), '']
+    atomic_write_json(out / 'eval.json', {'format_version': EVAL_FORMAT_VERSION, 'models': results})
+    md = ['# Robustness evaluation', '', summary_table(sweeps), '', sweep_table(sweeps), '']
     for label, entry in results.items():
         for key in ('lipschitz_md', 'certify_md'):
             if key in entry:
@@ -169,68 +309,49 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     return results
 
 
-def _floats(text: Optional[str]) -> Optional[List[float]]:
-    return [float(x) for x in text.split(',')] if text else None
+# ---- command line (arguments: timm_lipschitz.cli.add_eval_arguments) ----------------------------------------------
+def _floats(text: Optional[str], flag: str) -> Optional[List[float]]:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(',')]
+    except ValueError:
+        raise ValueError(f'{flag} {text!r} is not a comma list of numbers (e.g. {flag} 0.5,0.5,0.5).') from None
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument('sources', nargs='*', help='run folders or checkpoint folders (several give one overlaid plot)')
-    p.add_argument('--model', help='registered model name (with --checkpoint or --pretrained)')
-    p.add_argument('--checkpoint', help='safetensors file for --model')
-    p.add_argument('--pretrained', action='store_true', help='use the registered pretrained tag of --model')
-    p.add_argument('--data', help='dataset name (default: the one the run was trained on)')
-    p.add_argument('--data-root')
-    p.add_argument('--input-size', help='C,H,W (default: the model\'s pretrained_cfg input_size)')
-    p.add_argument('--split', default='test', choices=('train', 'test'))
-    p.add_argument('--sigmas', default=None,
-                   help="'start:stop:step' (stop included), a comma list, or 'cifar10c_gaussian' (default 0:0.5:0.01)")
-    p.add_argument('--preset', choices=('paper', 'mnist', 'cifar10c_gaussian'),
-                   help='paper: 0..0.5; mnist: 0..1.0; cifar10c_gaussian: CIFAR-10-C severities, clipped, uint8')
-    p.add_argument('--repeats', type=int, default=1)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--clip', action='store_true', help='clip noisy images to [0,1]')
-    p.add_argument('--batch-size', type=int, default=256)
-    p.add_argument('--max-images', type=int)
-    p.add_argument('--mean', help='normalization mean for models without pretrained_cfg (comma list)')
-    p.add_argument('--std', help='normalization std (comma list)')
-    p.add_argument('--lipschitz', action='store_true', help='k(x) statistics, PGD lower bound, spectral upper bound')
-    p.add_argument('--certify', action='store_true', help='randomized smoothing certificates (Cohen et al.)')
-    p.add_argument('--certify-sigma', type=float, default=0.25)
-    p.add_argument('--n0', type=int, default=100)
-    p.add_argument('--n', type=int, default=1000)
-    p.add_argument('--alpha', type=float, default=0.001)
-    p.add_argument('--certify-images', type=int, default=100)
-    p.add_argument('--demo', action='store_true', help="the paper's Table 1: one image at sigma 0..0.6")
-    p.add_argument('--out', default='eval_out', help='output folder')
-    p.add_argument('--device', default='auto',
-                   help='where the noise sweep runs: auto (CUDA if available), cpu, cuda or cuda:N; '
-                        '--lipschitz/--certify/--demo run on the CPU')
-    p.add_argument('--no-progress', action='store_true')
+def _ints(text: Optional[str], flag: str, count: int) -> Optional[List[int]]:
+    if not text:
+        return None
+    try:
+        values = [int(x) for x in text.split(',')]
+    except ValueError:
+        values = []
+    if len(values) != count or any(v < 1 for v in values):
+        raise ValueError(f'{flag} {text!r} is not allowed; give {count} positive integers (C,H,W), e.g. 1,32,32.')
+    return values
 
 
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    from .robustness.noise import CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS
     resolve_device(args.device)  # a bad --device fails before any model or data is loaded
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'--out {out} is a file; give a folder for eval.json, eval.md and the plots.')
+    mean, std = _floats(args.mean, '--mean'), _floats(args.std, '--std')
+    if (mean is None) != (std is None):
+        raise ValueError('--mean and --std go together: give both or neither.')
+    size = _ints(args.input_size, '--input-size', 3)
     models = [load_model(s) for s in args.sources]
     if args.model:
         models.append(load_model(model_name=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained))
     if not models:
         raise ValueError('nothing to evaluate: give run folders, or --model NAME with --checkpoint/--pretrained.')
-    sigmas, clip, quantize = args.sigmas, args.clip, False
-    if args.preset == 'cifar10c_gaussian' or args.sigmas == 'cifar10c_gaussian':
-        sigmas, clip, quantize = list(CIFAR10C_GAUSSIAN), True, True
-    elif args.preset == 'mnist':
-        sigmas = list(MNIST_SIGMAS)
-    elif args.preset == 'paper':
-        sigmas = list(PAPER_SIGMAS)
-    size = [int(x) for x in args.input_size.split(',')] if args.input_size else None
     results = evaluate(models, args.out, data=args.data, root=args.data_root, input_size=size, split=args.split,
-                       sigmas=sigmas, repeats=args.repeats, seed=args.seed, clip=clip, quantize=quantize,
-                       batch_size=args.batch_size, max_images=args.max_images, mean=_floats(args.mean),
-                       std=_floats(args.std), lipschitz=args.lipschitz, certify=args.certify,
+                       sigmas=args.preset or args.sigmas, repeats=args.repeats, seed=args.seed, clip=args.clip,
+                       batch_size=args.batch_size, max_images=args.max_images, mean=mean, std=std,
+                       lipschitz=args.lipschitz, certify=args.certify,
                        certify_args=dict(sigma=args.certify_sigma, n0=args.n0, n=args.n, alpha=args.alpha,
                                          num_images=args.certify_images),
                        demo=args.demo, progress=not args.no_progress, device=args.device)
-    print((Path(args.out) / 'eval.md').read_text())
-    print(f'wrote {args.out}/eval.json, eval.md, eval.png')
+    print((out / 'eval.md').read_text())
+    print(f'wrote {out}/eval.json, eval.md, eval.png')
     return results

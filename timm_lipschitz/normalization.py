@@ -1,22 +1,36 @@
 """The one place where [0,1] pixels become model inputs.
 
 Noise is added in pixel space (the seed paper's and Cohen et al.'s convention), so loaders never normalize and
-saved weights never contain a normalization layer: objectives and evaluation both call :func:`normalize` right
+saved weights never contain a normalization layer: objectives and evaluation both call :class:`Normalizer` right
 before the model, with the mean/std of the model's ``pretrained_cfg`` (timm models) or given explicitly
 (torchvision models, which carry no config).
+
+Inputs are checked here, where every objective and evaluation passes: integer images (uint8 0-255) are refused
+with a message saying how to convert them (noise in 0-255 units and a 0-255 mean would silently train something
+else), and float64 pixels are cast to the model's float32. :func:`warn_if_not_pixels` is the range check that
+objectives and the noise sweep run on the first clean batch they see (the normalizer sees noisy images too,
+which rightly leave [0, 1]).
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-import torch
-import torch.nn as nn
+from ._lazy import lazy_module
 
-__all__ = ['unwrap_model', 'resolve_mean_std', 'normalize', 'Normalizer', 'per_channel']
+torch = lazy_module('torch', __name__)
+nn = lazy_module('torch.nn', __name__)
+
+__all__ = ['unwrap_model', 'resolve_mean_std', 'normalize', 'Normalizer', 'per_channel', 'check_pixels',
+           'PixelRangeWarning']
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
+class PixelRangeWarning(UserWarning):
+    """A float batch clearly outside [0, 1]: images are expected as [0,1] pixels, before normalization."""
+
+
+def unwrap_model(model):
     """The user's model under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:
         inner = getattr(model, 'module', None) or getattr(model, '_orig_mod', None)
@@ -25,11 +39,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def resolve_mean_std(
-        model: Optional[nn.Module] = None,
-        mean: Optional[Sequence[float]] = None,
-        std: Optional[Sequence[float]] = None,
-) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def resolve_mean_std(model=None, mean: Optional[Sequence[float]] = None,
+                     std: Optional[Sequence[float]] = None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """Mean/std given explicitly, else from the model's ``pretrained_cfg``; an error names what is missing."""
     if (mean is None) != (std is None):
         raise ValueError(f'give both mean and std or neither (got mean={mean!r}, std={std!r}).')
@@ -44,7 +55,7 @@ def resolve_mean_std(
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean) != len(std):
         raise ValueError(f'mean {mean} and std {std} have different lengths.')
-    if any(s <= 0 for s in std):
+    if any(not s > 0 for s in std):
         raise ValueError(f'std {std} must be > 0 in every channel.')
     return mean, std
 
@@ -61,15 +72,35 @@ def per_channel(values: Tuple[float, ...], channels: int, what: str) -> Tuple[fl
     raise ValueError(f'{what} has {len(values)} channels but the images have {channels}.')
 
 
-def _mean_std_tensors(mean: Sequence[float], std: Sequence[float], channels: int, dtype: torch.dtype,
-                      device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+def _mean_std_tensors(mean: Sequence[float], std: Sequence[float], channels: int, dtype, device):
     m = torch.tensor(per_channel(tuple(mean), channels, 'mean'), dtype=dtype, device=device)
     s = torch.tensor(per_channel(tuple(std), channels, 'std'), dtype=dtype, device=device)
     return m.view(1, channels, 1, 1), s.view(1, channels, 1, 1)
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def check_pixels(images, where: str = 'images'):
+    """Float [0,1] pixels or a clear error: integer images are refused (convert with ``images.float() / 255``)."""
+    if not torch.is_tensor(images):
+        raise TypeError(f'{where} must be a torch.Tensor of [0,1] pixels, got {type(images).__name__}.')
+    if not images.is_floating_point():
+        raise ValueError(f'{where} are {images.dtype}; objectives and evaluation take float pixels in [0, 1] '
+                         f'(convert uint8 images with images.float() / 255, before any normalization).')
+    return images
+
+
+def warn_if_not_pixels(images, where: str = 'images') -> None:
+    """One warning when a float batch is clearly not [0,1] pixels (a host sync: called on a first batch only)."""
+    lo, hi = images.detach().aminmax()
+    lo, hi = float(lo), float(hi)
+    if lo < -0.5 or hi > 1.5:
+        warnings.warn(f'{where} range over [{lo:.3g}, {hi:.3g}]: expected [0,1] pixels before normalization '
+                      f'(0-255 values or already-normalized images make the noise sigma and L_n mean something '
+                      f'else).', PixelRangeWarning, stacklevel=3)
+
+
+def normalize(images, mean: Sequence[float], std: Sequence[float]):
     """(images - mean) / std per channel, for NCHW float images in [0,1] pixel space."""
+    check_pixels(images)
     m, s = _mean_std_tensors(mean, std, images.shape[1], images.dtype, images.device)
     return (images - m) / s
 
@@ -79,6 +110,7 @@ class Normalizer:
 
     The mean/std tensors are kept per model, device, dtype and channel count: building them anew would copy
     them host-to-device at every training step, which shows on a GPU that small models leave launch-bound.
+    float64 pixels are cast to float32 for a float32 model (the dtype of its first parameter).
     """
 
     def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
@@ -88,12 +120,19 @@ class Normalizer:
         self.std = tuple(std) if std is not None else None
         self._tensors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model, images):
+        check_pixels(images)
         key = (images.shape[1], images.dtype, images.device)
         per_model = self._tensors.setdefault(model, {})
         if key not in per_model:
-            per_model[key] = _mean_std_tensors(*resolve_mean_std(model, self.mean, self.std), *key)
-        m, s = per_model[key]
+            param = next(iter(model.parameters()), None)
+            dtype = torch.float32 if images.dtype == torch.float64 and param is not None and \
+                param.dtype == torch.float32 else images.dtype
+            per_model[key] = (*_mean_std_tensors(*resolve_mean_std(model, self.mean, self.std), key[0], dtype,
+                                                 key[2]), dtype)
+        m, s, dtype = per_model[key]
+        if images.dtype != dtype:
+            images = images.to(dtype)
         return (images - m) / s
 
     def __getstate__(self) -> Dict[str, Any]:  # the cache holds weak references: not copied or pickled

@@ -1,16 +1,19 @@
 """Recipes: YAML data describing one training run. ``extends:`` merging, ``--set key=value`` overrides, and
-validation before any training (unknown keys or wrong types fail with the key's dotted path and what is allowed).
+validation before any training: unknown keys, wrong types, values out of range and the objective's own argument
+checks all fail with the key's dotted path and what is allowed. Torch-free, so the command line answers a
+mistaken recipe in well under a second.
 """
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
 __all__ = ['DEFAULTS', 'SCHEMA', 'load_recipe', 'resolve_recipe', 'apply_overrides', 'validate_recipe',
-           'RecipeError', 'deep_merge', 'set_dotted', 'get_dotted', 'RECIPES_DIR']
+           'RecipeError', 'deep_merge', 'set_dotted', 'get_dotted', 'RECIPES_DIR', 'TRACKERS', 'RESUME_SAFE',
+           'recipe_differences', 'flatten']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 
@@ -26,7 +29,8 @@ SCHEMA: Dict[str, Any] = {
     'extends': str,
     'name': str,
     'description': str,
-    'model': {'name': str, 'pretrained': bool, 'kwargs': dict, 'mean': list, 'std': list},
+    'model': {'name': str, 'pretrained': bool, 'kwargs': dict, 'mean': list, 'std': list,
+              'checkpoint': (str, type(None))},
     'data': {'name': str, 'root': (str, type(None)), 'download': bool, 'input_size': (list, type(None)),
              'train_fraction': NUM, 'augmentation': str, 'fast_path': bool, 'num_workers': int,
              'eval_batch_size': int, 'kwargs': dict},
@@ -47,7 +51,8 @@ SCHEMA: Dict[str, Any] = {
     'ema': {'enabled': bool, 'decay': NUM},
     'eval': {'sigmas': (list, str), 'repeats': int, 'seed': int, 'clip': bool, 'at_end': bool,
              'every_epochs': int, 'batch_size': int, 'max_images': (int, type(None))},
-    'checkpoint': {'every_steps': int, 'keep': int},
+    'checkpoint': {'every_steps': int, 'every_epochs': int, 'keep': int},
+    'sync_batchnorm': bool,
     'log_with': list,
     'log_every_steps': int,
     'output_dir': str,
@@ -55,7 +60,7 @@ SCHEMA: Dict[str, Any] = {
 
 DEFAULTS: Dict[str, Any] = {
     'name': 'run',
-    'model': {'name': 'cifar_resnet20', 'pretrained': False, 'kwargs': {}},
+    'model': {'name': 'cifar_resnet20', 'pretrained': False, 'kwargs': {}, 'checkpoint': None},
     'data': {'name': 'synthetic', 'root': None, 'download': False, 'input_size': None, 'train_fraction': 1.0,
              'augmentation': 'none', 'fast_path': False, 'num_workers': 0, 'eval_batch_size': 256, 'kwargs': {}},
     'loss': {'name': 'cross_entropy'},
@@ -73,7 +78,8 @@ DEFAULTS: Dict[str, Any] = {
     'ema': {'enabled': False, 'decay': 0.999},
     'eval': {'sigmas': '0:0.5:0.01', 'repeats': 1, 'seed': 0, 'clip': False, 'at_end': True, 'every_epochs': 1,
              'batch_size': 256, 'max_images': None},
-    'checkpoint': {'every_steps': 0, 'keep': 2},
+    'checkpoint': {'every_steps': 0, 'every_epochs': 1, 'keep': 2},
+    'sync_batchnorm': False,
     'log_with': ['tensorboard'],
     'log_every_steps': 10,
     'output_dir': 'runs/{name}',
@@ -85,6 +91,18 @@ CHOICES = {
     'optimizer.name': ('sgd', 'momentum', 'adam', 'adamw', 'nadam', 'rmsprop', 'lamb', 'lars'),
     'data.augmentation': ('none', 'crop', 'cifar'),
 }
+
+
+# Accelerate's tracker names and the package each needs (``log_with`` is refused when the package is missing:
+# Accelerate would otherwise drop the tracker without a word).
+TRACKERS = {'tensorboard': ('tensorboard', 'tensorboardX'), 'wandb': ('wandb',), 'mlflow': ('mlflow',),
+            'comet_ml': ('comet_ml',), 'aim': ('aim',), 'clearml': ('clearml',), 'dvclive': ('dvclive',),
+            'swanlab': ('swanlab',), 'trackio': ('trackio',)}
+
+# Keys that may change when a run is resumed (recorded in metrics.jsonl); any other difference is refused: it would
+# train the rest of the run on something else than its start.
+RESUME_SAFE = ('name', 'description', 'output_dir', 'epochs', 'steps', 'log_with', 'log_every_steps', 'eval',
+               'checkpoint', 'data.root', 'data.download', 'data.num_workers', 'data.eval_batch_size', 'compile')
 
 
 def deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
@@ -183,49 +201,131 @@ def _check(value: Any, schema: Any, path: str) -> None:
         raise RecipeError(f'{path} must be {_type_name(schema)}, got {value!r} ({type(value).__name__}).')
 
 
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise RecipeError(f'{key}={value!r} is not allowed; {rule}.')
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_loss(loss: Any) -> None:
+    """The loss name, its argument names, and the objective's own argument checks (reported as ``loss.<arg>``)."""
+    from .losses import HyperparameterError, loss_class
+    if not isinstance(loss, dict) or not isinstance(loss.get('name'), str):
+        raise RecipeError(f'loss must be a mapping with a name, got {loss!r}.')
+    try:
+        cls = loss_class(loss['name'])
+    except ValueError as e:
+        raise RecipeError(f'loss.name: {e}') from None
+    allowed = set(cls.defaults())
+    for k in loss:
+        if k != 'name' and k not in allowed:
+            raise RecipeError(f'unknown recipe key loss.{k} for loss {loss["name"]!r}; allowed: {sorted(allowed)}.')
+    try:
+        cls(seed=0, **{k: v for k, v in loss.items() if k != 'name'})
+    except HyperparameterError as e:
+        raise RecipeError(str(e.renamed('loss.'))) from None
+
+
+def _check_numbers(recipe: Dict[str, Any]) -> None:
+    """Ranges of the numeric keys: each refusal names the dotted key and what is allowed."""
+    for key in ('epochs', 'steps', 'batch_size', 'gradient_accumulation_steps', 'log_every_steps', 'eval.repeats',
+                'eval.batch_size', 'data.eval_batch_size', 'checkpoint.keep', 'eval.max_images'):
+        v = get_dotted(recipe, key)
+        _require(v is None or v >= 1, key, v, 'it must be >= 1')
+    for key in ('checkpoint.every_steps', 'checkpoint.every_epochs', 'eval.every_epochs', 'data.num_workers'):
+        v = get_dotted(recipe, key)
+        _require(v is None or v >= 0, key, v, 'it must be >= 0 (0 turns it off)')
+    v = recipe.get('max_grad_norm')
+    _require(v is None or v > 0, 'max_grad_norm', v, 'it must be > 0, or null for no clipping')
+    v = get_dotted(recipe, 'ema.decay')
+    _require(v is None or 0 < v < 1, 'ema.decay', v, 'it must be in (0, 1), e.g. 0.999')
+    for key, lo, rule in (('optimizer.lr', 0, '> 0'), ('schedule.decay_rate', 0, '> 0')):
+        v = get_dotted(recipe, key)
+        _require(v is None or v > lo, key, v, f'it must be {rule}')
+    for key in ('optimizer.weight_decay', 'optimizer.momentum', 'schedule.warmup_epochs', 'schedule.min_lr'):
+        v = get_dotted(recipe, key)
+        _require(v is None or v >= 0, key, v, 'it must be >= 0')
+    momentum = get_dotted(recipe, 'optimizer.momentum')
+    _require(momentum is None or momentum < 1, 'optimizer.momentum', momentum, 'it must be in [0, 1)')
+    frac = get_dotted(recipe, 'data.train_fraction', 1.0)
+    _require(0 < frac <= 1, 'data.train_fraction', frac, 'it must be in (0, 1]')
+    size = get_dotted(recipe, 'data.input_size')
+    _require(size is None or (len(size) == 3 and all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                                     for s in size)),
+             'data.input_size', size, 'give [channels, height, width]')
+    milestones = (get_dotted(recipe, 'schedule.milestones') or []) if \
+        get_dotted(recipe, 'schedule.name') == 'multistep' else []
+    _require(all(_is_num(m) and m >= 0 for m in milestones) and list(milestones) == sorted(set(milestones)),
+             'schedule.milestones', milestones, 'give epochs >= 0 in increasing order')
+    epochs = recipe.get('epochs')
+    _require(epochs is None or not milestones or max(milestones) < epochs, 'schedule.milestones', milestones,
+             f'every milestone must fall before the last epoch (epochs={epochs}), or it never decays the lr')
+    mean, std = get_dotted(recipe, 'model.mean'), get_dotted(recipe, 'model.std')
+    _require((mean is None) == (std is None), 'model.mean', mean, 'give model.mean and model.std together')
+    if mean is not None:
+        _require(len(mean) == len(std) and all(_is_num(m) for m in mean), 'model.mean', mean,
+                 f'give one number per channel, as many as model.std={std!r}')
+        _require(all(_is_num(x) and x > 0 for x in std), 'model.std', std, 'every std must be a number > 0')
+
+
+def _check_trackers(log_with: List[Any]) -> None:
+    import importlib.util
+    for name in log_with:
+        _require(name in TRACKERS, 'log_with', name, f'choose trackers among {sorted(TRACKERS)}')
+        if not any(importlib.util.find_spec(pkg) is not None for pkg in TRACKERS[name]):
+            raise RecipeError(f'log_with: tracker {name!r} needs the {TRACKERS[name][0]} package, which is not '
+                              f'installed (pip install {TRACKERS[name][0]}), or remove it from log_with.')
+
+
 def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
-    """Check keys, types, choices and the loss's arguments; returns the recipe unchanged."""
-    from .losses import loss_arguments, loss_class
-    from .robustness.noise import parse_sigmas
+    """Check keys, types, choices, ranges, trackers and the loss's arguments; returns the recipe unchanged.
+
+    What needs the model or the machine (``model.kwargs``, fp16 without a GPU) is checked by the trainer before
+    any data is read (:func:`timm_lipschitz.train.check_runtime`).
+    """
+    from .robustness.protocol import parse_sigmas
     _check(recipe, SCHEMA, '')
     for key, allowed in CHOICES.items():
         v = get_dotted(recipe, key)
         if v is not None and v not in allowed:
             raise RecipeError(f'{key}={v!r} is not allowed; choose one of {allowed}.')
-    loss = recipe.get('loss')
-    if not isinstance(loss, dict) or not isinstance(loss.get('name'), str):
-        raise RecipeError(f'loss must be a mapping with a name, got {loss!r}.')
-    try:
-        loss_class(loss['name'])
-    except ValueError as e:
-        raise RecipeError(f'loss.name: {e}') from None
-    allowed_args = set(loss_arguments(loss['name'])) - {'mean', 'std', 'seed'}
-    for k in loss:
-        if k != 'name' and k not in allowed_args:
-            raise RecipeError(f'unknown recipe key loss.{k} for loss {loss["name"]!r}; allowed: '
-                              f'{sorted(allowed_args)}.')
+    _check_loss(recipe.get('loss'))
     if (recipe.get('epochs') is None) == (recipe.get('steps') is None):
         raise RecipeError(f'give exactly one of epochs or steps (got epochs={recipe.get("epochs")!r}, '
                           f'steps={recipe.get("steps")!r}).')
-    for key in ('epochs', 'steps', 'batch_size', 'gradient_accumulation_steps'):
-        v = recipe.get(key)
-        if v is not None and v < 1:
-            raise RecipeError(f'{key}={v!r} is not allowed; it must be >= 1.')
-    frac = get_dotted(recipe, 'data.train_fraction', 1.0)
-    if not 0 < frac <= 1:
-        raise RecipeError(f'data.train_fraction={frac!r} is not allowed; it must be in (0, 1].')
-    size = get_dotted(recipe, 'data.input_size')
-    if size is not None and (len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size)):
-        raise RecipeError(f'data.input_size={size!r} is not allowed; give [channels, height, width].')
+    _check_numbers(recipe)
     try:
         parse_sigmas(get_dotted(recipe, 'eval.sigmas'))
     except ValueError as e:
         raise RecipeError(f'eval.sigmas: {e}') from None
-    for key in ('eval.repeats', 'checkpoint.keep'):
-        v = get_dotted(recipe, key)
-        if v is not None and v < 1:
-            raise RecipeError(f'{key}={v!r} is not allowed; it must be >= 1.')
+    _check_trackers(recipe.get('log_with') or [])
     return recipe
+
+
+def flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    """Dotted keys of every leaf (``model.kwargs.hidden_dim``); lists and empty mappings are leaves."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f'{prefix}{k}'
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + '.'))
+        else:
+            out[key] = v
+    return out
+
+
+def recipe_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """(refused, allowed): the dotted keys where two resolved recipes differ, split by :data:`RESUME_SAFE`.
+
+    A key missing on one side counts as its default (a recipe saved by an older version lacks newer keys)."""
+    a = flatten(deep_merge(DEFAULTS, saved))
+    b = flatten(deep_merge(DEFAULTS, new))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    safe = [k for k in diff if any(k == s or k.startswith(s + '.') for s in RESUME_SAFE)]
+    return [k for k in diff if k not in safe], safe
 
 
 def resolve_recipe(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = ()) -> Dict[str, Any]:

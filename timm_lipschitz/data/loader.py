@@ -13,6 +13,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..seeding import stream_seed
 from .base import TensorImageDataset, to_float
 from .transforms import batch_augment, check_augmentation
 
@@ -23,7 +24,7 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> to
     """The sample order of one epoch: a permutation seeded by (seed, epoch), or 0..n-1 without shuffling."""
     if not shuffle:
         return torch.arange(n)
-    g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+    g = torch.Generator().manual_seed(stream_seed('data_order', seed, epoch))
     return torch.randperm(n, generator=g)
 
 
@@ -92,7 +93,7 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         order = epoch_permutation(len(self.images), self.seed, self.epoch, self.shuffle).to(self.device)
         gen = torch.Generator(device=self.device)
-        gen.manual_seed((int(self.seed) * 1_000_003 + self.epoch) * 1_009 + self.process_index)
+        gen.manual_seed(stream_seed('augmentation', self.seed, self.epoch, self.process_index))
         skip, self.skip_batches = self.skip_batches, 0
         for step in range(len(self)):
             idx = self._slice(order, step)

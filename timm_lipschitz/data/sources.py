@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 import torch
 
+from ..seeding import stream_seed
 from .base import DataError, DatasetInfo, TensorImageDataset, adapt_images
 from .idx import read_idx
 from .lazy import LazyImageDataset, pil_to_uint8
@@ -224,9 +225,9 @@ def _digits(split: str, root: Path, download: bool) -> Raw:
 def _synthetic(split: str, root: Path, download: bool, num_samples: int = 256, num_classes: int = 10,
                image_size: Sequence[int] = (3, 32, 32), seed: int = 0) -> Raw:
     """Seeded random class templates plus per-image noise: learnable, any shape and class count."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(stream_seed('synthetic_data', seed, 0))
     templates = torch.rand((num_classes, *image_size), generator=g)
-    g.manual_seed(seed + (1 if split == 'train' else 2))
+    g.manual_seed(stream_seed('synthetic_data', seed, 1 if split == 'train' else 2))
     labels = torch.randint(0, num_classes, (num_samples,), generator=g)
     noise = torch.rand((num_samples, *image_size), generator=g)
     images = (0.6 * templates[labels] + 0.4 * noise).mul(255).round().to(torch.uint8)

@@ -2,14 +2,16 @@
 
 Registered: ``cross_entropy``, ``binary_cross_entropy``, ``lipschitz_hinge`` (the seed paper),
 ``gaussian_augmentation``, ``stability``, ``consistency``. Register more with ``@register_loss(name)`` on an
-:class:`Objective` subclass.
+:class:`Objective` subclass (see the README's "Add your own objective"). Importing this package does not import
+torch: the command line reads the objectives' arguments to validate a recipe before torch is loaded.
 """
-from .base import LossOutput, Objective
-from .lipschitz import OUTPUTS, LipschitzHinge, lipschitz_ratio
+from .base import HyperparameterError, LossOutput, Objective
+from .lipschitz import OUTPUTS, LipschitzHinge, build_task_loss, lipschitz_ratio, model_output
 from .peers import Consistency, GaussianAugmentation, Stability
 from .registry import create_loss, list_losses, loss_arguments, loss_class, register_loss
 from .standard import BinaryCrossEntropyLoss, CrossEntropy, TaskLoss
 
-__all__ = ['LossOutput', 'Objective', 'TaskLoss', 'create_loss', 'list_losses', 'register_loss', 'loss_class',
-           'loss_arguments', 'CrossEntropy', 'BinaryCrossEntropyLoss', 'LipschitzHinge', 'GaussianAugmentation',
-           'Stability', 'Consistency', 'lipschitz_ratio', 'OUTPUTS']
+__all__ = ['LossOutput', 'Objective', 'TaskLoss', 'HyperparameterError', 'create_loss', 'list_losses',
+           'register_loss', 'loss_class', 'loss_arguments', 'CrossEntropy', 'BinaryCrossEntropyLoss',
+           'LipschitzHinge', 'GaussianAugmentation', 'Stability', 'Consistency', 'lipschitz_ratio', 'model_output',
+           'build_task_loss', 'OUTPUTS']

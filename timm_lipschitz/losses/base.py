@@ -1,38 +1,75 @@
-"""What every objective shares: the calling convention, the noise generator, and normalization."""
+"""What every objective shares: the calling convention, what an objective declares about itself, the noise
+generator, normalization, and the argument checks whose errors name the argument.
+
+An objective class is the one home of everything about that objective: its hyperparameters (the ``__init__``
+signature, with defaults, checked in ``__init__``), the short names used in tags and grid point names
+(``abbrev``), which hyperparameters a tag always shows (``tag_always``), its label in tables (``display_name``),
+whether a run of it is standard training (:meth:`Objective.is_standard`), and whether it is the paper's method as
+published (:meth:`Objective.is_paper_variant`). The trainer, tags and sweep tables ask the objective; none of
+them names an objective.
+"""
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Sequence
+import functools
+import inspect
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
-import torch
-import torch.nn as nn
+from .._lazy import lazy_module
+from ..normalization import Normalizer, check_pixels, warn_if_not_pixels
 
-from ..normalization import Normalizer
+torch = lazy_module('torch', __name__)
 
-__all__ = ['LossOutput', 'Objective', 'check_positive', 'check_non_negative', 'full_precision']
+__all__ = ['LossOutput', 'Objective', 'HyperparameterError', 'check_positive', 'check_non_negative',
+           'check_choice', 'full_precision', 'NOT_HYPERPARAMETERS']
+
+NOT_HYPERPARAMETERS = ('mean', 'std', 'seed')  # arguments every objective takes that are not part of its method
 
 
 class LossOutput(NamedTuple):
     """``loss`` to backpropagate, ``logits`` of the clean images (for accuracy), ``parts`` scalars to log."""
-    loss: torch.Tensor
-    logits: torch.Tensor
-    parts: Dict[str, torch.Tensor]
+    loss: Any
+    logits: Any
+    parts: Dict[str, Any]
 
 
-def full_precision(t: torch.Tensor) -> torch.Tensor:
+class HyperparameterError(ValueError):
+    """An objective's argument is out of range; ``name`` is the argument, so callers can name their own key
+    (a recipe reports ``loss.sigma=-0.5``)."""
+
+    def __init__(self, name: str, value: Any, rule: str):
+        self.name, self.value, self.rule = name, value, rule
+        super().__init__(f'{name}={value!r} is not allowed; {rule}.')
+
+    def renamed(self, prefix: str) -> 'HyperparameterError':
+        """The same error with the argument named ``<prefix><name>`` (e.g. ``loss.sigma``)."""
+        return HyperparameterError(prefix + self.name, self.value, self.rule)
+
+
+def full_precision(t):
     """At least float32: low-precision autocast outputs are upcast, float64 (gradcheck) is kept."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def check_positive(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f'{name}={value!r} is not allowed; {name} must be a number > 0.')
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_positive(name: str, value: Any) -> float:
+    if not _is_number(value) or not value > 0:
+        raise HyperparameterError(name, value, f'{name} must be a number > 0')
     return float(value)
 
 
-def check_non_negative(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-        raise ValueError(f'{name}={value!r} is not allowed; {name} must be a number >= 0.')
+def check_non_negative(name: str, value: Any) -> float:
+    if not _is_number(value) or not value >= 0:
+        raise HyperparameterError(name, value, f'{name} must be a number >= 0')
     return float(value)
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
+    if value not in allowed:
+        raise HyperparameterError(name, value, f'choose one of {tuple(allowed)}')
+    return value
 
 
 class Objective:
@@ -43,23 +80,82 @@ class Objective:
     comes from a generator the objective owns, created lazily on the images' device and seeded by ``seed``
     (drawn from torch's global RNG when not given, so ``accelerate.utils.set_seed`` makes it reproducible).
     ``state_dict``/``load_state_dict`` carry the generator, so a resumed run continues the same noise stream.
+
+    Subclasses store each hyperparameter under its argument name (``self.sigma``), so :meth:`hparams` is the
+    signature read back.
     """
 
-    loss_name = ''
+    loss_name = ''                     # the registered name (set by ``register_loss``)
+    display_name = ''                  # label in tables and plots; the registered name when empty
+    abbrev: Dict[str, str] = {}        # hyperparameter -> short name in tags and grid point names
+    tag_always: Tuple[str, ...] = ()   # hyperparameters a tag always shows; others only when not at the default
 
     def __init__(self, *, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  seed: Optional[int] = None):
         self.normalizer = Normalizer(mean, std)
         self.seed = int(torch.randint(0, 2 ** 62, ()).item()) if seed is None else int(seed)
-        self._generator: Optional[torch.Generator] = None
-        self._pending_state: Optional[torch.Tensor] = None
+        self._generator = None
+        self._pending_state = None
         self._pending_device: Optional[str] = None
         self.num_shards, self.shard_index = 1, 0
+        self._range_checked = False
 
-    # -- hyperparameters -------------------------------------------------------------------------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every objective's ``__call__`` first checks its images (:meth:`check_images`)."""
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get('__call__')
+        if call is not None and not getattr(call, '_checks_images', False):
+            @functools.wraps(call)
+            def checked(self, model, images, targets):
+                return call(self, model, self.check_images(images), targets)
+            checked._checks_images = True
+            cls.__call__ = checked
+
+    def check_images(self, images):
+        """Float [0,1] pixels, or a clear error for integer images; the first batch is checked for its range
+        (one warning if it is clearly not [0,1] pixels), later batches are not (a range check syncs the GPU)."""
+        check_pixels(images, 'the images given to the objective')
+        if not self._range_checked:
+            self._range_checked = True
+            warn_if_not_pixels(images, 'the images given to the objective')
+        return images
+
+    # -- what the objective is -----------------------------------------------------------------------------------
+    @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """The hyperparameters and their defaults (``inspect.Parameter.empty`` if required), in signature order."""
+        sig = inspect.signature(cls.__init__)
+        return {p.name: p.default for p in sig.parameters.values()
+                if p.name != 'self' and p.name not in NOT_HYPERPARAMETERS
+                and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+    @classmethod
+    def resolve_hparams(cls, args: Dict[str, Any]) -> Dict[str, Any]:
+        """``args`` (e.g. a recipe's ``loss`` section without ``name``) with the defaults filled in."""
+        return {**cls.defaults(), **{k: v for k, v in args.items() if k not in ('name', *NOT_HYPERPARAMETERS)}}
+
+    @classmethod
+    def short_names(cls) -> Dict[str, str]:
+        """Every hyperparameter's short name: ``abbrev``, else the name without underscores."""
+        return {k: cls.abbrev.get(k, k.replace('_', '')) for k in cls.defaults()}
+
+    @classmethod
+    def label(cls) -> str:
+        return cls.display_name or cls.loss_name
+
+    @classmethod
+    def is_standard(cls, hparams: Dict[str, Any]) -> bool:
+        """True when a run of this objective is standard training (the 'standard' row of the paper's tables)."""
+        return False
+
+    @classmethod
+    def is_paper_variant(cls, hparams: Dict[str, Any]) -> bool:
+        """True when these hyperparameters are the paper's method as published (pooled into its table cells)."""
+        return False
+
     def hparams(self) -> Dict[str, Any]:
-        """The objective's own hyperparameters (for checkpoint metadata and logs)."""
-        return {}
+        """The objective's own hyperparameters (for checkpoint metadata, tags and logs)."""
+        return {k: getattr(self, k) for k in self.defaults()}
 
     def __repr__(self) -> str:
         args = ', '.join(f'{k}={v!r}' for k, v in self.hparams().items())
@@ -83,7 +179,7 @@ class Objective:
             raise ValueError(f'shard index {index} is not in [0, {num_shards}).')
         self.num_shards, self.shard_index = int(num_shards), int(index)
 
-    def generator(self, device: torch.device) -> torch.Generator:
+    def generator(self, device):
         device = torch.device(device)
         gen = self._generator
         if gen is None or gen.device.type != device.type:
@@ -99,7 +195,7 @@ class Objective:
             self._generator = gen
         return gen
 
-    def noise_like(self, images: torch.Tensor, sigma: float) -> torch.Tensor:
+    def noise_like(self, images, sigma: float):
         """sigma * N(0, 1) noise, drawn in float32 from the objective's generator."""
         b = images.shape[0]
         shape = (b * self.num_shards, *images.shape[1:])
@@ -120,12 +216,11 @@ class Objective:
         self._pending_device = state.get('device')
 
     # -- model calls -----------------------------------------------------------------------------------------
-    def forward_model(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def forward_model(self, model, images):
         """Normalize [0,1] pixels for ``model`` and run it."""
         return model(self.normalizer(model, images))
 
-    @torch.no_grad()
-    def clean_logits(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def clean_logits(self, model, images):
         """Logits of the clean images for accuracy only, for objectives whose loss never sees them.
 
         Runs without autograd and with BatchNorm in eval mode, so the training signal and the BN running
@@ -134,9 +229,10 @@ class Objective:
         was_training = model.training
         model.eval()
         try:
-            return self.forward_model(model, images).detach()
+            with torch.no_grad():
+                return self.forward_model(model, images).detach()
         finally:
             model.train(was_training)
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+    def __call__(self, model, images, targets) -> LossOutput:
         raise NotImplementedError

@@ -4,6 +4,9 @@
     k(x)  = ||f(x_bar) - f(x)||_2 / ||x_bar - x||_2                       (per sample)
     L     = mean_i [ L_usual(f(x_i), y_i) + beta * max(0, k(x_i) - L_n) ]
 
+:func:`lipschitz_ratio` is the one implementation of k(x): the loss, the evaluation's sampled k and its PGD lower
+bound all call it.
+
 BatchNorm: by default the clean and noisy batches go through the model in ONE concatenated forward. Both halves
 are then normalized with the same batch statistics, so f(x_bar) - f(x) is the difference of one function at two
 points (as at evaluation time, where BN uses fixed running statistics). Two separate forwards would give the two
@@ -15,28 +18,41 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from .base import LossOutput, Objective, check_non_negative, check_positive, full_precision
+from .._lazy import lazy_module
+from .base import (HyperparameterError, LossOutput, Objective, check_choice, check_non_negative, check_positive,
+                   full_precision)
 from .registry import create_loss, list_losses, loss_class, register_loss
 from .standard import TaskLoss
 
-__all__ = ['LipschitzHinge', 'lipschitz_ratio', 'OUTPUTS', 'build_task_loss']
+torch = lazy_module('torch', __name__)
+F = lazy_module('torch.nn.functional', __name__)
+
+__all__ = ['LipschitzHinge', 'lipschitz_ratio', 'model_output', 'OUTPUTS', 'build_task_loss']
 
 OUTPUTS = ('logits', 'probs')
 _EPS = 1e-12
 
 
-def lipschitz_ratio(out_clean: torch.Tensor, out_noisy: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Per-sample k = ||out_noisy - out_clean|| / ||delta||, computed in float32 whatever the autocast dtype.
+def model_output(logits, output: str = 'logits'):
+    """The space k(x) is measured in: raw logits, or softmax probabilities (Theorem 1's label space); float32."""
+    logits = full_precision(logits)
+    return logits if output == 'logits' else F.softmax(logits, dim=1)
+
+
+def lipschitz_ratio(clean_logits, noisy_logits, delta, output: str = 'logits'):
+    """Per-sample k = ||f(x + delta) - f(x)|| / ||delta|| with f the model's ``output``, in float32 whatever the
+    autocast dtype. Differentiable in both logits and in ``delta``.
 
     A zero input difference (possible only with clipping) has a zero output difference, and gives k = 0.
     """
-    num = (full_precision(out_noisy) - full_precision(out_clean)).flatten(1).norm(dim=1)
+    num = (model_output(noisy_logits, output) - model_output(clean_logits, output)).flatten(1).norm(dim=1)
     den = full_precision(delta).flatten(1).norm(dim=1)
     return num / den.clamp_min(_EPS)
+
+
+def task_losses() -> list:
+    """Registered losses of the clean logits alone: what ``task_loss`` may name."""
+    return [n for n in list_losses() if issubclass(loss_class(n), TaskLoss)]
 
 
 def build_task_loss(task_loss: Union[str, Dict[str, Any], TaskLoss]) -> TaskLoss:
@@ -44,19 +60,16 @@ def build_task_loss(task_loss: Union[str, Dict[str, Any], TaskLoss]) -> TaskLoss
     if isinstance(task_loss, TaskLoss):
         return task_loss
     kwargs: Dict[str, Any] = {}
+    name = task_loss
     if isinstance(task_loss, dict):
         kwargs = dict(task_loss)
-        task_loss = kwargs.pop('name', None)
-    allowed = [n for n in list_losses() if issubclass(loss_class(n), TaskLoss)]
-    if task_loss not in allowed:
-        raise ValueError(f'task_loss={task_loss!r} is not allowed; it must be a loss of the clean logits: {allowed}.')
-    return create_loss(task_loss, **kwargs)
-
-
-def model_output(logits: torch.Tensor, output: str) -> torch.Tensor:
-    """The space k(x) is measured in: raw logits, or softmax probabilities (Theorem 1's label space)."""
-    logits = full_precision(logits)
-    return logits if output == 'logits' else F.softmax(logits, dim=1)
+        name = kwargs.pop('name', None)
+    if name not in task_losses():
+        raise HyperparameterError('task_loss', task_loss, f'it must be a loss of the clean logits: {task_losses()}')
+    try:
+        return create_loss(name, seed=0, **kwargs)
+    except HyperparameterError as e:
+        raise e.renamed('task_loss.') from None
 
 
 @register_loss('lipschitz_hinge')
@@ -65,13 +78,18 @@ class LipschitzHinge(Objective):
 
     Args:
         sigma: std of the Gaussian pixel noise (sigma_train), > 0.
-        beta: weight of the hinge, >= 0 (0 is standard training).
+        beta: weight of the hinge, >= 0 (0 trains on the task loss alone, but BatchNorm still sees noisy images).
         lipschitz_target: L_n, the hinge threshold, > 0.
         output: 'logits' (default) or 'probs' - the space f is measured in.
         clip: clamp x_bar to [0, 1] (off in the paper; ||x_bar - x|| is then measured after clipping).
         task_loss: L_usual, a registered logits-level loss name or ``{'name': ..., **kwargs}``.
         joint_forward: one concatenated forward of clean + noisy images (default, see module doc).
     """
+
+    display_name = 'hinge'
+    abbrev = {'sigma': 's', 'beta': 'b', 'lipschitz_target': 'l', 'output': 'o', 'clip': 'clip',
+              'task_loss': 'task', 'joint_forward': 'joint'}
+    tag_always = ('sigma', 'beta', 'lipschitz_target')
 
     def __init__(self, sigma: float = 0.25, beta: float = 1.0, lipschitz_target: float = 0.1,
                  output: str = 'logits', clip: bool = False,
@@ -82,40 +100,37 @@ class LipschitzHinge(Objective):
         self.sigma = check_positive('sigma', sigma)
         self.beta = check_non_negative('beta', beta)
         self.lipschitz_target = check_positive('lipschitz_target', lipschitz_target)
-        if output not in OUTPUTS:
-            raise ValueError(f'output={output!r} is not allowed; choose one of {OUTPUTS}.')
-        self.output = output
+        self.output = check_choice('output', output, OUTPUTS)
         self.clip = bool(clip)
         self.joint_forward = bool(joint_forward)
-        self.task_loss_spec = task_loss
+        self.task_loss = task_loss
         self.task = build_task_loss(task_loss)
 
-    def hparams(self) -> Dict[str, Any]:
-        return {'sigma': self.sigma, 'beta': self.beta, 'lipschitz_target': self.lipschitz_target,
-                'output': self.output, 'clip': self.clip, 'task_loss': self.task_loss_spec,
-                'joint_forward': self.joint_forward}
+    @classmethod
+    def is_paper_variant(cls, hparams: Dict[str, Any]) -> bool:
+        """Hinge on logits, one joint forward, no clipping, cross-entropy task loss: the paper's method."""
+        return (hparams.get('output') == 'logits' and not hparams.get('clip') and hparams.get('joint_forward')
+                and hparams.get('task_loss') == 'cross_entropy')
 
-    def perturb(self, images: torch.Tensor) -> torch.Tensor:
+    def perturb(self, images):
         noisy = images + self.noise_like(images, self.sigma)
         return noisy.clamp(0, 1) if self.clip else noisy
 
-    def logits_pair(self, model: nn.Module, images: torch.Tensor,
-                    noisy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def logits_pair(self, model, images, noisy) -> Tuple[Any, Any]:
         if self.joint_forward:
             both = self.forward_model(model, torch.cat([images, noisy]))
             return both[:images.shape[0]], both[images.shape[0]:]
         return self.forward_model(model, images), self.forward_model(model, noisy)
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+    def __call__(self, model, images, targets) -> LossOutput:
         noisy = self.perturb(images)
         logits, noisy_logits = self.logits_pair(model, images, noisy)
         task = self.task.criterion(logits, targets)
-        k = lipschitz_ratio(model_output(logits, self.output), model_output(noisy_logits, self.output),
-                            noisy - images)
+        k = lipschitz_ratio(logits, noisy_logits, noisy - images, self.output)
         hinge = F.relu(k - self.lipschitz_target)
         loss = task + self.beta * hinge.mean()
         parts = {
-            'ce': task.detach(),
+            self.task.part_name: task.detach(),
             'k_mean': k.detach().mean(),
             'k_max': k.detach().max(),
             'hinge': hinge.detach().mean(),

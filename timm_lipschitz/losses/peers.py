@@ -9,14 +9,14 @@ All draw noise in [0,1] pixel space before normalization, without clipping (Cohe
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Optional, Sequence
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from .base import LossOutput, Objective, check_non_negative, check_positive, full_precision
+from .._lazy import lazy_module
+from .base import HyperparameterError, LossOutput, Objective, check_non_negative, check_positive, full_precision
 from .registry import register_loss
+
+torch = lazy_module('torch', __name__)
+F = lazy_module('torch.nn.functional', __name__)
 
 __all__ = ['GaussianAugmentation', 'Stability', 'Consistency']
 
@@ -27,7 +27,7 @@ class _NoisyObjective(Objective):
         super().__init__(mean=mean, std=std, seed=seed)
         self.sigma = check_positive('sigma', sigma)
 
-    def perturb(self, images: torch.Tensor) -> torch.Tensor:
+    def perturb(self, images):
         return images + self.noise_like(images, self.sigma)
 
 
@@ -35,14 +35,15 @@ class _NoisyObjective(Objective):
 class GaussianAugmentation(_NoisyObjective):
     """Cross-entropy on noisy images only (the training of randomized smoothing's base classifier)."""
 
+    display_name = 'gaussian'
+    abbrev = {'sigma': 's'}
+    tag_always = ('sigma',)
+
     def __init__(self, sigma: float = 0.25, *, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, seed: Optional[int] = None):
         super().__init__(sigma, mean=mean, std=std, seed=seed)
 
-    def hparams(self) -> Dict[str, Any]:
-        return {'sigma': self.sigma}
-
-    def __call__(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+    def __call__(self, model, images, targets) -> LossOutput:
         noisy_logits = self.forward_model(model, self.perturb(images))
         loss = F.cross_entropy(full_precision(noisy_logits), targets)
         logits = self.clean_logits(model, images)
@@ -53,15 +54,15 @@ class GaussianAugmentation(_NoisyObjective):
 class Stability(_NoisyObjective):
     """CE(f(x), y) + alpha * KL(softmax f(x) || softmax f(x_bar)); gradients through both branches."""
 
+    abbrev = {'sigma': 's', 'alpha': 'a'}
+    tag_always = ('sigma', 'alpha')
+
     def __init__(self, sigma: float = 0.25, alpha: float = 1.0, *, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, seed: Optional[int] = None):
         super().__init__(sigma, mean=mean, std=std, seed=seed)
         self.alpha = check_non_negative('alpha', alpha)
 
-    def hparams(self) -> Dict[str, Any]:
-        return {'sigma': self.sigma, 'alpha': self.alpha}
-
-    def __call__(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+    def __call__(self, model, images, targets) -> LossOutput:
         b = images.shape[0]
         both = full_precision(self.forward_model(model, torch.cat([images, self.perturb(images)])))
         logits, noisy_logits = both[:b], both[b:]
@@ -76,21 +77,20 @@ class Stability(_NoisyObjective):
 class Consistency(_NoisyObjective):
     """Consistency regularization over ``num_noise`` noisy copies (Jeong & Shin 2020)."""
 
+    abbrev = {'sigma': 's', 'num_noise': 'm', 'consistency_weight': 'w', 'entropy_weight': 'e'}
+    tag_always = ('sigma', 'num_noise', 'consistency_weight')
+
     def __init__(self, sigma: float = 0.25, num_noise: int = 2, consistency_weight: float = 10.0,
                  entropy_weight: float = 0.5, *, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, seed: Optional[int] = None):
         super().__init__(sigma, mean=mean, std=std, seed=seed)
         if isinstance(num_noise, bool) or not isinstance(num_noise, int) or num_noise < 1:
-            raise ValueError(f'num_noise={num_noise!r} is not allowed; it must be an integer >= 1.')
+            raise HyperparameterError('num_noise', num_noise, 'it must be an integer >= 1')
         self.num_noise = num_noise
         self.consistency_weight = check_non_negative('consistency_weight', consistency_weight)
         self.entropy_weight = check_non_negative('entropy_weight', entropy_weight)
 
-    def hparams(self) -> Dict[str, Any]:
-        return {'sigma': self.sigma, 'num_noise': self.num_noise,
-                'consistency_weight': self.consistency_weight, 'entropy_weight': self.entropy_weight}
-
-    def __call__(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> LossOutput:
+    def __call__(self, model, images, targets) -> LossOutput:
         m, b = self.num_noise, images.shape[0]
         noisy = torch.cat([self.perturb(images) for _ in range(m)])
         logits_m = full_precision(self.forward_model(model, noisy)).view(m, b, -1)

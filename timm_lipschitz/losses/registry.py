@@ -1,7 +1,6 @@
 """A loss registry in timm's style (timm has one for models, none for losses)."""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Dict, List, Type, TypeVar
 
 __all__ = ['register_loss', 'create_loss', 'list_losses', 'loss_class', 'loss_arguments']
@@ -10,13 +9,30 @@ _LOSSES: Dict[str, type] = {}
 T = TypeVar('T', bound=type)
 
 
+def _check_abbrev(name: str, cls: type) -> None:
+    """Short names must be known hyperparameters, free of '_' (the tag separator) and prefix-free, so a tag parses
+    back unambiguously."""
+    params = cls.defaults()
+    for key in [*cls.abbrev, *cls.tag_always]:
+        if key not in params:
+            raise ValueError(f'loss {name!r}: {key!r} in abbrev/tag_always is not an argument of {cls.__qualname__}.')
+    short = cls.short_names()
+    values = list(short.values())
+    for a in values:
+        if not a.isalnum() or not a[0].isalpha() or any(b != a and b.startswith(a) for b in values) \
+                or values.count(a) > 1:
+            raise ValueError(f'loss {name!r}: short names {short} must be alphanumeric, start with a letter, be '
+                             f'distinct and none a prefix of another.')
+
+
 def register_loss(name: str) -> Callable[[T], T]:
     """Class decorator: make ``create_loss(name, **kwargs)`` build this objective."""
     def wrap(cls: T) -> T:
         if name in _LOSSES and _LOSSES[name] is not cls:
             raise ValueError(f'loss {name!r} is already registered by {_LOSSES[name].__qualname__}.')
-        _LOSSES[name] = cls
         cls.loss_name = name
+        _check_abbrev(name, cls)
+        _LOSSES[name] = cls
         return cls
     return wrap
 
@@ -34,6 +50,7 @@ def loss_class(name: str) -> Type[Any]:
 
 def loss_arguments(name: str) -> Dict[str, Any]:
     """Keyword arguments the loss accepts, with their defaults (``inspect.Parameter.empty`` if required)."""
+    import inspect
     sig = inspect.signature(loss_class(name).__init__)
     return {p.name: p.default for p in sig.parameters.values()
             if p.name != 'self' and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}

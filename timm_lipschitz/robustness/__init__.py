@@ -1,15 +1,26 @@
-"""Noise-robustness evaluation: sigma sweeps, Lipschitz estimates and bounds, certificates, reports."""
-from .noise import (CIFAR10C_GAUSSIAN, PAPER_SIGMAS, TABLE_SIGMAS, IndexedDataset, SweepResult, noise_sweep,
-                    parse_sigmas, unit_noise)
+"""Noise-robustness evaluation: the evaluation protocol, sigma sweeps, Lipschitz estimates and bounds,
+certificates, reports. Submodules load on first use (the protocol is torch-free; the rest needs torch)."""
+from __future__ import annotations
 
-__all__ = ['noise_sweep', 'SweepResult', 'parse_sigmas', 'unit_noise', 'PAPER_SIGMAS', 'TABLE_SIGMAS',
-           'CIFAR10C_GAUSSIAN', 'IndexedDataset']
-from .report import plot_certified, plot_sweeps, summary_table, sweep_table, unique_label  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ += ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'unique_label']
-from .certify import ABSTAIN, Smooth, certify_dataset, demo_grid, lower_confidence_bound, theorem1_radius  # noqa
-from .lipschitz import (conv_operator_norm, margin_certificate, pgd_lower_bound, sampled_k,  # noqa: E402
-                        spectral_upper_bound)
+from .protocol import CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, PRESETS, TABLE_SIGMAS, parse_sigmas
 
-__all__ += ['Smooth', 'certify_dataset', 'demo_grid', 'lower_confidence_bound', 'theorem1_radius', 'ABSTAIN',
-            'conv_operator_norm', 'margin_certificate', 'pgd_lower_bound', 'sampled_k', 'spectral_upper_bound']
+_LAZY = {
+    'noise': ('noise_sweep', 'SweepResult', 'unit_noise', 'batch_unit_noise', 'IndexedDataset', 'noisy_images'),
+    'report': ('sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'unique_label'),
+    'certify': ('Smooth', 'certify_dataset', 'demo_grid', 'lower_confidence_bound', 'theorem1_radius', 'ABSTAIN'),
+    'lipschitz': ('conv_operator_norm', 'margin_certificate', 'pgd_lower_bound', 'sampled_k',
+                  'spectral_upper_bound'),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'parse_sigmas',
+           *_WHERE]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f'{__name__}.{_WHERE[name]}'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

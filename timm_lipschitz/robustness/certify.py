@@ -17,9 +17,10 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ..normalization import Normalizer
+from ..seeding import stream_seed
 
-__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'theorem1_radius', 'extra_evaluations',
-           'demo_grid', 'ABSTAIN', 'CERT_RADII']
+__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'theorem1_radius', 'demo_grid', 'ABSTAIN',
+           'CERT_RADII']
 
 ABSTAIN = -1
 CERT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -39,7 +40,7 @@ class Smooth:
             raise ValueError(f'sigma={sigma!r} is not allowed; the smoothing sigma must be > 0.')
         self.model, self.num_classes, self.sigma = model, num_classes, sigma
         self.norm = Normalizer(mean, std)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(stream_seed('smoothing_noise', seed))
 
     @torch.no_grad()
     def _counts(self, x: torch.Tensor, num: int, batch_size: int) -> torch.Tensor:
@@ -135,60 +136,3 @@ def demo_grid(models: Dict[str, nn.Module], image: torch.Tensor, label: int, pat
     fig.savefig(path)
     plt.close(fig)
     return rows
-
-
-def extra_evaluations(model: nn.Module, data: Dataset, out: Path, label: str, lipschitz: bool, certify: bool,
-                      certify_args: Dict[str, Any], mean=None, std=None, seed: int = 0) -> Dict[str, Any]:
-    """Lipschitz estimates and bounds, and certificates, for ``timm-lipschitz eval``."""
-    from .lipschitz import margin_certificate, pgd_lower_bound, sampled_k, spectral_upper_bound
-    res: Dict[str, Any] = {}
-    subset = data
-    if len(data) > 1000:
-        subset = torch.utils.data.Subset(data, list(range(0, len(data), len(data) // 1000))[:1000])
-    if lipschitz or certify:
-        try:
-            upper = spectral_upper_bound(model, mean=mean, std=std)
-        except NotImplementedError as e:
-            upper = {'bound': None, 'method': str(e)}
-        res['lipschitz'] = {
-            'k_sigma_0.25': sampled_k(model, subset, 0.25, seed=seed, mean=mean, std=std),
-            'pgd_lower_bound': pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std, max_images=128),
-            'upper_bound': upper,
-        }
-        lo, hi = res['lipschitz']['pgd_lower_bound']['max'], upper['bound']
-        res['lipschitz_md'] = {'title': 'Lipschitz constant of the logits w.r.t. [0,1] pixels', 'table': '\n'.join([
-            '| quantity | value |', '|---|---|',
-            f"| sampled k(x) at σ 0.25: mean / p95 / max | {res['lipschitz']['k_sigma_0.25']['mean']:.3f} / "
-            f"{res['lipschitz']['k_sigma_0.25']['p95']:.3f} / {res['lipschitz']['k_sigma_0.25']['max']:.3f} |",
-            f'| PGD lower bound (max over images) | {lo:.3f} |',
-            f"| upper bound ({upper['method'][:60]}...) | {'n/a' if hi is None else f'{hi:.4g}'} |"])}
-    if certify:
-        a = dict(certify_args)
-        smooth = certify_dataset(model, data, model.num_classes, sigma=a.get('sigma', 0.25), n0=a.get('n0', 100),
-                                 n=a.get('n', 1000), alpha=a.get('alpha', 0.001),
-                                 num_images=a.get('num_images', 100), mean=mean, std=std, seed=seed)
-        res['smoothing'] = smooth
-        res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
-        lines = ['| certificate | ' + ' | '.join(f'r = {r:g}' for r in CERT_RADII) + ' | mean radius |',
-                 '|---|' + '---|' * (len(CERT_RADII) + 1),
-                 f"| randomized smoothing σ {smooth['sigma']:g} (n0 {smooth['n0']}, n {smooth['n']}, α "
-                 f"{smooth['alpha']:g}, {smooth['num_images']} images) | " +
-                 ' | '.join(f'{v:.1f}' for v in smooth['certified_accuracy']) +
-                 f" | {smooth['average_certified_radius']:.3f} |"]
-        if res['lipschitz']['upper_bound']['bound']:
-            mc = margin_certificate(model, subset, res['lipschitz']['upper_bound']['bound'], mean=mean, std=std)
-            res['margin_certificate'] = mc
-            lines.append('| Lipschitz margin (global upper bound) | ' +
-                         ' | '.join(f'{v:.1f}' for v in mc['certified_accuracy']) + f" | {mc['mean_radius']:.2e} |")
-        ln = (certify_args.get('hparams') or {}).get('lipschitz_target')  # the L_n the model was trained with
-        if ln:
-            t1 = theorem1_radius(ln, 'probs')
-            probs_lo = pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std, max_images=128, output='probs')
-            res['theorem1'] = {'lipschitz_target': ln, 'radius': t1, 'measured_lower_bound_probs': probs_lo['max'],
-                               'holds': probs_lo['max'] <= ln}
-            lines += ['', f"Theorem 1 (conditional): ρ/L_n = {t1:.2f} with ρ = √2/2 and L_n = {ln:g}, valid only if "
-                          f"the softmax output is L_n-Lipschitz. Measured lower bound of its Lipschitz constant: "
-                          f"{probs_lo['max']:.3f} ({'consistent with' if probs_lo['max'] <= ln else 'exceeds'} "
-                          f"L_n{'' if probs_lo['max'] <= ln else ': the condition fails, no radius is certified'})."]
-        res['certify_md'] = {'title': 'certified accuracy (%) at l2 radius', 'table': '\n'.join(lines)}
-    return res

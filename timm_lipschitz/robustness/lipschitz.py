@@ -15,18 +15,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..losses.lipschitz import lipschitz_ratio
 from ..normalization import Normalizer, per_channel, resolve_mean_std, unwrap_model
+from ..seeding import stream_seed
 from .noise import IndexedDataset, batch_unit_noise
 
 __all__ = ['sampled_k', 'pgd_lower_bound', 'spectral_upper_bound', 'conv_operator_norm', 'bn_scale',
            'margin_certificate']
-
-
-def _outputs(logits: torch.Tensor, output: str) -> torch.Tensor:
-    return logits if output == 'logits' else F.softmax(logits, dim=1)
 
 
 @torch.no_grad()
@@ -37,11 +34,8 @@ def sampled_k(model: nn.Module, data: Dataset, sigma: float, output: str = 'logi
     model.eval()
     ks = []
     for images, _, index in DataLoader(IndexedDataset(data), batch_size=batch_size):
-        z = batch_unit_noise(images.shape[1:], seed, index.tolist(), 0)
-        delta = sigma * z
-        f0 = _outputs(model(norm(model, images)), output)
-        f1 = _outputs(model(norm(model, images + delta)), output)
-        ks.append((f1 - f0).flatten(1).norm(dim=1) / delta.flatten(1).norm(dim=1))
+        delta = sigma * batch_unit_noise(images.shape[1:], seed, index.tolist(), 0)
+        ks.append(lipschitz_ratio(model(norm(model, images)), model(norm(model, images + delta)), delta, output))
     k = torch.cat(ks)
     return {'sigma': sigma, 'output': output, 'mean': k.mean().item(), 'p95': torch.quantile(k, 0.95).item(),
             'max': k.max().item(), 'num_images': len(k)}
@@ -57,7 +51,7 @@ def pgd_lower_bound(model: nn.Module, data: Dataset, radius: float = 0.5, steps:
     """
     norm = Normalizer(mean, std)
     model.eval()
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(stream_seed('attack_start', seed))
     ratios = []
     seen = 0
     for images, _ in DataLoader(data, batch_size=batch_size):
@@ -66,14 +60,13 @@ def pgd_lower_bound(model: nn.Module, data: Dataset, radius: float = 0.5, steps:
         images = images[:max_images - seen] if max_images is not None else images
         seen += len(images)
         with torch.no_grad():
-            f0 = _outputs(model(norm(model, images)), output)
+            f0 = model(norm(model, images))
         d = torch.randn(images.shape, generator=g)
         d = radius * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
         best = torch.zeros(len(images))
         for _ in range(steps + 1):
             d.requires_grad_(True)
-            diff = (_outputs(model(norm(model, images + d)), output) - f0).flatten(1).norm(dim=1)
-            ratio = diff / d.flatten(1).norm(dim=1)
+            ratio = lipschitz_ratio(f0, model(norm(model, images + d)), d, output)
             best = torch.maximum(best, ratio.detach())
             grad, = torch.autograd.grad(ratio.sum(), d)
             with torch.no_grad():

@@ -8,7 +8,6 @@ once; every sigma reuses the batch in memory.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -16,50 +15,18 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..normalization import Normalizer
+from ..normalization import Normalizer, warn_if_not_pixels
+from ..seeding import stream_seed
+from .protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, SigmaSpec, mean_std,
+                       parse_sigmas, resolve_protocol, summarize, value_at)
 
-__all__ = ['PAPER_SIGMAS', 'CIFAR10C_GAUSSIAN', 'parse_sigmas', 'unit_noise', 'noise_sweep', 'SweepResult',
-           'IndexedDataset', 'TABLE_SIGMAS', 'batch_unit_noise']
-
-PAPER_SIGMAS = tuple(round(0.01 * i, 2) for i in range(51))           # 0.00 ... 0.50, the paper's CIFAR grid
-MNIST_SIGMAS = tuple(round(0.01 * i, 2) for i in range(101))          # 0.00 ... 1.00
-TABLE_SIGMAS = (0.0, 0.3, 0.5)                                        # the paper's table columns
-CIFAR10C_GAUSSIAN = (0.04, 0.06, 0.08, 0.09, 0.10)                    # CIFAR-10-C severities 1..5
-
-
-def parse_sigmas(spec: Union[str, Sequence[float], None], default: Sequence[float] = PAPER_SIGMAS) -> List[float]:
-    """A list of sigmas from a list or ``'start:stop:step'`` (stop included); rejects negatives and empty grids."""
-    if spec is None:
-        return list(default)
-    if isinstance(spec, str):
-        if spec == 'cifar10c_gaussian':
-            return list(CIFAR10C_GAUSSIAN)
-        parts = spec.split(':')
-        try:
-            if len(parts) == 3:
-                start, stop, step = (float(p) for p in parts)
-                if step <= 0:
-                    raise ValueError
-                n = int(math.floor((stop - start) / step + 1e-9)) + 1
-                values = [round(start + i * step, 10) for i in range(max(n, 0))]
-            else:
-                values = [float(p) for p in spec.split(',') if p.strip()]
-        except ValueError:
-            raise ValueError(f"sigmas={spec!r} is not allowed; give a list, 'start:stop:step' with step > 0 "
-                             f"(stop included), comma-separated values or 'cifar10c_gaussian'.") from None
-    else:
-        values = [float(s) for s in spec]
-    if not values:
-        raise ValueError(f'sigmas={spec!r} gives an empty grid; give at least one sigma >= 0.')
-    bad = [s for s in values if not s >= 0]
-    if bad:
-        raise ValueError(f'sigma values {bad} are not allowed; every sigma must be >= 0.')
-    return values
+__all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'CIFAR10C_GAUSSIAN', 'parse_sigmas', 'unit_noise', 'noise_sweep',
+           'SweepResult', 'IndexedDataset', 'TABLE_SIGMAS', 'batch_unit_noise', 'noisy_images']
 
 
 def unit_noise(shape: Sequence[int], seed: int, index: int, repeat: int) -> torch.Tensor:
     """The unit Gaussian draw of one (seed, image index, repeat): the only source of evaluation noise."""
-    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(index)) * 1_009 + int(repeat))
+    g = torch.Generator().manual_seed(stream_seed('evaluation_noise', seed, index, repeat))
     return torch.randn(tuple(shape), generator=g)
 
 
@@ -84,7 +51,7 @@ class IndexedDataset(Dataset):
 
 @dataclass
 class SweepResult:
-    """Accuracy per sigma: mean and std over repeats, and the per-repeat values."""
+    """Accuracy per sigma: mean and std over repeats (the protocol's sample std), and the per-repeat values."""
     sigmas: List[float]
     accuracy: List[float]
     accuracy_std: List[float]
@@ -98,16 +65,11 @@ class SweepResult:
 
     def at(self, sigma: float) -> Optional[float]:
         """Accuracy at ``sigma`` if it is on the grid."""
-        for s, a in zip(self.sigmas, self.accuracy):
-            if abs(s - sigma) < 1e-9:
-                return a
-        return None
+        return value_at(self.sigmas, self.accuracy, sigma)
 
     def summary(self) -> Dict[str, Optional[float]]:
         """The paper's table columns (sigma 0 / 0.3 / 0.5) and the mean accuracy over the grid."""
-        out = {f'acc@{s:g}': self.at(s) for s in TABLE_SIGMAS}
-        out['grid_mean'] = sum(self.accuracy) / len(self.accuracy)
-        return out
+        return summarize(self.sigmas, self.accuracy)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -115,7 +77,9 @@ class SweepResult:
         return d
 
 
-def _noisy(images: torch.Tensor, z: torch.Tensor, sigma: float, clip: bool, quantize: bool) -> torch.Tensor:
+def noisy_images(images: torch.Tensor, z: torch.Tensor, sigma: float, clip: bool = False,
+                 quantize: bool = False) -> torch.Tensor:
+    """x + sigma * z, optionally clipped to [0,1] and rounded to uint8 levels (as CIFAR-10-C stores images)."""
     x = images + sigma * z if sigma else images
     if clip or quantize:
         x = x.clamp(0, 1)
@@ -126,18 +90,21 @@ def _noisy(images: torch.Tensor, z: torch.Tensor, sigma: float, clip: bool, quan
 
 @torch.no_grad()
 def noise_sweep(model: nn.Module, data: Union[Dataset, Tuple[torch.Tensor, torch.Tensor]],
-                sigmas: Union[str, Sequence[float], None] = None, repeats: int = 1, seed: int = 0,
+                sigmas: SigmaSpec = None, repeats: int = 1, seed: int = 0,
                 clip: bool = False, quantize: bool = False, batch_size: int = 256,
                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                 accelerator: Any = None, progress: bool = False) -> SweepResult:
     """Accuracy of ``model`` on ``data`` under Gaussian pixel noise at each sigma, ``repeats`` draws each.
 
-    ``data`` is a dataset of (image in [0,1], label) or a tuple of tensors. ``mean``/``std`` are needed only for
-    models without a timm ``pretrained_cfg``. With an ``accelerate.Accelerator`` the images are split over its
-    processes and counts are gathered (``gather_for_metrics``); the result is the same as on one process.
+    ``sigmas`` is a grid or a preset of the evaluation protocol (:mod:`.protocol`; a preset brings its own
+    clipping and rounding). ``data`` is a dataset of (image in [0,1], label) or a tuple of tensors.
+    ``mean``/``std`` are needed only for models without a timm ``pretrained_cfg``. With an
+    ``accelerate.Accelerator`` the images are split over its processes and counts are gathered
+    (``gather_for_metrics``); the result is the same as on one process.
     """
-    sigmas = parse_sigmas(sigmas)
-    if not isinstance(repeats, int) or repeats < 1:
+    protocol = resolve_protocol(sigmas, clip=clip)
+    sigmas, clip, quantize = list(protocol.sigmas), protocol.clip, protocol.quantize or quantize
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f'repeats={repeats!r} is not allowed; it must be an integer >= 1.')
     if isinstance(data, tuple):
         data = torch.utils.data.TensorDataset(*data)
@@ -157,12 +124,14 @@ def noise_sweep(model: nn.Module, data: Union[Dataset, Tuple[torch.Tensor, torch
                         disable=accelerator is not None and not accelerator.is_main_process)
     try:
         for images, labels, index in iterator:
-            images, labels = images.to(device).float(), labels.to(device)
+            images, labels = images.to(device), labels.to(device)
+            if total == 0:
+                warn_if_not_pixels(images, 'the evaluation images')
             hits = torch.zeros(repeats, len(sigmas), len(labels), device=device)
             for r in range(repeats):
                 z = batch_unit_noise(images.shape[1:], seed, index.tolist(), r).to(device)
                 for j, sigma in enumerate(sigmas):
-                    logits = model(normalizer(model, _noisy(images, z, sigma, clip, quantize)))
+                    logits = model(normalizer(model, noisy_images(images, z, sigma, clip, quantize)))
                     hits[r, j] = (logits.argmax(1) == labels).float()
             if accelerator is not None:
                 hits = accelerator.gather_for_metrics(hits.permute(2, 0, 1)).permute(1, 2, 0)
@@ -173,6 +142,6 @@ def noise_sweep(model: nn.Module, data: Union[Dataset, Tuple[torch.Tensor, torch
     if total == 0:
         raise ValueError('the evaluation data is empty.')
     acc = (correct / total * 100).tolist()
-    mean_acc = [sum(a[j] for a in acc) / repeats for j in range(len(sigmas))]
-    std_acc = [(sum((a[j] - mean_acc[j]) ** 2 for a in acc) / repeats) ** 0.5 for j in range(len(sigmas))]
-    return SweepResult(sigmas, mean_acc, std_acc, acc, total, repeats, seed, clip, quantize)
+    cells = [mean_std([a[j] for a in acc]) for j in range(len(sigmas))]
+    return SweepResult(sigmas, [c[0] for c in cells], [c[1] for c in cells], acc, total, repeats, seed, clip,
+                       quantize)

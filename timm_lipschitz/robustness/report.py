@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
-from .noise import TABLE_SIGMAS, SweepResult
+from .noise import SweepResult
+from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key
 
 __all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label']
 
@@ -34,13 +35,8 @@ def sweep_table(results: Mapping[str, Union[SweepResult, Mapping]], sigmas: Opti
     for s in grid:
         cells = []
         for r in res.values():
-            j = next((i for i, x in enumerate(r.sigmas) if abs(x - s) < 1e-9), None)
-            if j is None:
-                cells.append('n/a')
-            elif r.repeats > 1:
-                cells.append(f'{r.accuracy[j]:.2f} ± {r.accuracy_std[j]:.2f}')
-            else:
-                cells.append(f'{r.accuracy[j]:.2f}')
+            j = index_on_grid(r.sigmas, s)
+            cells.append(format_cell(None if j is None else (r.accuracy[j], r.accuracy_std[j], r.repeats)))
         lines.append(f'| {s:.2f} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -51,7 +47,7 @@ def summary_table(results: Mapping[str, Union[SweepResult, Mapping]]) -> str:
     lines = ['| model | ' + ' | '.join(head) + ' |', '|---|' + '---|' * len(head)]
     for name, r in results.items():
         s = _as_result(r).summary()
-        vals = [s.get(f'acc@{x:g}') for x in TABLE_SIGMAS] + [s['grid_mean']]
+        vals = [s.get(summary_key(x)) for x in TABLE_SIGMAS] + [s['grid_mean']]
         lines.append(f'| {name} | ' + ' | '.join('n/a' if v is None else f'{v:.2f}' for v in vals) + ' |')
     return '\n'.join(lines)
 

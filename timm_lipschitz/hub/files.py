@@ -1,0 +1,246 @@
+"""Checkpoint files: safetensors weights whose metadata carries the robustness scores, timm's config.json and a
+model card, written atomically; reading them back through timm's own loaders or without loading any weight.
+
+Layout of a checkpoint folder (what timm's ``local-dir:`` and ``hf-hub:`` loaders read)::
+
+    model.safetensors   weights + string metadata (format_version, architecture, tag, dataset, objective, hparams,
+                        recipe hash, package version, robustness summary)
+    config.json         timm's export config (architecture, num_classes, num_features, model_args, pretrained_cfg)
+    robustness.json     the full sigma sweep (and certificates where computed)
+    README.md           model card (timm front matter, robustness table, plot, usage and reproduce commands)
+
+``format_version`` 2 is this layout; files without it were written by timm-lipschitz 0.1.0 (format 1) and load
+the same way.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..normalization import unwrap_model
+from ..robustness.protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid
+
+__all__ = ['save_pretrained', 'read_metadata', 'load_robustness', 'load_checkpoint', 'load_pretrained',
+           'recipe_hash', 'CheckpointError', 'WEIGHTS_NAME', 'FORMAT_VERSION', 'resolve_source']
+
+FORMAT_VERSION = 2
+WEIGHTS_NAME = 'model.safetensors'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unreadable or does not fit the model; the message names the file and the mismatch."""
+
+
+def recipe_hash(recipe: Optional[Dict[str, Any]]) -> str:
+    """sha256 (first 16 hex) of the resolved recipe, keys sorted: the same recipe always gives the same hash."""
+    if not recipe:
+        return ''
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---- writing ---------------------------------------------------------------------------------------------------
+def _robustness_summary(robustness: Optional[Dict[str, Any]], certified: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    if robustness:
+        summary = robustness.get('summary', {})
+        out.update({k: summary.get(k) for k in SUMMARY_KEYS})
+        out['sigmas'] = [robustness['sigmas'][0], robustness['sigmas'][-1], len(robustness['sigmas'])]
+        out['repeats'] = robustness.get('repeats')
+        out['num_images'] = robustness.get('num_images')
+    if certified:
+        out['certified'] = certified
+    return out
+
+
+def _card(name: str, config: Dict[str, Any], meta: Dict[str, str], robustness: Optional[Dict[str, Any]],
+          command: Optional[str], plot: Optional[str], load_as: str) -> str:
+    dataset = meta.get('dataset', '')
+    hp = json.loads(meta.get('hparams', '{}'))
+    lines = [
+        '---',
+        'tags:', '- image-classification', '- timm', '- timm-lipschitz', '- noise-robustness',
+        'library_name: timm',
+        f"license: {config.get('pretrained_cfg', {}).get('license', 'apache-2.0')}",
+    ]
+    if dataset:
+        lines += ['datasets:', f'- {dataset}']
+    lines += ['---', '', f'# Model card for {name}', '',
+              f"A `{meta.get('architecture')}` image classifier trained on `{dataset}` with the "
+              f"`{meta.get('objective')}` objective of timm-lipschitz "
+              f"(Usama & Chang, *Towards Robust Neural Networks with Lipschitz Continuity*).", '',
+              '## Model details', '',
+              f"- **Architecture:** {meta.get('architecture')} ({config.get('num_classes')} classes, input "
+              f"{tuple(config.get('pretrained_cfg', {}).get('input_size', ()))})",
+              f"- **Objective:** {meta.get('objective')} {hp}",
+              f"- **Recipe hash:** {meta.get('recipe_hash') or 'n/a'}; timm-lipschitz {meta.get('version')}", '',
+              '## Usage', '', '```python', 'import timm, timm_lipschitz',
+              f"model = timm.create_model('{load_as}', pretrained=True)",
+              'model.eval()  # inputs: [0,1] pixels normalized with pretrained_cfg mean/std', '```', '']
+    if robustness:
+        s = robustness.get('summary', {})
+        lines += ['## Accuracy under additive Gaussian noise', '',
+                  f"Test accuracy (%) with noise N(0, sigma^2) added per pixel in [0,1] space before "
+                  f"normalization, {robustness.get('repeats')} draw(s) per image, {robustness.get('num_images')} "
+                  f"test images, grid {robustness['sigmas'][0]:g}..{robustness['sigmas'][-1]:g} "
+                  f"({len(robustness['sigmas'])} levels).", '',
+                  '| sigma_test | accuracy | std over draws |', '|---|---|---|']
+        step = max(1, len(robustness['sigmas']) // 10)
+        for i, (sg, a, sd) in enumerate(zip(robustness['sigmas'], robustness['accuracy'],
+                                            robustness['accuracy_std'])):
+            if i % step == 0 or i == len(robustness['sigmas']) - 1 or \
+                    any(index_on_grid([sg], t) is not None for t in TABLE_SIGMAS[1:]):
+                lines.append(f'| {sg:.2f} | {a:.2f} | {sd:.2f} |')
+        lines += ['', '| clean | sigma 0.3 | sigma 0.5 | grid mean |', '|---|---|---|---|',
+                  '| ' + ' | '.join('n/a' if s.get(k) is None else f'{s[k]:.2f}' for k in SUMMARY_KEYS) + ' |', '']
+    if plot:
+        lines += [f'![accuracy vs sigma]({plot})', '']
+    if command:
+        lines += ['## Reproduce', '', '```bash', command, '```', '']
+    return '\n'.join(lines)
+
+
+def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional[str] = None,
+                    dataset: Optional[str] = None, objective: Optional[str] = None,
+                    hparams: Optional[Dict[str, Any]] = None, recipe: Optional[Dict[str, Any]] = None,
+                    robustness: Optional[Dict[str, Any]] = None, certified: Optional[Dict[str, Any]] = None,
+                    command: Optional[str] = None, plot: Optional[str] = None,
+                    load_as: Optional[str] = None) -> Path:
+    """Write ``model.safetensors`` (with metadata), ``config.json``, ``robustness.json`` and ``README.md``.
+
+    Every file is written atomically. ``robustness`` is a :class:`~timm_lipschitz.robustness.SweepResult` dict.
+    ``load_as`` is what the card's usage line passes to ``timm.create_model`` (default ``local-dir:<folder>``;
+    a published card names its ``hf-hub:`` repo).
+    """
+    from safetensors.torch import save as st_save
+    from timm.models._hub import save_config_for_hf
+
+    from .. import __version__
+    model = unwrap_model(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arch = model.pretrained_cfg.get('architecture', type(model).__name__)
+    meta = {
+        'format': 'pt', 'format_version': str(FORMAT_VERSION), 'architecture': arch, 'tag': tag or '', 'dataset': dataset or '',
+        'objective': objective or '', 'hparams': json.dumps(hparams or {}, sort_keys=True, default=str),
+        'recipe_hash': recipe_hash(recipe), 'version': __version__,
+        'num_classes': str(model.num_classes),
+        'robustness': json.dumps(_robustness_summary(robustness, certified), default=str),
+    }
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS_NAME, st_save(tensors, metadata=meta))
+    tmp_cfg = folder / '.config.json.tmp'
+    save_config_for_hf(model, tmp_cfg, model_config={
+        'timm_lipschitz': {k: meta[k] for k in ('format_version', 'tag', 'dataset', 'objective', 'version',
+                                                  'recipe_hash')}})
+    config = read_json(tmp_cfg)
+    tmp_cfg.replace(folder / 'config.json')
+    if robustness:
+        atomic_write_json(folder / 'robustness.json', {'robustness': robustness, 'certified': certified})
+    if recipe:
+        import yaml
+        atomic_write_text(folder / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
+    name = f'{arch}.{tag}' if tag else arch
+    atomic_write_text(folder / 'README.md', _card(name, config, meta, robustness, command, plot,
+                                                  load_as or f'local-dir:{folder}'))
+    return folder
+
+
+# ---- reading ---------------------------------------------------------------------------------------------------
+def _weights_file(source: Union[str, Path]) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint file {path} does not exist.')
+    return path
+
+
+def read_metadata(source: Union[str, Path]) -> Dict[str, str]:
+    """The string metadata of a safetensors file (or folder holding one), without loading any tensor."""
+    from safetensors import safe_open
+    path = _weights_file(source)
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt/truncated headers
+        raise CheckpointError(f'{path} is not a readable safetensors file (corrupt or truncated): {e}') from e
+    return dict(meta)
+
+
+def resolve_source(source: str) -> Path:
+    """A file/folder path, ``hf-hub:<repo>`` (header only, via the hub cache), or a registered ``arch.tag``."""
+    if source.startswith('hf-hub:'):
+        from huggingface_hub import hf_hub_download
+        return Path(hf_hub_download(source[len('hf-hub:'):], WEIGHTS_NAME))
+    path = Path(source)
+    if path.exists():
+        return path
+    import timm
+    if '.' in source and timm.is_model(source.split('.')[0]):
+        cfg = timm.models.get_pretrained_cfg(source)
+        if cfg is not None and cfg.file:
+            return Path(cfg.file)
+        if cfg is not None and cfg.hf_hub_id:
+            return resolve_source('hf-hub:' + cfg.hf_hub_id)
+    raise CheckpointError(f'{source!r} is neither a checkpoint file/folder, an hf-hub: id, nor a registered '
+                          f'pretrained tag with weights.')
+
+
+def load_robustness(source: Union[str, Path]) -> Dict[str, Any]:
+    """Robustness scores and training facts of a checkpoint, read from its metadata (no weights are loaded)."""
+    meta = read_metadata(resolve_source(str(source)))
+    if 'robustness' not in meta:
+        raise CheckpointError(f'{source} has no timm-lipschitz metadata (missing "robustness"); it was not '
+                              f'written by timm_lipschitz.hub.save_pretrained.')
+    out: Dict[str, Any] = {k: v for k, v in meta.items() if k not in ('robustness', 'hparams')}
+    out['hparams'] = json.loads(meta.get('hparams', '{}'))
+    out.update(json.loads(meta['robustness']))
+    return out
+
+
+def load_checkpoint(model: nn.Module, source: Union[str, Path]) -> nn.Module:
+    """Load a checkpoint into ``model`` after checking architecture, class count and every tensor shape."""
+    from safetensors.torch import load_file
+    path = _weights_file(source)
+    meta = read_metadata(path)
+    model_u = unwrap_model(model)
+    arch = model_u.pretrained_cfg.get('architecture') if hasattr(model_u, 'pretrained_cfg') else None
+    if meta.get('architecture') and arch and meta['architecture'] != arch:
+        raise CheckpointError(f'{path} holds a {meta["architecture"]} but the model is a {arch}.')
+    if meta.get('num_classes') and int(meta['num_classes']) != model_u.num_classes:
+        raise CheckpointError(f'{path} has {meta["num_classes"]} classes but the model has '
+                              f'num_classes={model_u.num_classes}.')
+    try:
+        state = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f'{path} is not a readable safetensors file (corrupt or truncated): {e}') from e
+    own = model_u.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f'{path} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}, '
+                              f'shape mismatches {shapes[:5]}.')
+    model_u.load_state_dict(state)
+    return model
+
+
+def load_pretrained(folder: Union[str, Path], **kwargs: Any) -> nn.Module:
+    """``timm.create_model('local-dir:<folder>')`` with this package's checks and clear errors."""
+    import timm
+    folder = Path(folder)
+    if not (folder / 'config.json').is_file():
+        raise CheckpointError(f'{folder} has no config.json; expected a folder written by save_pretrained.')
+    config = read_json(folder / 'config.json')
+    model = timm.create_model(config['architecture'], pretrained=False,
+                              **{**config.get('model_args', {}), **kwargs},
+                              pretrained_cfg_overlay=config.get('pretrained_cfg', {}))
+    return load_checkpoint(model, folder)
+

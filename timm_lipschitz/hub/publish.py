@@ -1,0 +1,104 @@
+"""Sharing checkpoints: publishing a finished run to the Hugging Face Hub, placing a checkpoint in the hub cache for
+offline use, and shipping a run's weights inside the package as a registered pretrained tag."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from .files import WEIGHTS_NAME, CheckpointError, load_pretrained, read_metadata, save_pretrained
+
+__all__ = ['publish', 'place_in_cache', 'ship_pretrained']
+
+
+def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_dir: Optional[Union[str, Path]] = None,
+            private: bool = False) -> Path:
+    """Build the hub folder of a finished training run and upload it (``dry_run``: build only)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / 'final.json').is_file():
+        raise CheckpointError(f'{run_dir} is not a finished training run (no final.json).')
+    model = load_pretrained(run_dir)
+    meta = read_metadata(run_dir)
+    rob_file = run_dir / 'robustness.json'
+    rob = read_json(rob_file) if rob_file.is_file() else {}
+    recipe = None
+    if (run_dir / 'recipe.yaml').is_file():
+        import yaml
+        recipe = yaml.safe_load((run_dir / 'recipe.yaml').read_text())
+    final = read_json(run_dir / 'final.json')
+    out = Path(out_dir) if out_dir else run_dir / 'publish'
+    plot = None
+    for png in run_dir.glob('*.png'):
+        atomic_write_bytes(out / png.name, png.read_bytes())
+        plot = plot or png.name
+    save_pretrained(model, out, tag=meta.get('tag') or None, dataset=meta.get('dataset') or None,
+                    objective=meta.get('objective') or None, hparams=json.loads(meta.get('hparams', '{}')),
+                    recipe=recipe, robustness=rob.get('robustness'), certified=rob.get('certified'),
+                    command=final.get('command'), plot=plot, load_as=f'hf-hub:{repo_id}')
+    if not dry_run:
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True, private=private)
+        api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message='Upload timm-lipschitz checkpoint')
+    return out
+
+
+def place_in_cache(folder: Union[str, Path], repo_id: str, cache_dir: Optional[Union[str, Path]] = None,
+                   revision: str = 'main') -> Path:
+    """Copy a checkpoint folder into the Hugging Face cache as ``repo_id``, so ``hf-hub:<repo_id>`` and tags
+    naming that ``hf_hub_id`` load offline (``HF_HUB_OFFLINE=1``) exactly as if downloaded."""
+    import shutil
+
+    from huggingface_hub import constants
+    folder = Path(folder)
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f'{folder} has no {WEIGHTS_NAME} to place in the cache.')
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    digest = hashlib.sha1()
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode() + f.read_bytes())
+    commit = digest.hexdigest()
+    snap = root / 'snapshots' / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        if f.is_file():
+            shutil.copy2(f, snap / f.name)
+    atomic_write_text(root / 'refs' / revision, commit)
+    return snap
+
+
+def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, Path]] = None,
+                    replace: bool = False) -> str:
+    """Copy a finished run's weights into the package (``timm_lipschitz/weights``) and register its tag in
+    ``weights/index.json``; returns the model name ``<arch>.<tag>`` (registered on the next import).
+
+    The index records each entry's recipe hash: shipping a different run (another recipe) under a name that is
+    already shipped is refused unless ``replace=True``, so a tag never silently changes what it loads.
+    """
+    import shutil
+
+    from ..models._pretrained import INDEX, WEIGHTS_DIR
+    run_dir = Path(run_dir)
+    if not (run_dir / 'final.json').is_file():
+        raise CheckpointError(f'{run_dir} is not a finished training run (no final.json).')
+    meta = read_metadata(run_dir)
+    config = read_json(run_dir / 'config.json')
+    name = f"{meta['architecture']}.{meta['tag']}"
+    out_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+    index_file = out_dir / INDEX.name
+    index = read_json(index_file) if index_file.is_file() else {}
+    old = index.get(name)
+    if old is not None and old.get('recipe_hash') != meta.get('recipe_hash') and not replace:
+        raise CheckpointError(
+            f'{name} is already shipped from another run (recipe hash {old.get("recipe_hash") or "unrecorded"}, '
+            f'this run {meta.get("recipe_hash")}); pass replace=True to replace it, or train under another name.')
+    shutil.copy2(run_dir / WEIGHTS_NAME, out_dir / f'{name}.safetensors')
+    pcfg = config.get('pretrained_cfg', {})
+    index[name] = {'file': f'{name}.safetensors', 'recipe_hash': meta.get('recipe_hash'),
+                   'cfg': {k: pcfg[k] for k in ('input_size', 'mean', 'std', 'num_classes', 'label_names',
+                                                'pool_size', 'license') if k in pcfg}}
+    atomic_write_json(index_file, dict(sorted(index.items())))
+    return name

@@ -1,0 +1,131 @@
+"""The evaluation protocol, in one place: sigma grids and presets, the lookup of a value on a grid, the summary
+columns, and the mean ± std convention. Recipes (``eval.sigmas``), the eval command line, the noise sweep, the
+tables, the model cards and the checkpoint metadata all read these; nothing else defines them. Torch-free.
+
+- Grids: the paper's CIFAR grid sigma_test = 0.00 ... 0.50 (step 0.01), the MNIST grid 0.00 ... 1.00, the paper's
+  table columns 0 / 0.3 / 0.5.
+- Presets name a grid together with how noisy images are stored: ``cifar10c_gaussian`` is CIFAR-10-C's Gaussian
+  noise (severities 1-5: sigma 0.04 ... 0.10), clipped to [0,1] and rounded to uint8 levels as the benchmark's files
+  are, so a recipe's ``eval.sigmas: cifar10c_gaussian`` and ``timm-lipschitz eval --sigmas cifar10c_gaussian``
+  measure the same thing.
+- Lookup: a sigma is on a grid when it is within :data:`TOLERANCE` of a grid value.
+- Mean ± std: over seeds or noise draws, the sample standard deviation (n - 1 in the denominator); a single value
+  has std 0 and is shown without ± std.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+
+__all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
+           'NoiseProtocol', 'parse_sigmas', 'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key',
+           'SUMMARY_KEYS', 'summarize', 'mean_std', 'format_cell']
+
+PAPER_SIGMAS = tuple(round(0.01 * i, 2) for i in range(51))           # 0.00 ... 0.50, the paper's CIFAR grid
+MNIST_SIGMAS = tuple(round(0.01 * i, 2) for i in range(101))          # 0.00 ... 1.00
+TABLE_SIGMAS = (0.0, 0.3, 0.5)                                        # the paper's table columns
+CIFAR10C_GAUSSIAN = (0.04, 0.06, 0.08, 0.09, 0.10)                    # CIFAR-10-C severities 1..5
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class NoiseProtocol:
+    """A sigma grid and how the noisy images are stored: ``clip`` to [0,1], ``quantize`` to uint8 levels."""
+    sigmas: Tuple[float, ...]
+    clip: bool = False
+    quantize: bool = False
+    name: str = ''
+
+
+PRESETS: Dict[str, NoiseProtocol] = {
+    'paper': NoiseProtocol(PAPER_SIGMAS, name='paper'),
+    'mnist': NoiseProtocol(MNIST_SIGMAS, name='mnist'),
+    'cifar10c_gaussian': NoiseProtocol(CIFAR10C_GAUSSIAN, clip=True, quantize=True, name='cifar10c_gaussian'),
+}
+
+SigmaSpec = Union[str, Sequence[float], None]
+
+
+def parse_sigmas(spec: SigmaSpec, default: Sequence[float] = PAPER_SIGMAS) -> List[float]:
+    """A list of sigmas from a list, ``'start:stop:step'`` (stop included), a comma list or a preset name."""
+    return list(resolve_protocol(spec, default=default).sigmas)
+
+
+def _grid_from_text(spec: str) -> List[float]:
+    parts = spec.split(':')
+    try:
+        if len(parts) == 3:
+            start, stop, step = (float(p) for p in parts)
+            if not step > 0:
+                raise ValueError
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            return [round(start + i * step, 10) for i in range(max(n, 0))]
+        return [float(p) for p in spec.split(',') if p.strip()]
+    except ValueError:
+        raise ValueError(f"sigmas={spec!r} is not allowed; give a list, 'start:stop:step' with step > 0 (stop "
+                         f"included), comma-separated values or a preset ({', '.join(PRESETS)}).") from None
+
+
+def resolve_protocol(spec: SigmaSpec, clip: bool = False, default: Sequence[float] = PAPER_SIGMAS) -> NoiseProtocol:
+    """The protocol a sigma spec names: a preset keeps its own clipping and rounding (``clip=True`` adds clipping
+    to any grid); a grid is checked (non-empty, every sigma >= 0, no NaN)."""
+    if spec is None:
+        return NoiseProtocol(tuple(default), clip=clip)
+    if isinstance(spec, str) and spec in PRESETS:
+        p = PRESETS[spec]
+        return NoiseProtocol(p.sigmas, clip=p.clip or clip, quantize=p.quantize, name=p.name)
+    values = _grid_from_text(spec) if isinstance(spec, str) else [float(s) for s in spec]
+    if not values:
+        raise ValueError(f'sigmas={spec!r} gives an empty grid; give at least one sigma >= 0.')
+    bad = [s for s in values if not s >= 0]
+    if bad:
+        raise ValueError(f'sigma values {bad} are not allowed; every sigma must be >= 0.')
+    return NoiseProtocol(tuple(values), clip=clip)
+
+
+def index_on_grid(grid: Sequence[float], sigma: float) -> Optional[int]:
+    """The position of ``sigma`` on ``grid`` (within :data:`TOLERANCE`), or None."""
+    return next((i for i, s in enumerate(grid) if abs(float(s) - float(sigma)) < TOLERANCE), None)
+
+
+T = TypeVar('T')
+
+
+def value_at(grid: Sequence[float], values: Sequence[T], sigma: float) -> Optional[T]:
+    """The entry of ``values`` at ``sigma`` on ``grid``, or None when ``sigma`` is not on the grid."""
+    i = index_on_grid(grid, sigma)
+    return None if i is None else values[i]
+
+
+def summary_key(sigma: float) -> str:
+    """``acc@0``, ``acc@0.3``: the key of a table column in summaries, metadata and final.json."""
+    return f'acc@{float(sigma):g}'
+
+
+SUMMARY_KEYS = tuple(summary_key(s) for s in TABLE_SIGMAS) + ('grid_mean',)
+
+
+def summarize(grid: Sequence[float], accuracy: Sequence[float]) -> Dict[str, Optional[float]]:
+    """The paper's table columns (None where not on the grid) and the mean accuracy over the whole grid."""
+    out: Dict[str, Optional[float]] = {summary_key(s): value_at(grid, accuracy, s) for s in TABLE_SIGMAS}
+    out['grid_mean'] = sum(accuracy) / len(accuracy)
+    return out
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
+    """(mean, sample std with n - 1 in the denominator, n); the std of one value is 0."""
+    n = len(values)
+    if n == 0:
+        raise ValueError('mean_std of no values.')
+    m = sum(values) / n
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return m, sd, n
+
+
+def format_cell(cell: Optional[Tuple[float, float, int]], digits: int = 2) -> str:
+    """``'88.02 ± 0.03'`` for several values, ``'88.02'`` for one, ``'n/a'`` for none."""
+    if cell is None:
+        return 'n/a'
+    m, sd, n = cell
+    return f'{m:.{digits}f} ± {sd:.{digits}f}' if n > 1 else f'{m:.{digits}f}'

@@ -1,0 +1,265 @@
+"""The run folder: what it holds, who owns it, and its training states.
+
+A run folder holds ``recipe.yaml`` (resolved), ``metrics.jsonl``, ``tensorboard/``, ``state/step_XXXXXXXX``
+(Accelerate state, renamed into place only when complete), ``model.safetensors`` + ``config.json`` + ``README.md``,
+``robustness.*``, ``run.lock`` while a process trains in it, ``stopped.json`` when a run was stopped by a signal,
+``diverged.json`` when its loss became NaN, and ``final.json`` written last (the finished marker).
+
+Rules (the README's "What happens when..."):
+
+- A folder that already holds a run is never trained into again without ``--resume``: the old metrics, TensorBoard
+  files and states would mix with the new run's. The refusal names the folder and the ways out.
+- ``--resume`` compares the saved recipe with the new one and refuses a difference in anything that shapes the
+  weights (model, data, objective, optimizer, schedule, batch, precision, seed, ...); the keys of
+  :data:`~timm_lipschitz.recipes.RESUME_SAFE` (more epochs, logging, evaluation, checkpointing) may change, and the
+  change is recorded in ``metrics.jsonl``.
+- The folder is claimed with ``run.lock`` (host, process id and its start time), created atomically: a second run
+  into a folder in use is refused. A claim left by a process that no longer exists on this host is taken over with
+  a notice; a claim from another host is reported with how to take it over (delete the lock).
+- A state is written to ``state/.tmp_step_*`` and renamed into place; a failed write (a full disk) removes the
+  temporary folder, says how much space was needed and free, and leaves the previous state intact.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from .fileio import atomic_write_json, read_json
+
+__all__ = ['latest_state', 'save_state', 'RunFolderError', 'StateSaveError', 'RunClaim', 'run_status',
+           'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'folder_size']
+
+LOCK_NAME = 'run.lock'
+RUN_MARKERS = ('recipe.yaml', 'metrics.jsonl', 'state', 'final.json', 'model.safetensors')
+
+
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used as asked; the message names the folder and the ways out."""
+
+
+class StateSaveError(RuntimeError):
+    """A training state could not be written (disk full, folder not writable); the previous state is intact."""
+
+
+# ---- states ------------------------------------------------------------------------------------------------------
+def latest_state(output_dir: Union[str, Path]) -> Optional[Path]:
+    """The newest complete state folder (``state/step_XXXXXXXX``; incomplete ones are never renamed into place)."""
+    root = Path(output_dir) / 'state'
+    states = sorted(p for p in root.glob('step_*') if p.is_dir()) if root.is_dir() else []
+    return states[-1] if states else None
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 if it does not exist)."""
+    return sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) if path.exists() else 0
+
+
+def _space_message(root: Path, needed: int, error: BaseException) -> str:
+    free = shutil.disk_usage(root if root.exists() else root.parent).free
+    previous = latest_state(root.parent)
+    return (f'could not write the training state in {root}: {error.__class__.__name__}: {error}. It needs about '
+            f'{needed / 2 ** 20:.1f} MiB; {free / 2 ** 20:.1f} MiB are free there. The previous state '
+            f'{previous if previous else "(none yet)"} is intact and --resume continues from it; free some space '
+            f'or point --output-dir elsewhere.')
+
+
+def save_state(accelerator, output_dir: Path, step: int, keep: int) -> Path:
+    """Accelerate state into a temporary folder, then renamed into place: a kill mid-save loses nothing.
+
+    A failed write is reported on every process as :class:`StateSaveError` (with the space needed and free); the
+    temporary folder is removed.
+    """
+    root = output_dir / 'state'
+    final = root / f'step_{step:08d}'
+    tmp = root / f'.tmp_step_{step:08d}'
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    failure = None
+    try:
+        accelerator.save_state(str(tmp))
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError('... unexpected pos ...')
+        failure = e
+    failed = _any_process(accelerator, failure is not None)
+    if failed:
+        needed = folder_size(latest_state(output_dir) or tmp)
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        raise StateSaveError(_space_message(root, needed, failure or OSError(errno.EIO, 'failed on another '
+                                                                                        'process'))) from failure
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in sorted(p for p in root.glob('step_*') if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _any_process(accelerator, flag: bool) -> bool:
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, 'sum').item() > 0)
+
+
+# ---- what a folder holds -----------------------------------------------------------------------------------------
+def run_status(out: Path) -> Optional[str]:
+    """None for an empty or missing folder; otherwise a short description of the run in it."""
+    out = Path(out)
+    if not any((out / m).exists() for m in RUN_MARKERS):
+        return None
+    if (out / 'final.json').is_file():
+        return 'a finished run'
+    state = latest_state(out)
+    return f'an unfinished run (last state: step {int(state.name.split("_")[1])})' if state else \
+        'an unfinished run (no saved state)'
+
+
+def check_new_run(out: Path) -> None:
+    """A new (not resumed) run needs a folder without a run in it."""
+    status = run_status(out)
+    if status:
+        raise RunFolderError(
+            f'run folder {out} already holds {status}; a new run there would mix with it. Continue it with '
+            f'--resume, or train into a new folder: --output-dir <other folder> (or --set name=<other name>).')
+
+
+def check_resume(out: Path, recipe: Dict[str, Any]) -> List[str]:
+    """Refuses a resume whose recipe differs from the saved one in a key that shapes the weights; returns the
+    allowed differences (to be recorded)."""
+    import yaml
+
+    from .recipes import recipe_differences
+    saved_file = out / 'recipe.yaml'
+    if not saved_file.is_file():
+        return []
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    recipe = _with_recorded_normalization(recipe, saved)
+    refused, allowed = recipe_differences(saved, recipe)
+    if refused:
+        from .recipes import flatten
+        a, b = flatten(saved), flatten(recipe)
+        shown = '; '.join(f'{k}: {a.get(k, "(default)")!r} -> {b.get(k, "(default)")!r}' for k in refused[:8])
+        raise RunFolderError(
+            f'--resume of {out}: the recipe differs from the one the run started with in {len(refused)} key(s) '
+            f'that shape the weights ({shown}{"; ..." if len(refused) > 8 else ""}). Resume with the saved recipe '
+            f'(--recipe {saved_file}), or start a new run in another folder.')
+    return allowed
+
+
+def _with_recorded_normalization(recipe: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
+    """A recipe that names no mean/std means "the run's own": the numbers its start recorded in recipe.yaml."""
+    model, saved_model = recipe.get('model') or {}, saved.get('model') or {}
+    if model.get('mean') is None and saved_model.get('mean') is not None:
+        recipe = {**recipe, 'model': {**model, 'mean': saved_model['mean'], 'std': saved_model.get('std')}}
+    return recipe
+
+
+# ---- the claim ------------------------------------------------------------------------------------------------------
+def _process_start(pid: int) -> Optional[str]:
+    """The start time of process ``pid`` on this host (Linux: /proc/<pid>/stat field 22), None if it is gone."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+        return stat.rsplit(')', 1)[1].split()[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return 'unknown'
+        return 'unknown'
+
+
+class RunClaim:
+    """``run.lock`` in a run folder: created with O_EXCL, removed when the run ends (also on errors and signals)."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_NAME
+        self.held = False
+        self.notice = ''
+
+    def _mine(self) -> Dict[str, Any]:
+        return {'host': socket.gethostname(), 'pid': os.getpid(), 'pid_start': _process_start(os.getpid()),
+                'since': time.strftime('%Y-%m-%d %H:%M:%S')}
+
+    def acquire(self) -> 'RunClaim':
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._handle_existing()
+                continue
+            with os.fdopen(fd, 'w') as f:
+                json.dump(self._mine(), f)
+            self.held = True
+            return self
+        raise RunFolderError(f'could not claim {self.path}: another process claimed it at the same moment.')
+
+    def _handle_existing(self) -> None:
+        try:
+            other = read_json(self.path)
+        except (OSError, ValueError):
+            other = {}
+        host, pid = other.get('host'), other.get('pid')
+        if host == socket.gethostname() and isinstance(pid, int):
+            alive = _process_start(pid)
+            if alive is not None and (alive == 'unknown' or alive == other.get('pid_start')):
+                raise RunFolderError(
+                    f'run folder {self.path.parent} is in use by process {pid} on this host (since '
+                    f'{other.get("since")}); wait for it to end, or train into another --output-dir.')
+            self.notice = (f'taking over the stale claim of {self.path.parent}: process {pid} that claimed it '
+                           f'({other.get("since")}) no longer runs.')
+            self.path.unlink(missing_ok=True)
+            return
+        raise RunFolderError(
+            f'run folder {self.path.parent} is claimed by process {pid} on host {host} (since {other.get("since")}). '
+            f'If that job is no longer running, delete {self.path} to take the folder over; otherwise train into '
+            f'another --output-dir.')
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                if read_json(self.path).get('pid') == os.getpid():
+                    self.path.unlink()
+            except (OSError, ValueError):
+                pass
+
+
+# ---- metrics ------------------------------------------------------------------------------------------------------
+def read_metrics(path: Union[str, Path], repair: bool = False) -> Tuple[List[Dict[str, Any]], int]:
+    """The rows of ``metrics.jsonl`` and the number of broken lines skipped (a kill mid-write leaves a truncated
+    last line). ``repair=True`` rewrites the file without them, so appended rows start on a line of their own."""
+    path = Path(path)
+    if not path.is_file():
+        return [], 0
+    rows, broken, kept = [], 0, []
+    for line in path.read_text(errors='replace').splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+            kept.append(line)
+        except json.JSONDecodeError:
+            broken += 1
+    if repair and (broken or not path.read_bytes().endswith(b'\n')):
+        from .fileio import atomic_write_text
+        atomic_write_text(path, ''.join(x + '\n' for x in kept))
+    return rows, broken
+
+
+def write_marker(out: Path, name: str, payload: Dict[str, Any]) -> None:
+    atomic_write_json(out / name, payload)

@@ -1,0 +1,56 @@
+"""The one seed-mixing rule: every random stream of a run is seeded from the run's ``seed`` and the stream's keys.
+
+    stream_seed(stream, seed, k1, k2, ...) = (((seed * m1) + k1) * m2 + k2) ...
+
+a polynomial fold of the keys with the stream's multipliers (fixed primes). The streams, their keys and their
+multipliers are listed once, in :data:`STREAMS`; the multipliers are those of timm-lipschitz 0.1.0, so every stream
+is bit-identical to what 0.1.0 drew. A generator seeded this way depends only on the keys named here: evaluation
+noise is the same whatever the batch size, grid, device or number of processes; the data order and the fast path's
+augmentation of an epoch are the same on resume.
+
+Two streams are not generators of their own: model initialization and the standard (DataLoader) path's per-item
+augmentation draw from torch's global RNG, seeded once per run with ``stream_seed('global', seed)`` (Accelerate's
+``set_seed``) and saved in the training state, so a resumed run continues them.
+"""
+from __future__ import annotations
+
+from typing import Dict, NamedTuple, Tuple
+
+__all__ = ['STREAMS', 'Stream', 'stream_seed']
+
+
+class Stream(NamedTuple):
+    keys: Tuple[str, ...]          # what the caller passes after the seed, in order
+    multipliers: Tuple[int, ...]   # one per key (and per fixed key)
+    fixed: Tuple[int, ...] = ()    # constant keys folded in before the caller's (a salt that separates streams)
+    doc: str = ''
+
+
+STREAMS: Dict[str, Stream] = {
+    'global': Stream((), (), doc="torch's global RNG (model init, DataLoader-path augmentation)"),
+    'objective_noise': Stream((), (7919,), (17,), doc="the training objective's noise generator"),
+    'data_order': Stream(('epoch',), (100_003,), doc='the permutation of the training split in one epoch'),
+    'augmentation': Stream(('epoch', 'process_index'), (1_000_003, 1_009),
+                           doc="the fast path's batch augmentation in one epoch on one process"),
+    'train_fraction': Stream((), (), doc='which training images a data.train_fraction < 1 keeps'),
+    'evaluation_noise': Stream(('image_index', 'repeat'), (1_000_003, 1_009),
+                               doc='the unit noise draw z of one test image and repeat (common random numbers)'),
+    'corruption': Stream(('image_index', 'corruption', 'severity'), (1_000_003, 1_009, 101),
+                         doc='the random parts of one corruption of one test image at one severity'),
+    'synthetic_data': Stream(('split',), (1,), doc='the synthetic dataset: split 0 templates, 1 train, 2 test'),
+    'smoothing_noise': Stream((), (), doc="randomized smoothing's Monte Carlo noise"),
+    'attack_start': Stream((), (), doc='random starts of the PGD lower bound and of adversarial attacks'),
+}
+
+
+def stream_seed(stream: str, seed: int, *keys: int) -> int:
+    """The seed of ``stream`` for the run seed ``seed`` and the stream's keys (see :data:`STREAMS`)."""
+    if stream not in STREAMS:
+        raise ValueError(f'unknown random stream {stream!r}; streams: {sorted(STREAMS)}.')
+    spec = STREAMS[stream]
+    if len(keys) != len(spec.keys):
+        raise ValueError(f'stream {stream!r} takes keys {spec.keys}, got {len(keys)} value(s).')
+    h = int(seed)
+    for m, k in zip(spec.multipliers, spec.fixed + tuple(int(k) for k in keys)):
+        h = h * m + k
+    return h

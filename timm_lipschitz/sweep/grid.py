@@ -1,0 +1,256 @@
+"""Running a grid: expand a grid of recipe overrides, validate every point, run (or resume) the unfinished ones,
+collect the results. The tables, plots and studies are :mod:`.tables`.
+
+A grid file (YAML)::
+
+    name: cifar10_resnet20            # the sweep's folder: <output_dir>/<point name>/ per point
+    base: ../paper/cifar10_base.yaml  # a recipe, relative to the grid file
+    output_dir: runs/sweeps/{name}
+    set: {epochs: 300}                # fixed overrides (optional)
+    axes:                             # any recipe key (dotted); values may be scalars or mappings
+      loss.sigma: [0.05, 0.25, 0.5]   # the product of all axes is run
+      loss.beta: [1, 5, 10]
+    include: [{loss: {name: cross_entropy}}]   # extra points (mappings of key: value), e.g. the baseline row
+    seeds: [0, 1, 2]                  # every point is run once per seed (mean ± std in the tables)
+    table: {group: loss.sigma, rows: loss.lipschitz_target, cols: loss.beta, sigmas: [0.0, 0.3, 0.5]}
+
+Points whose run folder holds ``final.json`` are skipped, so a killed sweep resumes; an unfinished point resumes
+from its last saved state.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from ..fileio import atomic_write_json, read_json
+from ..losses import list_losses, loss_class
+from ..recipes import SCHEMA, RecipeError, load_recipe, resolve_recipe
+
+__all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'GridError', 'RECIPE_SHORT',
+           'run_from_args']
+
+GRID_KEYS = {'name', 'description', 'base', 'output_dir', 'set', 'axes', 'include', 'seeds', 'table', 'sensitivity'}
+
+
+class GridError(ValueError):
+    """A grid file is invalid; raised before any point runs."""
+
+
+def load_grid(path: str | Path) -> Dict[str, Any]:
+    path = Path(path)
+    try:
+        grid = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise GridError(f'cannot read grid file {path}: {e}') from e
+    unknown = set(grid) - GRID_KEYS
+    if unknown:
+        raise GridError(f'unknown grid key(s) {sorted(unknown)} in {path}; allowed: {sorted(GRID_KEYS)}.')
+    if 'base' not in grid:
+        raise GridError(f'{path} has no base recipe (base: <recipe.yaml>).')
+    grid['base'] = str((path.parent / grid['base']).resolve())
+    grid.setdefault('name', path.stem)
+    grid.setdefault('output_dir', 'runs/sweeps/{name}')
+    grid['output_dir'] = grid['output_dir'].format(name=grid['name'])
+    return grid
+
+
+def _check_axis_key(key: str, base: Dict[str, Any]) -> None:
+    """An axis key must be a recipe key; ``loss.*`` arguments depend on the loss name and are checked when each
+    point's recipe is resolved."""
+    parts = key.split('.')
+    if parts[0] == 'loss':
+        return
+    node: Any = SCHEMA
+    for i, p in enumerate(parts):
+        if not isinstance(node, dict):
+            return  # below a free-form leaf (e.g. model.kwargs.*): checked by the consumer
+        if p not in node:
+            where = '.'.join(parts[:i]) or 'the top level'
+            raise GridError(f'unknown axis key {key!r}: {p!r} is not a recipe key at {where}; allowed: {sorted(node)}.')
+        node = node[p]
+
+
+RECIPE_SHORT = {'train_fraction': 'frac', 'learning_rate': 'lr'}   # short names of recipe keys in point names
+
+
+def _short(key: str, loss_name: Optional[str]) -> str:
+    """The short name of a point's key: the objective's own for its arguments (``loss.sigma`` -> ``s``); when the
+    point does not name its loss, the short name every objective with that argument agrees on."""
+    parts = key.split('.')
+    if parts[0] == 'loss' and len(parts) == 2:
+        names = [loss_name] if loss_name in list_losses() else list_losses()
+        shorts = {loss_class(n).short_names()[parts[1]] for n in names if parts[1] in loss_class(n).defaults()}
+        if len(shorts) == 1:
+            return shorts.pop()
+    return RECIPE_SHORT.get(parts[-1], parts[-1])
+
+
+def _fmt(v: Any, key: str = '') -> str:
+    if isinstance(v, dict):
+        loss_name = v.get('name') if key == 'loss' else None
+        return '-'.join([str(v.get('name', 'x'))] + [
+            f'{_short(f"loss.{k}" if loss_name else k, loss_name)}{_fmt(x)}' for k, x in v.items() if k != 'name'])
+    if isinstance(v, float):
+        return f'{v:g}'
+    return re.sub(r'[^A-Za-z0-9.\-]+', '', str(v))
+
+
+def point_name(point: Dict[str, Any]) -> str:
+    """A readable, unique folder name for a grid point, e.g. ``s0.5_b1_l0.01_seed0`` (signs kept: ``s-1``)."""
+    loss_name = point['loss'].get('name') if isinstance(point.get('loss'), dict) else point.get('loss.name')
+    parts = [_fmt(v, k) if isinstance(v, dict) else f'{_short(k, loss_name)}{_fmt(v)}' for k, v in point.items()]
+    return '_'.join(parts) or 'base'
+
+
+def expand_grid(grid: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """All points (product of the axes, plus ``include``), each validated as a recipe before any run."""
+    base = load_recipe(grid['base'])
+    axes: Dict[str, List[Any]] = grid.get('axes') or {}
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise GridError(f'axis {key!r} is empty or not a list; give at least one value.')
+        _check_axis_key(key, base)
+    points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else []
+    for extra in grid.get('include') or []:
+        for key in extra:
+            _check_axis_key(key, base)
+        points.append(dict(extra))
+    if not points:
+        points = [{}]
+    seeds = grid.get('seeds')
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds:
+            raise GridError('seeds must be a non-empty list of integers.')
+        points = [{**p, 'seed': s} for s in seeds for p in points]  # seed-major: a cut sweep has whole seeds
+    seen = set()
+    for p in points:
+        name = point_name(p)
+        if name in seen:
+            raise GridError(f'two grid points have the same name {name!r}; make the axes distinct.')
+        seen.add(name)
+        try:
+            resolve_recipe(grid['base'], _overrides(grid, p, str(Path(grid['output_dir']) / name)))
+        except RecipeError as e:
+            raise GridError(f'grid point {name} is not a valid recipe: {e}') from None
+    return points
+
+
+def _overrides(grid: Dict[str, Any], point: Dict[str, Any], out_dir: str) -> List[str]:
+    ov = [f'{k}={json.dumps(v)}' for k, v in (grid.get('set') or {}).items()]
+    ov += [f'{k}={json.dumps(v)}' for k, v in point.items()]
+    ov.append(f'output_dir={json.dumps(str(out_dir))}')
+    ov.append(f'name={json.dumps(point_name(point))}')
+    return ov
+
+
+def _command(grid: Dict[str, Any], point: Dict[str, Any], launcher: str = 'accelerate launch') -> str:
+    out = Path(grid['output_dir']) / point_name(point)
+    sets = ' '.join(f'--set {shlex.quote(o)}' for o in _overrides(grid, point, str(out)))
+    return f'{launcher} -m timm_lipschitz.train --recipe {shlex.quote(grid["base"])} {sets} --resume --no-progress'
+
+
+def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_commands: bool = False,
+              progress: bool = False, seeds: Optional[Sequence[int]] = None,
+              names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run every unfinished point (only those of ``seeds`` / named ``names`` if given); returns the collected
+    results (also written to ``results.json``)."""
+    from ..train import train
+    from .tables import render
+    grid = load_grid(grid_path)
+    points = expand_grid(grid)
+    if seeds is not None:
+        points = [p for p in points if p.get('seed') in set(seeds)]
+    if names is not None:
+        points = [p for p in points if point_name(p) in set(names)]
+    out_root = Path(grid['output_dir'])
+    todo = [p for p in points if not (out_root / point_name(p) / 'final.json').is_file()]
+    if emit_commands:
+        for p in points:
+            print(_command(grid, p))
+        return {'points': len(points), 'todo': len(todo)}
+    print(f'sweep {grid["name"]}: {len(points)} points, {len(points) - len(todo)} finished, {len(todo)} to run')
+    if dry_run:
+        for p in points:
+            state = 'done' if p not in todo else 'todo'
+            print(f'  [{state}] {point_name(p)}')
+        return {'points': len(points), 'todo': len(todo)}
+    if jobs > 1:
+        _run_parallel(grid, todo, jobs)
+    else:
+        for i, p in enumerate(todo, 1):
+            print(f'[{i}/{len(todo)}] {point_name(p)}', flush=True)
+            train(grid['base'], _overrides(grid, p, str(out_root / point_name(p))), resume=True,
+                  progress=progress)
+    results = collect_results(grid, points)
+    render(grid, results)
+    return results
+
+
+def _run_parallel(grid: Dict[str, Any], todo: List[Dict[str, Any]], jobs: int) -> None:
+    """N points at a time as subprocesses; one per GPU where several are visible."""
+    import time
+
+    import torch
+    gpus = torch.cuda.device_count()
+    queue, running, failed, started = list(todo), [], [], 0
+    while queue or running:
+        while queue and len(running) < jobs:
+            p = queue.pop(0)
+            env = dict(os.environ)
+            if gpus > 1:
+                env['CUDA_VISIBLE_DEVICES'] = str(started % gpus)
+            started += 1
+            cmd = shlex.split(_command(grid, p, shlex.quote(sys.executable)))
+            running.append((subprocess.Popen(cmd, env=env), point_name(p)))
+        time.sleep(0.5)
+        for proc, name in list(running):
+            if proc.poll() is not None:
+                running.remove((proc, name))
+                failed += [name] if proc.returncode else []
+                print(f'{name}: {"failed" if proc.returncode else "done"}', flush=True)
+    if failed:
+        raise RuntimeError(f'sweep points failed: {failed}')
+
+
+def collect_results(grid: Dict[str, Any], points: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """Every finished point's summary and full sweep; written to ``<sweep>/results.json``."""
+    points = points if points is not None else expand_grid(grid)
+    out_root = Path(grid['output_dir'])
+    rows = []
+    for p in points:
+        folder = out_root / point_name(p)
+        if not (folder / 'final.json').is_file():
+            continue
+        final = read_json(folder / 'final.json')
+        recipe = yaml.safe_load((folder / 'recipe.yaml').read_text())
+        rob = read_json(folder / 'robustness.json')['robustness'] if (folder / 'robustness.json').is_file() else None
+        rows.append({'point': point_name(p), 'axes': p, 'recipe': recipe, 'final': final, 'robustness': rob})
+    results = {'grid': grid['name'], 'rows': rows}
+    atomic_write_json(out_root / 'results.json', results)
+    return results
+
+
+def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """``timm-lipschitz sweep`` (arguments: :func:`timm_lipschitz.cli.add_sweep_arguments`)."""
+    from .tables import render
+    if args.collect:
+        grid = load_grid(args.grid)
+        results = collect_results(grid)
+        print(render(grid, results).read_text())
+        return results
+    results = run_sweep(args.grid, jobs=args.jobs, dry_run=args.dry_run, emit_commands=args.emit_commands,
+                        progress=args.progress, seeds=args.seeds)
+    if not (args.dry_run or args.emit_commands):
+        grid = load_grid(args.grid)
+        print((Path(grid['output_dir']) / 'tables.md').read_text())
+    return results
