@@ -12,9 +12,12 @@ import timm_lipschitz as _tl  # noqa: E402  (registers the models)
 
 def _entry(arch: str):
     def load(pretrained: bool = False, tag: str = '', **kwargs):
+        tags = [n.split('.', 1)[1] for n in _timm.list_pretrained(f'{arch}.*') if '.' in n and not n.endswith('.')]
+        tag = tag[len(arch) + 1:] if tag.startswith(f'{arch}.') else tag  # the full name works too
         if pretrained and not tag:
-            tags = [n for n in _timm.list_pretrained(f'{arch}.*') if '.' in n and not n.endswith('.')]
-            raise ValueError(f'{arch} has no default weights; pass tag=... (trained tags: {tags}).')
+            raise ValueError(f'{arch} has no default weights; pass tag=... (one of {tags}).')
+        if tag and tag not in tags:
+            raise ValueError(f'{arch} has no pretrained tag {tag!r}; tag= accepts {tags}.')
         name = f'{arch}.{tag}' if tag else arch
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
     load.__name__ = arch

@@ -4,3 +4,26 @@ import os
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """What every plot drew, by file name: its title, axis labels, and each line's label and data. Tests check the
+    content of a figure, not the size of its PNG."""
+    from timm_lipschitz.robustness import report
+    figures = {}
+    real = report.save_figure
+
+    def capture(fig, ax, path, *args, **kwargs):
+        out = real(fig, ax, path, *args, **kwargs)
+        figures[Path(path).name] = {
+            'title': ax.get_title(), 'xlabel': ax.get_xlabel(), 'ylabel': ax.get_ylabel(),
+            'lines': {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()},
+            'bands': len(ax.collections), 'png': Path(path).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'}
+        return out
+    monkeypatch.setattr(report, 'save_figure', capture)
+    return figures

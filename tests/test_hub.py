@@ -9,7 +9,8 @@ from timm.models import generate_default_cfgs, register_model
 
 import timm_lipschitz  # noqa: F401
 from timm_lipschitz.hub import (CheckpointError, convert_checkpoint, load_checkpoint, load_pretrained,
-                                load_robustness, make_tag, place_in_cache, publish, read_metadata, save_pretrained)
+                                load_robustness, make_tag, parse_tag, place_in_cache, publish, read_metadata,
+                                save_pretrained, ship_pretrained)
 from timm_lipschitz.models._pretrained import shipped
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,39 @@ def test_tag_scheme():
                     'mnist_5k') == 'lipschitz_hinge_s075_b10_l0005_mnist5k'
     assert make_tag('gaussian_augmentation', {'sigma': 0.25}, 'cifar10') == 'gaussian_augmentation_s025_c10'
     assert make_tag('cross_entropy', {'label_smoothing': 0.0}, 'digits') == 'cross_entropy_digits'
+
+
+@pytest.mark.parametrize('objective,hparams,part', [
+    ('lipschitz_hinge', {'sigma': 1.5, 'beta': 1, 'lipschitz_target': 0.1}, 's1p5_b1_l010'),
+    ('lipschitz_hinge', {'sigma': 150, 'beta': 1, 'lipschitz_target': 0.1}, 's150_b1_l010'),
+    ('lipschitz_hinge', {'sigma': 0.5, 'beta': 0, 'lipschitz_target': 0.01, 'clip': True}, 's050_b0_l001_clip1'),
+    ('lipschitz_hinge', {'sigma': 0.5, 'joint_forward': False, 'output': 'probs'}, 's050_b1_l010_oprobs_joint0'),
+    ('lipschitz_hinge', {'sigma': 0.5, 'task_loss': 'binary_cross_entropy'}, 's050_b1_l010_taskbinarycrossentropy'),
+    ('lipschitz_hinge', {'sigma': 0.5, 'task_loss': {'name': 'cross_entropy', 'label_smoothing': 0.1}},
+     's050_b1_l010_taskcrossentropy-ls010'),
+    ('stability', {'sigma': 0.75, 'alpha': 2}, 's075_a2'),
+    ('consistency', {'sigma': 0.5, 'entropy_weight': 0.0}, 's050_m2_w10_e0'),
+    ('cross_entropy', {'label_smoothing': 0.1}, 'ls010'),
+    ('gaussian_augmentation', {'sigma': 0.0625}, 's00625'),
+])
+def test_tags_are_unambiguous_and_parse_back(objective, hparams, part):
+    """Every option that changes the trained model is in the tag, numbers keep their value (1.5 is not 150, 0.1 is
+    not 10), and the tag parses back to the full configuration."""
+    tag = make_tag(objective, hparams, 'digits')
+    assert tag == f'{objective}_{part}_digits'
+    parsed = parse_tag(tag)
+    from timm_lipschitz.losses import loss_class
+    assert parsed.objective == objective and parsed.dataset == 'digits'
+    assert parsed.hparams == loss_class(objective).resolve_hparams(hparams)
+
+
+def test_tag_numbers_keep_sign_and_scale():
+    from timm_lipschitz.hub.tags import decode_number, encode_number
+    for v, text in [(0.5, '050'), (0.01, '001'), (0.1, '010'), (1, '1'), (10, '10'), (1.5, '1p5'), (150, '150'),
+                    (-1, 'm1'), (-0.5, 'm050'), (0, '0'), (0.005, '0005')]:
+        assert encode_number(v) == text and decode_number(text) == v
+    with pytest.raises(ValueError, match='cannot be written'):
+        make_tag('lipschitz_hinge', {'output': 'Has Spaces'}, 'digits')
 
 
 def test_round_trip_through_pretrained_cfg_overlay(tmp_path):
@@ -229,3 +263,23 @@ def test_convert_refuses_pickled_objects_and_foreign_layouts(tmp_path):
     torch.save({'foo.weight': torch.zeros(2)}, tmp_path / 'foreign.pt')
     with pytest.raises(CheckpointError, match='does not look like a CIFAR ResNet'):
         convert_checkpoint(tmp_path / 'foreign.pt', tmp_path / 'o')
+
+
+def test_ship_refuses_to_replace_an_entry_with_another_run(tmp_path):
+    """Shipping a run under a name already shipped from another recipe would silently change what the tag loads."""
+    from timm_lipschitz.train import train
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    base = {'model': {'name': 'mnist_convnet'}, 'loss': {'name': 'cross_entropy'},
+            'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True}, 'batch_size': 32,
+            'log_with': [], 'eval': {'sigmas': [0.0], 'every_epochs': 0}, 'optimizer': {'name': 'sgd', 'lr': 0.01}}
+    a = train({**base, 'steps': 2, 'output_dir': str(tmp_path / 'a')}, progress=False)
+    b = train({**base, 'steps': 3, 'output_dir': str(tmp_path / 'b')}, progress=False)
+    name = ship_pretrained(a['output_dir'], weights)
+    assert name == 'mnist_convnet.cross_entropy_digits'
+    assert ship_pretrained(a['output_dir'], weights) == name  # the same run again: fine
+    with pytest.raises(CheckpointError, match='already shipped from another run.*replace=True'):
+        ship_pretrained(b['output_dir'], weights)
+    ship_pretrained(b['output_dir'], weights, replace=True)
+    index = json.loads((weights / 'index.json').read_text())
+    assert index[name]['recipe_hash'] == read_metadata(b['output_dir'])['recipe_hash']

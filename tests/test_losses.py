@@ -115,6 +115,18 @@ def test_clip_keeps_pixels_in_range_and_measures_after_clipping():
     assert noisy.min() >= 0 and noisy.max() <= 1
     obj2 = create_loss('lipschitz_hinge', sigma=0.5, seed=1)
     assert (obj2.perturb(x) > 1).any()
+    # k(x) divides by the clipped difference ||x_bar - x||, not by the drawn noise ||n||
+    torch.manual_seed(0)
+    model = Linear(64)
+    obj = create_loss('lipschitz_hinge', sigma=0.5, clip=True, seed=1, beta=1.0, lipschitz_target=1e-6)
+    out = obj(model, x, torch.zeros(8, dtype=torch.long))
+    n = _unit_noise(x.shape, 1) * 0.5
+    delta = ((x + n).clamp(0, 1) - x).flatten(1)
+    W = model.fc.weight.detach()
+    k = (delta @ W.T).norm(dim=1) / delta.norm(dim=1)
+    k_unclipped = (delta @ W.T).norm(dim=1) / n.flatten(1).norm(dim=1)
+    torch.testing.assert_close(out.parts['k_mean'], k.mean())
+    assert not torch.allclose(k.mean(), k_unclipped.mean())
 
 
 def test_gradcheck_float64_hinge_active_on_every_sample():

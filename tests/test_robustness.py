@@ -184,16 +184,21 @@ def test_theorem1_radius_is_conditional_on_probs():
     assert theorem1_radius(0.01, 'logits') is None
 
 
-def test_tables_and_plots(tmp_path):
+def test_tables_and_plots(tmp_path, drawn):
     x, y = torch.rand(10, 1, 4, 4), torch.randint(0, 3, (10,))
     a = noise_sweep(Constant(0), (x, y), '0:0.5:0.1', repeats=2)
     b = noise_sweep(Constant(1), (x, y), '0:0.5:0.1')
     table = sweep_table({'a': a, 'b': b})
     assert table.splitlines()[0] == '| sigma_test | a | b |' and '± 0.00' in table
     assert summary_table({'a': a}).splitlines()[2].startswith('| a |')
-    for path in (plot_sweeps({'a': a, 'b': b.to_dict()}, tmp_path / 'p.png'),
-                 plot_certified({'a': {'radii': [0, 0.5], 'accuracy': [90, 50]}}, tmp_path / 'c.png')):
-        assert path.stat().st_size > 5000 and path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    plot_sweeps({'a': a, 'b': b.to_dict()}, tmp_path / 'p.png')
+    plot_certified({'a': {'radii': [0, 0.5], 'accuracy': [90, 50]}}, tmp_path / 'c.png')
+    sweeps, cert = drawn['p.png'], drawn['c.png']
+    assert sweeps['png'] and cert['png']
+    assert sorted(sweeps['lines']) == ['a', 'b'] and sweeps['lines']['a'] == (a.sigmas, a.accuracy)
+    assert sweeps['bands'] == 1  # the std band of the model with 2 repeats only
+    assert sweeps['xlabel'].startswith('sigma_test') and sweeps['ylabel'] == 'test accuracy (%)'
+    assert cert['lines'] == {'a': ([0, 0.5], [90, 50])} and cert['xlabel'] == 'l2 radius'
 
 
 def test_eval_command_writes_json_markdown_and_plots(tmp_path):

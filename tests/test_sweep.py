@@ -29,7 +29,7 @@ def _grid(tmp_path, **over):
     return path
 
 
-def test_digits_grid_runs_resumes_and_renders(tmp_path, capsys):
+def test_digits_grid_runs_resumes_and_renders(tmp_path, capsys, drawn):
     path = _grid(tmp_path)
     results = run_sweep(path)
     out = tmp_path / 'sweep'
@@ -37,7 +37,10 @@ def test_digits_grid_runs_resumes_and_renders(tmp_path, capsys):
     assert names == {'s0.25_b1', 's0.25_b5', 's0.5_b1', 's0.5_b5', 'cross_entropy'}
     tables = (out / 'tables.md').read_text()
     assert '### sigma = 0.25' in tables and '### sigma = 0.5' in tables and '| standard | - |' in tables
-    assert (out / 'curves_sigma0.25.png').stat().st_size > 5000
+    curves = drawn['curves_sigma0.25.png']
+    assert curves['png'] and sorted(curves['lines']) == ['s0.25_b1', 's0.25_b5', 'standard (cross_entropy)']
+    rob = json.loads((out / 's0.25_b5' / 'robustness.json').read_text())['robustness']
+    assert curves['lines']['s0.25_b5'] == (rob['sigmas'], rob['accuracy'])
     assert json.loads((out / 'results.json').read_text())['grid'] == 'g'
     # delete one point: only it runs again
     mtimes = {n: (out / n / 'final.json').stat().st_mtime for n in names}
@@ -74,6 +77,7 @@ def test_dry_run_and_emit_commands(tmp_path, capsys):
     ({'axes': {'loss.gamma': [1]}}, 'unknown recipe key loss.gamma'),
     ({'axes': {'epochs': ['ten']}}, 'epochs must be int'),
     ({'bogus': 1}, "unknown grid key"),
+    ({'axes': {'loss.sigma': [0.5, -1]}}, r'grid point s-1 is not a valid recipe: loss\.sigma=-1 is not allowed'),
 ])
 def test_bad_grids_are_rejected_before_any_run(tmp_path, over, message):
     path = _grid(tmp_path, **over)
@@ -142,10 +146,14 @@ def test_sensitivity_reproduces_the_papers_slopes():
     assert s['loss.lipschitz_target'] == pytest.approx((59.05 - 45.80) / 0.09)
 
 
-def test_train_fraction_study(tmp_path):
+def test_train_fraction_study(tmp_path, drawn):
     path = _grid(tmp_path, axes={'data.train_fraction': [0.25, 1.0]}, include=[])
     results = run_sweep(path)
     assert {r['recipe']['data']['train_fraction'] for r in results['rows']} == {0.25, 1.0}
-    steps = {r['recipe']['data']['train_fraction']: r['final']['steps'] for r in results['rows']}
-    assert steps == {0.25: 4, 1.0: 4}
-    assert (tmp_path / 'sweep' / 'fraction_study.png').stat().st_size > 5000
+    images = {r['recipe']['data']['train_fraction']: r['final']['train_images'] for r in results['rows']}
+    assert images == {0.25: round(0.25 * 1437), 1.0: 1437}  # the digits training split has 1,437 images
+    study = drawn['fraction_study.png']
+    assert study['png'] and sorted(study['lines']) == ['hinge, σ_test 0', 'hinge, σ_test 0.5']
+    xs, ys = study['lines']['hinge, σ_test 0']
+    by_fraction = {r['recipe']['data']['train_fraction']: r['final']['robustness']['acc@0'] for r in results['rows']}
+    assert xs == [0.25, 1.0] and ys == [by_fraction[0.25], by_fraction[1.0]]

@@ -13,7 +13,7 @@ import yaml
 
 __all__ = ['DEFAULTS', 'SCHEMA', 'load_recipe', 'resolve_recipe', 'apply_overrides', 'validate_recipe',
            'RecipeError', 'deep_merge', 'set_dotted', 'get_dotted', 'RECIPES_DIR', 'TRACKERS', 'RESUME_SAFE',
-           'recipe_differences', 'flatten']
+           'recipe_differences', 'flatten', 'import_plugins']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 
@@ -27,6 +27,7 @@ ANY = object
 # key -> type, tuple of types, nested dict schema, or ANY (free-form, checked by the consumer)
 SCHEMA: Dict[str, Any] = {
     'extends': str,
+    'plugins': list,
     'name': str,
     'description': str,
     'model': {'name': str, 'pretrained': bool, 'kwargs': dict, 'mean': list, 'std': list,
@@ -60,6 +61,7 @@ SCHEMA: Dict[str, Any] = {
 
 DEFAULTS: Dict[str, Any] = {
     'name': 'run',
+    'plugins': [],
     'model': {'name': 'cifar_resnet20', 'pretrained': False, 'kwargs': {}, 'checkpoint': None},
     'data': {'name': 'synthetic', 'root': None, 'download': False, 'input_size': None, 'train_fraction': 1.0,
              'augmentation': 'none', 'fast_path': False, 'num_workers': 0, 'eval_batch_size': 256, 'kwargs': {}},
@@ -328,12 +330,27 @@ def recipe_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List
     return [k for k in diff if k not in safe], safe
 
 
+def import_plugins(modules: List[Any]) -> None:
+    """Import the recipe's ``plugins`` (module names on the Python path) before anything is checked, so the
+    objectives, models and datasets they register can be named in the recipe."""
+    import importlib
+    for name in modules:
+        if not isinstance(name, str):
+            raise RecipeError(f'plugins: {name!r} is not a module name.')
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise RecipeError(f'plugins: cannot import {name!r} ({e}); it must be a module on the Python path '
+                              f'(PYTHONPATH or an installed package).') from None
+
+
 def resolve_recipe(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """Defaults <- recipe file (with extends) <- overrides, validated; ``output_dir`` gets ``{name}`` filled in."""
     raw = load_recipe(source) if not isinstance(source, dict) else copy.deepcopy(source)
     if isinstance(source, dict) and 'extends' in raw:
         raw = deep_merge(load_recipe(raw.pop('extends')), raw)
     _check(raw, SCHEMA, '')  # the user's own keys first, so typos are reported as written
+    import_plugins(apply_overrides(raw, overrides).get('plugins') or [])
     # defaults last, under the recipe and its overrides: an override that replaces a whole section (``model={...}``
     # from a grid's include) keeps the defaults of the keys it does not name
     recipe = deep_merge(DEFAULTS, apply_overrides(raw, overrides))

@@ -479,6 +479,7 @@ def _train(recipe, out, accelerator, resume, saved, allowed_changes, command, pr
         'robustness': robustness['summary'] if robustness else None,
         'num_processes': world, 'distributed_type': accelerator.distributed_type.value,
         'objective': objective.loss_name, 'hparams': objective.hparams(), 'dataset': info.name,
+        'train_images': len(train_ds), 'test_images': len(eval_ds),
         'command': command or reproduce_command(out),
     }
     if accelerator.is_main_process:

@@ -109,7 +109,7 @@ def _loss_label(row: Dict[str, Any]) -> str:
     if is_standard(row):
         return 'standard'
     loss = row['recipe']['loss']
-    return loss['name'] + ' ' + ', '.join(
+    return loss_class(loss['name']).label() + ' ' + ', '.join(
         f'{k} {v:g}' if isinstance(v, (int, float)) and not isinstance(v, bool) else f'{k} {v}'
         for k, v in loss.items() if k != 'name')
 
@@ -175,7 +175,7 @@ def fraction_study(results: Dict[str, Any], path: str | Path, sigmas: Sequence[f
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     by_obj: Dict[str, Dict[float, List[Dict[str, Any]]]] = {}
     for r in results['rows']:
-        label = 'standard' if is_standard(r) else r['recipe']['loss']['name']
+        label = 'standard' if is_standard(r) else loss_class(r['recipe']['loss']['name']).label()
         by_obj.setdefault(label, {}).setdefault(r['recipe']['data']['train_fraction'], []).append(r)
     for label, fr in by_obj.items():
         xs = sorted(fr)

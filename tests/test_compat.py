@@ -1,0 +1,74 @@
+"""Backward compatibility: folders written by timm-lipschitz 0.1.0 (tests/fixtures/v0_1_0, made once by
+tests/fixtures/make_v0_1_0.py) keep loading, reporting their scores and resuming, in this version and every later
+one. Resuming the killed run must reproduce the finished run's weights: the training streams are bit-identical."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import timm_lipschitz  # noqa: F401
+from timm_lipschitz.hub import load_robustness, read_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+V010 = ROOT / 'tests' / 'fixtures' / 'v0_1_0'
+
+
+def test_v010_checkpoint_loads_through_timm_and_reports_its_scores():
+    folder = V010 / 'finished'
+    assert 'format_version' not in read_metadata(folder)  # written before format versions existed
+    model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    weights = load_file(str(folder / 'model.safetensors'))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    scores = load_robustness(folder)
+    recorded = json.loads((folder / 'final.json').read_text())['robustness']
+    assert scores['tag'] == 'lipschitz_hinge_s030_b1_l010_digits'
+    assert {k: scores[k] for k in recorded} == recorded
+
+
+def test_v010_scores_are_reproduced_by_todays_evaluation():
+    """The evaluation noise stream of 0.1.0 is kept: re-evaluating the 0.1.0 weights gives its recorded numbers."""
+    from timm_lipschitz.evaluate import load_model
+    from timm_lipschitz.data import create_dataset
+    from timm_lipschitz.robustness import noise_sweep
+    model, _ = load_model(str(V010 / 'finished'))
+    ds, _ = create_dataset('digits', 'test', input_size=(1, 8, 8))
+    recorded = json.loads((V010 / 'finished' / 'robustness.json').read_text())['robustness']
+    r = noise_sweep(model, ds, recorded['sigmas'])
+    assert r.accuracy == pytest.approx(recorded['accuracy'], abs=1e-9)
+
+
+def test_v010_killed_run_resumes_to_the_finished_weights(tmp_path):
+    run = tmp_path / 'run'
+    shutil.copytree(V010 / 'unfinished', run)
+    env = {'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT), 'HF_HUB_OFFLINE': '1', 'PATH': '/usr/bin:/bin'}
+    r = subprocess.run([sys.executable, '-m', 'timm_lipschitz.train', '--recipe', str(run / 'recipe.yaml'),
+                        '--output-dir', str(run), '--resume', '--no-progress'], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert 'resumed from' in r.stdout and 'step 50' in r.stdout
+    final = json.loads((run / 'final.json').read_text())
+    assert final['steps'] == 60 and 'time_covers' in final and 'steps 50..60' in final['time_covers']
+    a, b = load_file(str(run / 'model.safetensors')), load_file(str(V010 / 'finished' / 'model.safetensors'))
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    assert read_metadata(run)['format_version'] == '2'
+
+
+def test_v010_recipe_trains_to_the_same_weights_today(tmp_path):
+    """Every training stream (model init, data order, objective noise) is drawn as 0.1.0 drew it: the fixture's
+    recipe trained from scratch today gives 0.1.0's weights. 0.1.0 normalized with the model's default (MNIST)
+    statistics where today's runs without mean/std use the data's own, so the test names them."""
+    from timm_lipschitz.train import train
+    s = train(str(V010 / 'recipe.yaml'), ['model.mean=[0.1307]', 'model.std=[0.3081]',
+                                          f'output_dir={tmp_path / "again"}'], progress=False)
+    a, b = load_file(str(Path(s['output_dir']) / 'model.safetensors')), load_file(
+        str(V010 / 'finished' / 'model.safetensors'))
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
