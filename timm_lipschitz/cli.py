@@ -98,8 +98,8 @@ def train_overrides(args: argparse.Namespace) -> list:
 def _run_train(args: argparse.Namespace) -> None:
     from .recipes import resolve_recipe
     resolve_recipe(args.recipe, train_overrides(args))  # a recipe mistake is reported before torch loads
-    from .train import run_from_args
-    run_from_args(args)
+    from .train import train
+    train(args.recipe, train_overrides(args), resume=args.resume, progress=not args.no_progress)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
@@ -151,8 +151,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        code = getattr(e, 'exit_code', 2)  # a run stopped by a signal exits with its own code (resume it)
+        print(f'{"error" if code == 2 else "stopped"}: {e}', file=sys.stderr)
+        return code
     return 0
 
 

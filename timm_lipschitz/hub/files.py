@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-import torch
 import torch.nn as nn
 
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json

@@ -23,7 +23,6 @@ import argparse
 import itertools
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -33,8 +32,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 from ..fileio import atomic_write_json, read_json
-from ..losses import list_losses, loss_class
 from ..recipes import SCHEMA, RecipeError, load_recipe, resolve_recipe
+from .points import RECIPE_SHORT, point_name
 
 __all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'GridError', 'RECIPE_SHORT',
            'run_from_args']
@@ -78,38 +77,6 @@ def _check_axis_key(key: str, base: Dict[str, Any]) -> None:
             where = '.'.join(parts[:i]) or 'the top level'
             raise GridError(f'unknown axis key {key!r}: {p!r} is not a recipe key at {where}; allowed: {sorted(node)}.')
         node = node[p]
-
-
-RECIPE_SHORT = {'train_fraction': 'frac', 'learning_rate': 'lr'}   # short names of recipe keys in point names
-
-
-def _short(key: str, loss_name: Optional[str]) -> str:
-    """The short name of a point's key: the objective's own for its arguments (``loss.sigma`` -> ``s``); when the
-    point does not name its loss, the short name every objective with that argument agrees on."""
-    parts = key.split('.')
-    if parts[0] == 'loss' and len(parts) == 2:
-        names = [loss_name] if loss_name in list_losses() else list_losses()
-        shorts = {loss_class(n).short_names()[parts[1]] for n in names if parts[1] in loss_class(n).defaults()}
-        if len(shorts) == 1:
-            return shorts.pop()
-    return RECIPE_SHORT.get(parts[-1], parts[-1])
-
-
-def _fmt(v: Any, key: str = '') -> str:
-    if isinstance(v, dict):
-        loss_name = v.get('name') if key == 'loss' else None
-        return '-'.join([str(v.get('name', 'x'))] + [
-            f'{_short(f"loss.{k}" if loss_name else k, loss_name)}{_fmt(x)}' for k, x in v.items() if k != 'name'])
-    if isinstance(v, float):
-        return f'{v:g}'
-    return re.sub(r'[^A-Za-z0-9.\-]+', '', str(v))
-
-
-def point_name(point: Dict[str, Any]) -> str:
-    """A readable, unique folder name for a grid point, e.g. ``s0.5_b1_l0.01_seed0`` (signs kept: ``s-1``)."""
-    loss_name = point['loss'].get('name') if isinstance(point.get('loss'), dict) else point.get('loss.name')
-    parts = [_fmt(v, k) if isinstance(v, dict) else f'{_short(k, loss_name)}{_fmt(v)}' for k, v in point.items()]
-    return '_'.join(parts) or 'base'
 
 
 def expand_grid(grid: Dict[str, Any]) -> List[Dict[str, Any]]:

@@ -13,7 +13,7 @@ from ..fileio import atomic_write_text
 from ..losses import loss_class
 from ..recipes import get_dotted
 from ..robustness.protocol import format_cell, mean_std, summary_key, value_at
-from .grid import _fmt
+from .points import format_value
 
 __all__ = ['paper_tables', 'objective_table', 'sensitivity', 'fraction_study', 'render', 'is_standard']
 
@@ -205,7 +205,7 @@ def render(grid: Dict[str, Any], results: Dict[str, Any]) -> Path:
         curves.update({r['point']: r['robustness'] for r in results['rows'] if not is_standard(r) and
                        get_dotted(r['recipe'], group) == g and r['robustness']})
         if curves:
-            name = f'curves_{group.split(".")[-1]}{_fmt(g)}.png'
+            name = f'curves_{group.split(".")[-1]}{format_value(g)}.png'
             plot_sweeps(curves, out / name, title=f'{grid["name"]}: {group.split(".")[-1]} = {g}')
             md += ['', f'![{group} = {g}]({name})']
     if not groups and std_rows:

@@ -1,4 +1,5 @@
-"""The Accelerate training function, and ``python -m timm_lipschitz.train`` / ``accelerate launch -m ...``.
+"""The Accelerate training function (``python -m timm_lipschitz.train`` / ``accelerate launch -m ...`` run it from a
+recipe: :mod:`.__main__`).
 
 One readable function in the spirit of Accelerate's ``complete_cv_example.py``: the recipe picks a timm model,
 a dataset from :mod:`timm_lipschitz.data` and an objective from the loss factory; Accelerate handles devices,
@@ -9,30 +10,29 @@ folder's rules are :mod:`timm_lipschitz.runs`.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import math
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
 from accelerate.tracking import GeneralTracker
 
-from .data import DeviceLoader, check_labels, create_dataset, standard_loader, train_transform
-from .fileio import atomic_write_json, atomic_write_text
+from ..data import DeviceLoader, check_labels, create_dataset, standard_loader, train_transform
+from ..fileio import atomic_write_json, atomic_write_text
+from ..losses import create_loss
+from ..normalization import per_channel, unwrap_model
+from ..recipes import RecipeError, resolve_recipe
+from ..runs import (RunClaim, RunFolderError, check_new_run, check_resume, latest_state, read_metrics,
+                   run_status)
+from ..seeding import stream_seed
 from .loop import (EXIT_PREEMPTED, DivergenceGuard, Preempted, TrainingDiverged, TrainingLoop, TrainState,
                    optimizer_stepper, step_target, window_add as _window_add, window_means as _window_means)
-from .losses import create_loss
-from .normalization import per_channel, unwrap_model
-from .recipes import RecipeError, resolve_recipe
-from .runs import (RunClaim, RunFolderError, StateSaveError, check_new_run, check_resume, latest_state, read_metrics,
-                   run_status)
-from .seeding import stream_seed
 
-__all__ = ['train', 'main', 'TrainingDiverged', 'Preempted', 'latest_state', 'JsonlTracker', 'evaluate_clean',
+__all__ = ['train', 'TrainingDiverged', 'Preempted', 'latest_state', 'JsonlTracker', 'evaluate_clean',
            'check_runtime', 'build_model', 'build_data', 'data_mean_std', 'reproduce_command', 'EXIT_PREEMPTED',
            'TrainState', 'DivergenceGuard', 'optimizer_stepper', 'step_target']
 _ = (_window_add, _window_means)  # re-exported names of 0.1.0 (tests and scripts import them from here)
@@ -287,24 +287,29 @@ def _make_accelerator(recipe: Dict[str, Any], out: Path):
     )
 
 
-def _on_main(accelerator, fn):
-    """Run ``fn`` on the main process and raise its error on every process (no rank is left waiting)."""
+@contextlib.contextmanager
+def open_run_folder(accelerator, out: Path, recipe: Dict[str, Any], resume: bool) -> Iterator[Dict[str, Any]]:
+    """Claim the run folder for this run and apply the run-folder rules of :mod:`.runs` (on the main process; its
+    answer, or its error, reaches every process); yields what resuming needs, releases the claim at the end."""
     from accelerate.utils import broadcast_object_list
-    result: List[Any] = [None, None]
+    claim = RunClaim(out)
+    answer: List[Any] = [None, None]
     if accelerator.is_main_process:
         try:
-            result = [fn(), None]
+            answer = [_apply_run_rules(out, recipe, resume, claim), None]
         except (RunFolderError, RecipeError, OSError) as e:
-            result = [None, e]
+            answer = [None, e]
     if accelerator.num_processes > 1:
-        broadcast_object_list(result, from_process=0)
-    if result[1] is not None:
-        raise result[1]
-    return result[0]
+        broadcast_object_list(answer, from_process=0)
+    try:
+        if answer[1] is not None:
+            raise answer[1]
+        yield answer[0]
+    finally:
+        claim.release()
 
 
-def _open_run_folder(out: Path, recipe: Dict[str, Any], resume: bool, claim: RunClaim) -> Dict[str, Any]:
-    """Claim the folder, apply the run-folder rules (:mod:`.runs`), and return what resuming needs."""
+def _apply_run_rules(out: Path, recipe: Dict[str, Any], resume: bool, claim: RunClaim) -> Dict[str, Any]:
     claim.acquire()
     if claim.notice:
         print(claim.notice, flush=True)
@@ -349,150 +354,132 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
     rank, world = accelerator.process_index, accelerator.num_processes
     print(f'[rank {rank}] num_processes={world} distributed_type={accelerator.distributed_type.value} '
           f'device={accelerator.device} mixed_precision={accelerator.mixed_precision}', flush=True)
-    claim = RunClaim(out)
-    try:
-        folder = _on_main(accelerator, lambda: _open_run_folder(out, recipe, resume, claim))
-        saved = folder['saved'] if accelerator.is_main_process else None
-        if world > 1:
-            from accelerate.utils import broadcast_object_list
-            box = [saved]
-            broadcast_object_list(box, from_process=0)
-            saved = box[0]
-        return _train(recipe, out, accelerator, resume, saved, folder['allowed'] if folder else [], command,
-                      progress, set_seed)
-    finally:
-        claim.release()
+    with open_run_folder(accelerator, out, recipe, resume) as folder:
+        set_seed(stream_seed('global', recipe['seed']))
 
+        # -- data and model
+        input_size = recipe['data']['input_size'] or _default_input_size(recipe['model']['name'])
+        train_ds, test_ds, info = build_data(recipe, input_size)
+        resolve_normalization(recipe, train_ds, folder['saved'])
+        if accelerator.is_main_process:
+            atomic_write_text(out / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
+        num_classes = recipe['model']['kwargs'].get('num_classes', info.num_classes)
+        check_labels(train_ds.labels if hasattr(train_ds, 'labels') else torch.tensor([]), num_classes,
+                     f'{info.name}/train')
+        model = build_model(recipe, num_classes, input_size, info.class_names)
+        if recipe['sync_batchnorm']:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if recipe['channels_last']:
+            model = model.to(memory_format=torch.channels_last)
+        objective = build_objective(recipe)
+        objective.set_shard(world, rank)
 
-def _train(recipe, out, accelerator, resume, saved, allowed_changes, command, progress, set_seed):
-    rank, world = accelerator.process_index, accelerator.num_processes
-    set_seed(stream_seed('global', recipe['seed']))
+        accum = recipe['gradient_accumulation_steps']
+        if recipe['batch_size'] % (world * accum):
+            raise RecipeError(f'batch_size={recipe["batch_size"]} must be divisible by num_processes x '
+                              f'gradient_accumulation_steps = {world} x {accum}.')
+        train_loader = build_train_loader(recipe, train_ds, recipe['batch_size'] // (world * accum), input_size,
+                                          accelerator)
+        eval_ds = _eval_subset(test_ds, recipe['eval']['max_images'])
+        test_loader = torch.utils.data.DataLoader(eval_ds, batch_size=recipe['data']['eval_batch_size'])
+        if len(train_loader) < accum:
+            raise RecipeError(f'the training split has {len(train_ds)} images: too few for one step of global '
+                              f'batch {recipe["batch_size"]}.')
 
-    # -- data and model
-    input_size = recipe['data']['input_size'] or _default_input_size(recipe['model']['name'])
-    train_ds, test_ds, info = build_data(recipe, input_size)
-    resolve_normalization(recipe, train_ds, saved)
-    if accelerator.is_main_process:
-        atomic_write_text(out / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
-    num_classes = recipe['model']['kwargs'].get('num_classes', info.num_classes)
-    check_labels(train_ds.labels if hasattr(train_ds, 'labels') else torch.tensor([]), num_classes,
-                 f'{info.name}/train')
-    model = build_model(recipe, num_classes, input_size, info.class_names)
-    if recipe['sync_batchnorm']:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if recipe['channels_last']:
-        model = model.to(memory_format=torch.channels_last)
-    objective = build_objective(recipe)
-    objective.set_shard(world, rank)
+        optimizer = build_optimizer(recipe, model)
+        if recipe['compile']:
+            model = torch.compile(model)
+        if isinstance(train_loader, DeviceLoader):
+            model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
+        else:
+            model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader,
+                                                                              test_loader)
+        steps_per_epoch = len(train_loader) // accum
+        total_steps = recipe['steps'] or recipe['epochs'] * steps_per_epoch
+        scheduler = build_scheduler(recipe, optimizer, math.ceil(total_steps / steps_per_epoch), steps_per_epoch)
+        ema = None
+        if recipe['ema']['enabled']:
+            from timm.utils import ModelEmaV3
+            ema = ModelEmaV3(unwrap_model(model), decay=recipe['ema']['decay'])
+            accelerator.register_for_checkpointing(ema)
+        loop = TrainingLoop(accelerator, recipe, out, train_loader, total_steps, progress)
+        accelerator.register_for_checkpointing(loop.state)
+        accelerator.register_for_checkpointing(objective)
 
-    accum = recipe['gradient_accumulation_steps']
-    if recipe['batch_size'] % (world * accum):
-        raise RecipeError(f'batch_size={recipe["batch_size"]} must be divisible by num_processes x '
-                          f'gradient_accumulation_steps = {world} x {accum}.')
-    train_loader = build_train_loader(recipe, train_ds, recipe['batch_size'] // (world * accum), input_size,
-                                      accelerator)
-    eval_ds = _eval_subset(test_ds, recipe['eval']['max_images'])
-    test_loader = torch.utils.data.DataLoader(eval_ds, batch_size=recipe['data']['eval_batch_size'])
-    if len(train_loader) < accum:
-        raise RecipeError(f'the training split has {len(train_ds)} images: too few for one step of global batch '
-                          f'{recipe["batch_size"]}.')
+        accelerator.init_trackers('tensorboard', config=_flat(recipe))
+        if folder['allowed']:
+            accelerator.log({'event/resume_recipe_changes': ', '.join(folder['allowed'])}, step=None)
+        if resume:
+            loop.resume()
+        if scheduler is not None:
+            scheduler.step_update(num_updates=loop.state.global_step)
 
-    optimizer = build_optimizer(recipe, model)
-    if recipe['compile']:
-        model = torch.compile(model)
-    if isinstance(train_loader, DeviceLoader):
-        model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
-    else:
-        model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader,
-                                                                          test_loader)
-    steps_per_epoch = len(train_loader) // accum
-    total_steps = recipe['steps'] or recipe['epochs'] * steps_per_epoch
-    scheduler = build_scheduler(recipe, optimizer, math.ceil(total_steps / steps_per_epoch), steps_per_epoch)
-    ema = None
-    if recipe['ema']['enabled']:
-        from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(unwrap_model(model), decay=recipe['ema']['decay'])
-        accelerator.register_for_checkpointing(ema)
-    loop = TrainingLoop(accelerator, recipe, out, train_loader, total_steps, steps_per_epoch, progress)
-    accelerator.register_for_checkpointing(loop.state)
-    accelerator.register_for_checkpointing(objective)
+        # -- the loop
+        step_optimizer = optimizer_stepper(accelerator, optimizer)
+        history: List[Dict[str, Any]] = []
+        clean_acc = None
+        loop.start(optimizer)
+        model.train()
+        for _ in loop.epochs():
+            for images, targets in loop.batches():
+                with accelerator.accumulate(model):
+                    output = objective(model, images, targets)
+                    accelerator.backward(output.loss)
+                    if accelerator.sync_gradients:
+                        if recipe['max_grad_norm']:
+                            accelerator.clip_grad_norm_(model.parameters(), recipe['max_grad_norm'])
+                        step_optimizer()
+                if loop.record(output, images, targets):  # an optimizer step was taken
+                    if scheduler is not None:
+                        scheduler.step_update(num_updates=loop.state.global_step)
+                    if ema is not None:
+                        ema.update(unwrap_model(model), step=loop.state.global_step)
+                    loop.after_step()
+            loop.end_epoch()
+            every = recipe['eval']['every_epochs']
+            if every and (loop.state.epoch % every == 0 or loop.done):
+                clean_acc = evaluate_clean(model, test_loader, accelerator, objective.normalizer)
+                accelerator.log({'eval/clean_acc': clean_acc, 'eval/epoch': loop.state.epoch},
+                                step=loop.state.global_step)
+                history.append({'epoch': loop.state.epoch, 'step': loop.state.global_step, 'clean_acc': clean_acc,
+                                'weights': 'trained (not EMA)' if ema is not None else 'trained'})
+                loop.write(f'epoch {loop.state.epoch}: step {loop.state.global_step}/{total_steps}, clean test '
+                           f'acc {clean_acc:.2f}%')
+            loop.after_epoch()
+        extent = loop.finish()
 
-    accelerator.init_trackers('tensorboard', config=_flat(recipe))
-    if allowed_changes:
-        accelerator.log({'event/resume_recipe_changes': ', '.join(allowed_changes)}, step=None)
-    if resume:
-        loop.resume()
-    if scheduler is not None:
-        scheduler.step_update(num_updates=loop.state.global_step)
-
-    # -- the loop
-    step_optimizer = optimizer_stepper(accelerator, optimizer)
-    max_grad_norm = recipe['max_grad_norm']
-    history: List[Dict[str, Any]] = []
-    clean_acc = None
-    loop.start(optimizer)
-    model.train()
-    for _ in loop.epochs():
-        for images, targets in loop.batches():
-            with accelerator.accumulate(model):
-                output = objective(model, images, targets)
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients:
-                    if max_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-                    step_optimizer()
-            if loop.record(output, images, targets):
-                if scheduler is not None:
-                    scheduler.step_update(num_updates=loop.state.global_step)
-                if ema is not None:
-                    ema.update(unwrap_model(model), step=loop.state.global_step)
-                loop.after_step()
-        loop.end_epoch()
-        every = recipe['eval']['every_epochs']
-        if every and (loop.state.epoch % every == 0 or loop.done):
-            clean_acc = evaluate_clean(model, test_loader, accelerator, objective.normalizer)
-            accelerator.log({'eval/clean_acc': clean_acc, 'eval/epoch': loop.state.epoch},
-                            step=loop.state.global_step)
-            history.append({'epoch': loop.state.epoch, 'step': loop.state.global_step, 'clean_acc': clean_acc,
-                            'weights': 'trained (not EMA)' if ema is not None else 'trained'})
-            if accelerator.is_main_process and progress:
-                loop.bar.write(f'epoch {loop.state.epoch}: step {loop.state.global_step}/{total_steps}, clean test '
-                               f'acc {clean_acc:.2f}%')
-        loop.after_epoch()
-    extent = loop.finish()
-
-    # -- finish: every score from the weights that are saved (the EMA weights when EMA is on)
-    final_model = ema.module if ema is not None else model
-    if clean_acc is None or ema is not None:
-        clean_acc = evaluate_clean(final_model, test_loader, accelerator, objective.normalizer)
-    robustness = None
-    if recipe['eval']['at_end']:
-        from .robustness import noise_sweep
-        e = recipe['eval']
-        sweep = noise_sweep(unwrap_model(final_model), eval_ds, e['sigmas'], e['repeats'], e['seed'], clip=e['clip'],
-                            batch_size=e['batch_size'], accelerator=accelerator, progress=progress,
-                            mean=objective.normalizer.mean, std=objective.normalizer.std)
-        robustness = sweep.to_dict()
-    summary = {
-        'name': recipe['name'], 'output_dir': str(out), **extent,
-        'clean_accuracy': clean_acc, 'weights': 'EMA' if ema is not None else 'trained', 'history': history,
-        'robustness': robustness['summary'] if robustness else None,
-        'num_processes': world, 'distributed_type': accelerator.distributed_type.value,
-        'objective': objective.loss_name, 'hparams': objective.hparams(), 'dataset': info.name,
-        'train_images': len(train_ds), 'test_images': len(eval_ds),
-        'command': command or reproduce_command(out),
-    }
-    if accelerator.is_main_process:
-        _write_outputs(out, unwrap_model(final_model), recipe, objective, info.name, robustness, summary)
-        _print_summary(summary, robustness)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return summary
+        # -- finish: every score from the weights that are saved (the EMA weights when EMA is on)
+        final_model = ema.module if ema is not None else model
+        if clean_acc is None or ema is not None:
+            clean_acc = evaluate_clean(final_model, test_loader, accelerator, objective.normalizer)
+        robustness = None
+        if recipe['eval']['at_end']:
+            from ..robustness import noise_sweep
+            e = recipe['eval']
+            robustness = noise_sweep(unwrap_model(final_model), eval_ds, e['sigmas'], e['repeats'], e['seed'],
+                                     clip=e['clip'], batch_size=e['batch_size'], accelerator=accelerator,
+                                     progress=progress, mean=objective.normalizer.mean,
+                                     std=objective.normalizer.std).to_dict()
+        summary = {
+            'name': recipe['name'], 'output_dir': str(out), **extent,
+            'clean_accuracy': clean_acc, 'weights': 'EMA' if ema is not None else 'trained', 'history': history,
+            'robustness': robustness['summary'] if robustness else None,
+            'num_processes': world, 'distributed_type': accelerator.distributed_type.value,
+            'objective': objective.loss_name, 'hparams': objective.hparams(), 'dataset': info.name,
+            'train_images': len(train_ds), 'test_images': len(eval_ds),
+            'command': command or reproduce_command(out),
+        }
+        if accelerator.is_main_process:
+            _write_outputs(out, unwrap_model(final_model), recipe, objective, info.name, robustness, summary)
+            _print_summary(summary, robustness)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return summary
 
 
 def _write_outputs(out: Path, model, recipe, objective, dataset: str, robustness, summary) -> None:
-    from .hub import make_tag, save_pretrained
-    from .robustness import plot_sweeps, summary_table, sweep_table
+    from ..hub import make_tag, save_pretrained
+    from ..robustness import plot_sweeps, summary_table, sweep_table
     plot = None
     if robustness:
         plot_sweeps({recipe['name']: robustness}, out / 'robustness.png',
@@ -507,7 +494,7 @@ def _write_outputs(out: Path, model, recipe, objective, dataset: str, robustness
 
 
 def _print_summary(summary: Dict[str, Any], robustness: Optional[Dict[str, Any]]) -> None:
-    from .robustness import sweep_table
+    from ..robustness import sweep_table
     covers = f" ({summary['time_covers']})" if summary.get('time_covers') else ''
     print(f"\n== {summary['name']}: {summary['steps']} steps in {summary['train_time_s']:.1f}s "
           f"({summary['images_per_s']:.0f} images/s{covers}), clean test accuracy {summary['clean_accuracy']:.2f}%")
@@ -519,33 +506,3 @@ def _print_summary(summary: Dict[str, Any], robustness: Optional[Dict[str, Any]]
         s = robustness['summary']
         print('summary: ' + ', '.join(f'{k} {v:.2f}' for k, v in s.items() if v is not None))
     print(f"outputs in {summary['output_dir']}")
-
-
-# ---- command line ------------------------------------------------------------------------------------------------
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    from .cli import add_train_arguments
-    p = parser or argparse.ArgumentParser(prog='python -m timm_lipschitz.train', description=__doc__.split('\n')[0])
-    return add_train_arguments(p)
-
-
-def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    from .cli import train_overrides
-    return train(args.recipe, train_overrides(args), resume=args.resume, progress=not args.no_progress)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import USER_ERRORS
-    args = build_parser().parse_args(argv)
-    try:
-        run_from_args(args)
-    except Preempted as e:
-        print(f'stopped: {e}', file=sys.stderr)
-        return EXIT_PREEMPTED
-    except (*USER_ERRORS, StateSaveError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

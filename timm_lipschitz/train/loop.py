@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from .fileio import atomic_write_json
-from .runs import latest_state, save_state
+from ..fileio import atomic_write_json
+from ..runs import latest_state, save_state
 
 __all__ = ['TrainState', 'DivergenceGuard', 'TrainingDiverged', 'TrainingLoop', 'Preempted', 'EXIT_PREEMPTED',
            'STOP_SIGNALS', 'FOLD_EVERY', 'optimizer_stepper', 'step_target', 'window_add', 'window_means']
@@ -196,11 +196,10 @@ class TrainingLoop:
     """Counters, batches, logging, guard, saves and stop signals of one training run (module doc)."""
 
     def __init__(self, accelerator, recipe: Dict[str, Any], out: Path, train_loader, total_steps: int,
-                 steps_per_epoch: int, progress: bool = True):
+                 progress: bool = True):
         from tqdm.auto import tqdm
         self.accelerator, self.recipe, self.out = accelerator, recipe, out
         self.train_loader, self.total_steps = train_loader, total_steps
-        self.steps_per_epoch = steps_per_epoch
         self.world = accelerator.num_processes
         self.state = TrainState()
         self.guard = DivergenceGuard(accelerator.device)
@@ -262,7 +261,7 @@ class TrainingLoop:
     def batches(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """The current epoch's batches in the run's order, without those a resumed run already trained on; ends at
         the last step of the run."""
-        from .data import DeviceLoader
+        from ..data import DeviceLoader
         self.train_loader.set_epoch(self.state.epoch)  # Accelerate's prepared loader passes it to our sampler
         loader = self.train_loader
         if self.skip:
@@ -337,6 +336,11 @@ class TrainingLoop:
             self._stop()
         if self.every_epochs and (self.state.epoch % self.every_epochs == 0 or self.done):
             self.save()
+
+    def write(self, text: str) -> None:
+        """A line above the progress bar (main process only, when progress is shown)."""
+        if self.accelerator.is_main_process and self._progress:
+            self.bar.write(text)
 
     # -- states, time, stopping ---------------------------------------------------------------------------------------
     def _update_clock(self) -> None:
