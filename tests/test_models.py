@@ -68,15 +68,15 @@ def test_default_cfg_contract(name):
     x = _input(model, 1)
     pool = cfg['pool_size']
     feats = model.forward_features(x)
-    assert feats.shape[-2:] == pool
+    assert feats.shape[-2:] == pool and feats.shape[1] == model.num_features  # timm: channels of forward_features
     pre = model.forward_head(feats, pre_logits=True)
-    assert pre.shape == (1, model.num_features)
+    assert pre.shape == (1, model.head_hidden_size)
     assert cfg['classifier'] + '.weight' in state
     assert cfg['first_conv'] + '.weight' in state
     assert cfg['num_classes'] == 10 and cfg['crop_pct'] == 1.0 and len(cfg['label_names']) == 10
     assert model.get_classifier() is model.fc
     model.reset_classifier(0)
-    assert model(x).shape == (1, model.num_features)
+    assert model(x).shape == (1, model.head_hidden_size)
     model.reset_classifier(5)
     assert model(x).shape == (1, 5)
     unpooled = timm.create_model(name, num_classes=0, global_pool='').eval()
@@ -172,3 +172,47 @@ def test_local_file_via_pretrained_cfg_overlay(tmp_path):
     dst = timm.create_model('cifar_resnet20', pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(dst(x), src(x))
+
+
+@pytest.mark.parametrize('name', _names(ALL))
+def test_every_depth_is_finite_at_init_in_eval_mode(name):
+    """Freshly built and in eval mode (BatchNorm running statistics still 0/1), every depth gives finite logits:
+    the deep ones (110, 1202) start with zero-initialized residual branches, so they stay small."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        out = model(_input(model))
+    assert torch.isfinite(out).all()
+    if getattr(model, 'depth', 0) >= 110:
+        assert out.abs().max() < 100
+
+
+def test_paper_depths_keep_their_initialization():
+    """Depths the paper trains (20, 32) keep He et al.'s initialization; zero_init_last is on from depth 110 and can
+    be set either way explicitly."""
+    for name in ('cifar_resnet20', 'cifar_resnet32', 'cifar_preresnet20', 'cifar_preresnet32', 'cifar_resnet56'):
+        model = timm.create_model(name)
+        last = [m.bn2.weight if hasattr(m, 'bn2') and not model.preact else m.conv2.weight
+                for m in model.modules() if hasattr(m, 'zero_init_last')]
+        assert last and all(w.abs().sum() > 0 for w in last), name
+    deep = timm.create_model('cifar_resnet110')
+    assert all(m.bn2.weight.abs().sum() == 0 for m in deep.modules() if hasattr(m, 'zero_init_last'))
+    off = timm.create_model('cifar_resnet110', zero_init_last=False)
+    assert all(m.bn2.weight.abs().sum() > 0 for m in off.modules() if hasattr(m, 'zero_init_last'))
+
+
+def test_mnist_convnet_follows_timms_feature_conventions():
+    model = timm.create_model('mnist_convnet', hidden_dim=64).eval()
+    x = torch.rand(2, 1, 28, 28)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, model.num_features, 14, 14) and model.num_features == 32
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size) == (2, 64)
+    final, inter = model.forward_intermediates(x)
+    assert [t.shape[-1] for t in inter] == [28, 28, 14] and torch.equal(final, feats)
+    assert len(model.forward_intermediates(x, indices=1, intermediates_only=True)) == 1
+    extractor = timm.create_model('mnist_convnet', features_only=True)
+    assert extractor.feature_info.channels() == [32, 32, 32] and extractor.feature_info.reduction() == [1, 1, 2]
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 64)
+    model.reset_classifier(0, '')
+    assert model(x).shape == (2, 32, 14, 14)

@@ -28,6 +28,7 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 CIFAR10_LABELS = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 SHORTCUT_OPTIONS = ('A', 'B')
 STAGE_CHANNELS = (16, 32, 64)
+DEEP = 110  # depths from here on start with zero-initialized residual branches (see CifarResNet's zero_init_last)
 
 
 class ShortcutA(nn.Module):
@@ -49,33 +50,34 @@ class ShortcutA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
 
 
-def _make_shortcut(in_chs: int, out_chs: int, stride: int, shortcut: str) -> Optional[nn.Module]:
+def _make_shortcut(in_chs: int, out_chs: int, stride: int, shortcut: str, dd: Dict[str, Any]) -> Optional[nn.Module]:
     """Identity (None) when shapes match, otherwise the requested option-A or option-B projection."""
     if stride == 1 and in_chs == out_chs:
         return None
     if shortcut == 'A':
         return ShortcutA(in_chs, out_chs, stride)
     return nn.Sequential(
-        nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False),
-        nn.BatchNorm2d(out_chs),
+        nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False, **dd),
+        nn.BatchNorm2d(out_chs, **dd),
     )
 
 
-def _conv3x3(in_chs: int, out_chs: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False)
+def _conv3x3(in_chs: int, out_chs: int, stride: int = 1, dd: Optional[Dict[str, Any]] = None) -> nn.Conv2d:
+    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False, **(dd or {}))
 
 
 class BasicBlock(nn.Module):
     """Post-activation basic block: conv-BN-ReLU-conv-BN, add shortcut, ReLU (He et al. 2016a)."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, shortcut: str = 'A'):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, shortcut: str = 'A', device=None, dtype=None):
         super().__init__()
-        self.conv1 = _conv3x3(in_chs, out_chs, stride)
-        self.bn1 = nn.BatchNorm2d(out_chs)
+        dd = {'device': device, 'dtype': dtype}
+        self.conv1 = _conv3x3(in_chs, out_chs, stride, dd)
+        self.bn1 = nn.BatchNorm2d(out_chs, **dd)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(out_chs, out_chs)
-        self.bn2 = nn.BatchNorm2d(out_chs)
-        self.downsample = _make_shortcut(in_chs, out_chs, stride, shortcut)
+        self.conv2 = _conv3x3(out_chs, out_chs, 1, dd)
+        self.bn2 = nn.BatchNorm2d(out_chs, **dd)
+        self.downsample = _make_shortcut(in_chs, out_chs, stride, shortcut, dd)
         self.act2 = nn.ReLU(inplace=True)
 
     def zero_init_last(self) -> None:
@@ -95,15 +97,16 @@ class PreActBasicBlock(nn.Module):
     parameter count equals the post-activation ResNet's of the same depth.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, shortcut: str = 'A'):
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, shortcut: str = 'A', device=None, dtype=None):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_chs)
+        dd = {'device': device, 'dtype': dtype}
+        self.bn1 = nn.BatchNorm2d(in_chs, **dd)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv1 = _conv3x3(in_chs, out_chs, stride)
-        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.conv1 = _conv3x3(in_chs, out_chs, stride, dd)
+        self.bn2 = nn.BatchNorm2d(out_chs, **dd)
         self.act2 = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(out_chs, out_chs)
-        self.downsample = _make_shortcut(in_chs, out_chs, stride, shortcut)
+        self.conv2 = _conv3x3(out_chs, out_chs, 1, dd)
+        self.downsample = _make_shortcut(in_chs, out_chs, stride, shortcut, dd)
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)
@@ -136,7 +139,12 @@ class CifarResNet(nn.Module):
         drop_rate: dropout before the classifier.
         global_pool: timm pooling type ('avg', 'max', 'avgmax', ... or '' for none).
         width: stage channels, (16, 32, 64) in the paper.
-        zero_init_last: zero the last BN / conv of each residual branch (off by default: He et al. did not).
+        zero_init_last: zero the last BN / conv of each residual branch, so every block starts as its shortcut.
+            Default (None): on for depths of 110 and more, off below. He et al. and the paper initialize without it,
+            and the paper trains depths 20 and 32, which keep their initialization; at depth 110 the residual sums
+            of an untrained network in eval mode reach logits of 1e8 and at 1202 overflow to NaN, so those start
+            from their shortcuts (timm's ResNet default).
+        device, dtype: where and in which dtype the parameters are created (timm's factory passes them).
     """
 
     def __init__(
@@ -149,9 +157,12 @@ class CifarResNet(nn.Module):
             drop_rate: float = 0.,
             global_pool: str = 'avg',
             width: Tuple[int, int, int] = STAGE_CHANNELS,
-            zero_init_last: bool = False,
+            zero_init_last: Optional[bool] = None,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         shortcut = str(shortcut).upper()
         if shortcut not in SHORTCUT_OPTIONS:
             raise ValueError(f'shortcut={shortcut!r} is not allowed; choose one of {SHORTCUT_OPTIONS}.')
@@ -159,37 +170,39 @@ class CifarResNet(nn.Module):
         self.depth = depth
         self.preact = preact
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         block: Type[nn.Module] = PreActBasicBlock if preact else BasicBlock
 
-        self.conv1 = _conv3x3(in_chans, width[0])
+        self.conv1 = _conv3x3(in_chans, width[0], 1, dd)
         if preact:
             # The stem is a bare conv: the first pre-activation block normalizes its input.
             self.bn1 = nn.Identity()
             self.act1 = nn.Identity()
             self.feature_info: List[Dict[str, Any]] = [dict(num_chs=width[0], reduction=1, module='conv1')]
         else:
-            self.bn1 = nn.BatchNorm2d(width[0])
+            self.bn1 = nn.BatchNorm2d(width[0], **dd)
             self.act1 = nn.ReLU(inplace=True)
             self.feature_info = [dict(num_chs=width[0], reduction=1, module='act1')]
 
         in_chs = width[0]
         for i, out_chs in enumerate(width):
             stride = 1 if i == 0 else 2
-            blocks = [block(in_chs if j == 0 else out_chs, out_chs, stride if j == 0 else 1, shortcut)
+            blocks = [block(in_chs if j == 0 else out_chs, out_chs, stride if j == 0 else 1, shortcut, **dd)
                       for j in range(n)]
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=out_chs, reduction=2 ** i, module=f'layer{i + 1}'))
             in_chs = out_chs
 
         # PreResNets end with BN + ReLU before pooling, ResNets already end activated.
-        self.norm = BatchNormAct2d(in_chs) if preact else nn.Identity()
+        self.norm = BatchNormAct2d(in_chs, **dd) if preact else nn.Identity()
         if preact:
             self.feature_info[-1]['module'] = 'norm'
-        self.num_features = self.head_hidden_size = in_chs
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
-        self.init_weights(zero_init_last=zero_init_last)
+        self.num_features = in_chs
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.init_weights(zero_init_last=depth >= DEEP if zero_init_last is None else zero_init_last)
 
     @torch.jit.ignore
     def init_weights(self, zero_init_last: bool = False) -> None:
@@ -216,9 +229,16 @@ class CifarResNet(nn.Module):
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
         return 'fc' if name_only else self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier on the parameters' device and dtype; ``global_pool=None`` keeps the current pooling."""
+        from timm.layers import get_device_dtype
+        dd = get_device_dtype(self)
         self.num_classes = num_classes
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        pool = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=pool, **dd)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
 
     def forward_intermediates(
             self,

@@ -8,7 +8,7 @@ zero-padded MNIST-like data).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -27,8 +27,11 @@ DIGIT_LABELS = tuple(str(i) for i in range(10))
 class MnistConvNet(nn.Module):
     """conv(5x5) -> ReLU -> max-pool(2) -> flatten -> FC hidden -> ReLU -> [dropout] -> FC output.
 
-    ``forward_features`` returns the pooled conv map, ``forward_head(pre_logits=True)`` the hidden activations
-    (``num_features`` wide), as timm's contract asks.
+    timm's conventions: ``forward_features`` returns the pooled conv map, so ``num_features`` is its channel count
+    (``conv_chs``) and ``pool_size`` its spatial size; ``forward_head(pre_logits=True)`` returns the hidden
+    activations, ``head_hidden_size`` wide. The hidden layer is the "pooling" of this net (``global_pool='flatten'``):
+    ``global_pool=''`` returns the feature map. Feature levels (``features_only``, ``forward_intermediates``): the
+    conv output, its ReLU, and the pooled map.
     """
 
     def __init__(
@@ -40,22 +43,34 @@ class MnistConvNet(nn.Module):
             hidden_dim: int = 128,
             drop_rate: float = 0.,
             global_pool: str = 'flatten',
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = {'device': device, 'dtype': dtype}
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if h < 2 or w < 2:
             raise ValueError(f'img_size={img_size!r} is too small; height and width must be >= 2.')
-        if global_pool not in ('flatten', ''):
-            raise ValueError(f"global_pool={global_pool!r} is not allowed for mnist_convnet; use 'flatten' or ''.")
+        self._check_pool(global_pool)
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.global_pool = global_pool
-        self.conv1 = nn.Conv2d(in_chans, conv_chs, kernel_size=5, padding=2)
+        self.conv1 = nn.Conv2d(in_chans, conv_chs, kernel_size=5, padding=2, **dd)
+        self.act1 = nn.ReLU()
         self.pool = nn.MaxPool2d(2)
-        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=conv_chs, reduction=2, module='pool')]
-        self.fc1 = nn.Linear(conv_chs * (h // 2) * (w // 2), hidden_dim)
-        self.num_features = self.head_hidden_size = hidden_dim
-        self.fc = nn.Linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=conv_chs, reduction=1, module='conv1'),
+                                                   dict(num_chs=conv_chs, reduction=1, module='act1'),
+                                                   dict(num_chs=conv_chs, reduction=2, module='pool')]
+        self.fc1 = nn.Linear(conv_chs * (h // 2) * (w // 2), hidden_dim, **dd)
+        self.num_features = conv_chs
+        self.head_hidden_size = hidden_dim
+        self.fc = nn.Linear(hidden_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    @staticmethod
+    def _check_pool(global_pool: str) -> None:
+        if global_pool not in ('flatten', ''):
+            raise ValueError(f"global_pool={global_pool!r} is not allowed for mnist_convnet; use 'flatten' or ''.")
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -70,15 +85,44 @@ class MnistConvNet(nn.Module):
     def get_classifier(self, name_only: bool = False) -> Union[str, nn.Module]:
         return 'fc' if name_only else self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = 'flatten') -> None:
-        if global_pool not in ('flatten', ''):
-            raise ValueError(f"global_pool={global_pool!r} is not allowed for mnist_convnet; use 'flatten' or ''.")
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier on the parameters' device and dtype; ``global_pool=None`` keeps the current one."""
+        from timm.layers import get_device_dtype
+        if global_pool is not None:
+            self._check_pool(global_pool)
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        dd = get_device_dtype(self)
+        self.fc = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's intermediate-feature API over the three feature levels (conv, ReLU, pooled map)."""
+        from timm.models._features import feature_take_indices
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; only 'NCHW' is.")
+        take_indices, max_index = feature_take_indices(3, indices)
+        intermediates = []
+        for i, layer in enumerate((self.conv1, self.act1, self.pool)):
+            if stop_early and i > max_index:
+                break
+            x = layer(x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(F.relu(self.conv1(x)))
+        return self.pool(self.act1(self.conv1(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == '':
@@ -112,6 +156,6 @@ def mnist_convnet(pretrained: bool = False, **kwargs: Any) -> MnistConvNet:
     """The paper's MNIST network (1 conv + 1 FC hidden + output), 1x28x28 inputs by default."""
     return build(
         MnistConvNet, 'mnist_convnet', pretrained,
-        feature_cfg=dict(out_indices=(0,)),
+        feature_cfg=dict(out_indices=(0, 1, 2)),
         **kwargs,
     )

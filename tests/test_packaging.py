@@ -1,0 +1,29 @@
+"""Every third-party package the code imports is declared in pyproject.toml (not only pulled in by another one)."""
+import ast
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# import name -> distribution name, where they differ
+DIST = {'yaml': 'pyyaml', 'PIL': 'pillow', 'sklearn': 'scikit-learn', 'huggingface_hub': 'huggingface-hub'}
+
+
+def _imported_top_level() -> set:
+    names = set()
+    for path in list((ROOT / 'timm_lipschitz').rglob('*.py')) + [ROOT / 'hubconf.py']:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split('.')[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split('.')[0])
+    return names - set(sys.stdlib_module_names) - {'timm_lipschitz', '__future__'}
+
+
+def test_every_direct_import_is_declared():
+    text = (ROOT / 'pyproject.toml').read_text()
+    deps = text.split('dependencies = [', 1)[1].split(']', 1)[0]
+    declared = {re.split(r'[<>=!~\[ ]', d.strip().strip('",'))[0].lower().replace('_', '-')
+                for d in deps.splitlines() if d.strip().startswith('"')}
+    missing = {n for n in _imported_top_level() if DIST.get(n, n).lower().replace('_', '-') not in declared}
+    assert not missing, f'imported but not declared in pyproject.toml: {sorted(missing)}'
