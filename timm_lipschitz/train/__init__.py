@@ -201,6 +201,16 @@ def _feature_map_size(model, input_size: Sequence[int]) -> Optional[Tuple[int, i
     return tuple(int(s) for s in out.shape[-2:]) if out.ndim == 4 else None
 
 
+def apply_model_options(recipe: Dict[str, Any], model):
+    """What the recipe asks of the model before ``accelerator.prepare``: torch's ``SyncBatchNorm`` (every process
+    then normalizes with the statistics of the global batch) and the channels_last memory layout."""
+    if recipe['sync_batchnorm']:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if recipe['channels_last']:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def build_objective(recipe: Dict[str, Any]):
     loss = dict(recipe['loss'])
     return create_loss(loss.pop('name'), seed=stream_seed('objective_noise', recipe['seed']), **loss)
@@ -366,11 +376,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
         num_classes = recipe['model']['kwargs'].get('num_classes', info.num_classes)
         check_labels(train_ds.labels if hasattr(train_ds, 'labels') else torch.tensor([]), num_classes,
                      f'{info.name}/train')
-        model = build_model(recipe, num_classes, input_size, info.class_names)
-        if recipe['sync_batchnorm']:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if recipe['channels_last']:
-            model = model.to(memory_format=torch.channels_last)
+        model = apply_model_options(recipe, build_model(recipe, num_classes, input_size, info.class_names))
         objective = build_objective(recipe)
         objective.set_shard(world, rank)
 

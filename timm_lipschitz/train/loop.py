@@ -382,7 +382,7 @@ class TrainingLoop:
         self._update_clock()
         s = self.state
         out = {'steps': s.global_step, 'epochs': s.epoch, 'train_time_s': round(s.train_time_s, 2),
-               'state_save_s': round(self.save_s, 3),
+               'state_save_s': round(self.save_s, 3), 'images_seen': s.images_seen,
                'images_per_s': round(s.images_seen / max(s.train_time_s, 1e-9), 1)}
         if s.time_from_step:
             out['time_covers'] = (f'steps {s.time_from_step}..{s.global_step} (resumed from a state that did not '

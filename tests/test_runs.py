@@ -1,0 +1,164 @@
+"""Runs never mix and recipes never corrupt training: the run-folder rules, resuming, and the recipe checks that
+refuse a setting before any work (each case failed on 0.1.0: trained silently into the old folder, or trained
+something else than asked)."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from timm_lipschitz.recipes import RecipeError, resolve_recipe
+from timm_lipschitz.runs import RunFolderError, read_metrics
+from timm_lipschitz.train import latest_state, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny(out, **over):
+    recipe = {'name': 'tiny', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
+              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
+              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05}, 'schedule': {'name': 'none'},
+              'steps': 10, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
+              'log_every_steps': 5, 'output_dir': str(out)}
+    recipe.update(over)
+    return recipe
+
+
+def test_a_folder_holding_a_run_is_never_trained_into_again(tmp_path):
+    """0.1.0: the Lipschitz run appended to the standard run's metrics and, on --resume, loaded its final state."""
+    out = tmp_path / 'run'
+    train(tiny(out), progress=False)
+    lines = (out / 'metrics.jsonl').read_text()
+    states = sorted(p.name for p in (out / 'state').iterdir())
+    hinge = tiny(out, loss={'name': 'lipschitz_hinge', 'sigma': 0.5}, checkpoint={'every_steps': 2})
+    with pytest.raises(RunFolderError, match=f'{out} already holds a finished run.*--resume.*--output-dir'):
+        train(hinge, progress=False)
+    assert (out / 'metrics.jsonl').read_text() == lines and sorted(p.name for p in (out / 'state').iterdir()) == states
+    with pytest.raises(RunFolderError, match=r"loss\.name: 'cross_entropy' -> 'lipschitz_hinge'"):
+        train(hinge, resume=True, progress=False)
+    assert json.loads((out / 'final.json').read_text())['objective'] == 'cross_entropy'
+
+
+def test_resume_allows_safe_changes_and_records_them(tmp_path):
+    out = tmp_path / 'run'
+    first = train(tiny(out), progress=False)
+    with pytest.raises(RunFolderError, match=r'optimizer\.lr: 0\.05 -> 0\.5.*seed: 0 -> 1'):
+        train(tiny(out, steps=20, optimizer={'name': 'sgd', 'lr': 0.5}, seed=1), resume=True, progress=False)
+    s = train(tiny(out, steps=20, log_every_steps=3), resume=True, progress=False)
+    assert s['steps'] == 20
+    rows, _ = read_metrics(out / 'metrics.jsonl')
+    changes = [r['event/resume_recipe_changes'] for r in rows if 'event/resume_recipe_changes' in r]
+    assert changes == ['log_every_steps, steps']
+    assert s['time_covers'] == 'the whole run (resumed at step 10)'
+    # the whole run's images over the whole run's time
+    assert s['images_seen'] == 20 * 32 and s['train_time_s'] > first['train_time_s']
+
+
+def test_resuming_a_run_that_saved_no_state_starts_over_and_never_mixes(tmp_path):
+    """checkpoint.every_steps: 0 and every_epochs: 0 keep no state at all; steps > 0 save every N steps."""
+    out = tmp_path / 'none'
+    train(tiny(out, checkpoint={'every_steps': 0, 'every_epochs': 0}), progress=False)
+    assert latest_state(out) is None
+    by_steps = tmp_path / 'steps'
+    train(tiny(by_steps, checkpoint={'every_steps': 3, 'every_epochs': 0, 'keep': 10}), progress=False)
+    assert sorted(p.name for p in (by_steps / 'state').iterdir()) == ['step_00000003', 'step_00000006',
+                                                                     'step_00000009']
+
+
+def test_eval_of_an_unfinished_run_says_so(tmp_path, capsys):
+    from timm_lipschitz.cli import main
+    run = tmp_path / 'killed'
+    shutil.copytree(ROOT / 'tests' / 'fixtures' / 'v0_1_0' / 'unfinished', run)
+    assert main(['eval', str(run), '--out', str(tmp_path / 'ev'), '--device', 'cpu']) == 2
+    err = capsys.readouterr().err
+    assert f'{run} holds an unfinished run (last state: step 50)' in err and '--resume' in err
+
+
+@pytest.mark.parametrize('over,message', [
+    ({'max_grad_norm': 0}, 'max_grad_norm=0 is not allowed; it must be > 0'),
+    ({'max_grad_norm': -1.0}, 'max_grad_norm=-1.0 is not allowed'),
+    ({'ema': {'enabled': True, 'decay': 1.5}}, r'ema\.decay=1\.5 is not allowed; it must be in \(0, 1\)'),
+    ({'ema': {'enabled': True, 'decay': 0}}, r'ema\.decay=0 is not allowed'),
+    ({'checkpoint': {'every_steps': -5}}, r'checkpoint\.every_steps=-5 is not allowed'),
+    ({'eval': {'every_epochs': -1}}, r'eval\.every_epochs=-1 is not allowed'),
+    ({'steps': None, 'epochs': 300, 'schedule': {'name': 'multistep', 'milestones': [225, 150]}},
+     r'schedule\.milestones=\[225, 150\] is not allowed; give epochs >= 0 in increasing order'),
+    ({'steps': None, 'epochs': 300, 'schedule': {'name': 'multistep', 'milestones': [150, 300]}},
+     r'schedule\.milestones=\[150, 300\] is not allowed; every milestone must fall before the last epoch'),
+    ({'log_with': ['wandb']}, r"log_with: tracker 'wandb' needs the wandb package"),
+    ({'log_with': ['tensorbored']}, r"log_with='tensorbored' is not allowed; choose trackers among"),
+    ({'loss': {'name': 'lipschitz_hinge', 'sigma': -0.5}}, r'loss\.sigma=-0\.5 is not allowed; sigma must be'),
+    ({'loss': {'name': 'lipschitz_hinge', 'task_loss': {'name': 'cross_entropy', 'label_smoothing': 2}}},
+     r'loss\.task_loss\.label_smoothing=2 is not allowed'),
+    ({'optimizer': {'name': 'sgd', 'lr': 0}}, r'optimizer\.lr=0 is not allowed'),
+    ({'model': {'name': 'mnist_convnet', 'mean': [0.5], 'std': [0.0]}}, r'model\.std=\[0\.0\] is not allowed'),
+])
+def test_settings_that_would_corrupt_training_are_refused(tmp_path, over, message):
+    with pytest.raises(RecipeError, match=message):
+        resolve_recipe(tiny(tmp_path / 'r', **over))
+
+
+def test_milestones_beyond_a_step_limited_run_are_refused_before_training(tmp_path):
+    recipe = tiny(tmp_path / 'r', schedule={'name': 'multistep', 'milestones': [5]})  # 10 steps: under 1 epoch
+    with pytest.raises(RecipeError, match=r'schedule\.milestones=\[5\].*the run has 1 epochs'):
+        train(recipe, progress=False)
+
+
+def test_model_kwargs_and_machine_limits_are_checked_before_any_work(tmp_path):
+    out = tmp_path / 'r'
+    with pytest.raises(RecipeError, match=r"model\.kwargs=\{'hidden': 3\} are not all arguments of mnist_convnet"):
+        train(tiny(out, model={'name': 'mnist_convnet', 'kwargs': {'hidden': 3}}), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(RecipeError, match=r"precision='fp16' needs a CUDA GPU"):
+            train(tiny(out, precision='fp16'), progress=False)
+        with pytest.raises(RecipeError, match=r'sync_batchnorm=True needs CUDA GPUs'):
+            train(tiny(out, sync_batchnorm=True), progress=False)
+    assert not out.exists()  # refused before the run folder was touched
+
+
+def test_sync_batchnorm_is_torchs_conversion_before_prepare():
+    import timm
+    from timm_lipschitz.train import apply_model_options
+    recipe = resolve_recipe(tiny('x', sync_batchnorm=True, model={'name': 'cifar_resnet20'}))
+    model = apply_model_options(recipe, timm.create_model('cifar_resnet20'))
+    kinds = {type(m).__name__ for m in model.modules() if 'BatchNorm' in type(m).__name__}
+    assert kinds == {'SyncBatchNorm'}
+
+
+def test_concurrent_claim_and_stale_claim(tmp_path):
+    """A folder in use is refused; a claim left by a process that no longer exists is taken over with a notice."""
+    import os
+    import subprocess
+    import sys
+    from timm_lipschitz.runs import RunClaim
+    out = tmp_path / 'run'
+    first = RunClaim(out).acquire()
+    with pytest.raises(RunFolderError, match=rf'run folder {out} is in use by process {os.getpid()}'):
+        RunClaim(out).acquire()
+    first.release()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    lock = json.loads((out / 'run.lock').read_text()) if (out / 'run.lock').exists() else {}
+    assert not lock
+    import socket
+    (out / 'run.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': int(dead.stdout), 'pid_start': '1',
+                                              'since': 'yesterday'}))
+    claim = RunClaim(out).acquire()
+    assert 'taking over the stale claim' in claim.notice and str(int(dead.stdout)) in claim.notice
+    claim.release()
+    (out / 'run.lock').write_text(json.dumps({'host': 'elsewhere', 'pid': 1, 'since': 'today'}))
+    with pytest.raises(RunFolderError, match=r'claimed by process 1 on host elsewhere.*delete .*run\.lock'):
+        RunClaim(out).acquire()
+
+
+def test_a_truncated_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path, capsys):
+    out = tmp_path / 'run'
+    train(tiny(out), progress=False)
+    with open(out / 'metrics.jsonl', 'a') as f:
+        f.write('{"step": 11, "train/lo')  # a kill mid-write
+    s = train(tiny(out, steps=15), resume=True, progress=False)
+    assert s['steps'] == 15 and 'dropped 1 broken line' in capsys.readouterr().out
+    rows, broken = read_metrics(out / 'metrics.jsonl')
+    assert broken == 0 and rows[-1]['step'] == 15
