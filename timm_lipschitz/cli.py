@@ -68,6 +68,17 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--progress', action='store_true', help='progress bars for each run')
     p.add_argument('--collect', action='store_true', help='only collect finished points and render the tables')
     p.add_argument('--seeds', type=int, nargs='+', help='run only the points of these seeds')
+    slurm = p.add_argument_group('SLURM job array (with --emit-commands)')
+    slurm.add_argument('--slurm', metavar='FILE', help='write a SLURM job-array script (one task per point, '
+                                                      'requeued and resumed when preempted) instead of printing')
+    slurm.add_argument('--gpus-per-task', type=int, help='GPUs per point (default: 1 for a mixed-precision '
+                                                        'recipe, else 0); several run under torchrun')
+    slurm.add_argument('--cpus-per-task', type=int, default=4, help='CPU cores per point')
+    slurm.add_argument('--mem', help='memory per point, e.g. 16G')
+    slurm.add_argument('--time', help='time limit per run of a point, e.g. 04:00:00 (a longer point requeues)')
+    slurm.add_argument('--partition', help='SLURM partition')
+    slurm.add_argument('--signal-lead', type=int, default=120,
+                       help='seconds before the time limit at which the point saves its state and requeues')
     return p
 
 
@@ -108,6 +119,8 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> None:
+    if args.slurm and not args.emit_commands:
+        raise ValueError('--slurm FILE writes the commands of --emit-commands as a job array: add --emit-commands.')
     from .sweep import run_from_args
     run_from_args(args)
 
@@ -148,6 +161,7 @@ USER_ERRORS = (ValueError, RuntimeError, FileNotFoundError, NotADirectoryError, 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
     try:
         args.func(args)
     except USER_ERRORS as e:

@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .fileio import atomic_write_json, read_json
+from .fileio import read_json
 
-__all__ = ['latest_state', 'save_state', 'RunFolderError', 'StateSaveError', 'RunClaim', 'run_status',
+__all__ = ['latest_state', 'save_state', 'space_message', 'RunFolderError', 'StateSaveError', 'RunClaim', 'run_status',
            'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'folder_size']
 
 LOCK_NAME = 'run.lock'
@@ -60,13 +60,16 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) if path.exists() else 0
 
 
-def _space_message(root: Path, needed: int, error: BaseException) -> str:
-    free = shutil.disk_usage(root if root.exists() else root.parent).free
-    previous = latest_state(root.parent)
-    return (f'could not write the training state in {root}: {error.__class__.__name__}: {error}. It needs about '
-            f'{needed / 2 ** 20:.1f} MiB; {free / 2 ** 20:.1f} MiB are free there. The previous state '
+def space_message(folder: Path, run: Path, needed: int, error: BaseException, what: str = 'the training state') \
+        -> str:
+    """Why a write failed, how much it needed and how much is free, and what is still intact."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path('/'))
+    free = shutil.disk_usage(existing).free
+    previous = latest_state(run)
+    return (f'could not write {what} in {folder}: {error.__class__.__name__}: {error}. It needs about '
+            f'{needed / 2 ** 20:.2f} MiB; {free / 2 ** 20:.2f} MiB are free there. The previous state '
             f'{previous if previous else "(none yet)"} is intact and --resume continues from it; free some space '
-            f'or point --output-dir elsewhere.')
+            f'or copy the run folder elsewhere and resume there (--output-dir).')
 
 
 def save_state(accelerator, output_dir: Path, step: int, keep: int) -> Path:
@@ -84,7 +87,7 @@ def save_state(accelerator, output_dir: Path, step: int, keep: int) -> Path:
     failure = None
     try:
         accelerator.save_state(str(tmp))
-    except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError('... unexpected pos ...')
+    except Exception as e:  # a full disk: OSError, torch's RuntimeError('unexpected pos'), safetensors' own error
         failure = e
     failed = _any_process(accelerator, failure is not None)
     if failed:
@@ -92,8 +95,8 @@ def save_state(accelerator, output_dir: Path, step: int, keep: int) -> Path:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
-        raise StateSaveError(_space_message(root, needed, failure or OSError(errno.EIO, 'failed on another '
-                                                                                        'process'))) from failure
+        failure = failure or OSError(errno.EIO, 'the write failed on another process')
+        raise StateSaveError(space_message(root, output_dir, needed, failure)) from failure
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -261,5 +264,3 @@ def read_metrics(path: Union[str, Path], repair: bool = False) -> Tuple[List[Dic
     return rows, broken
 
 
-def write_marker(out: Path, name: str, payload: Dict[str, Any]) -> None:
-    atomic_write_json(out / name, payload)

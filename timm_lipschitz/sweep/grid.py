@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from ..fileio import atomic_write_json, read_json
+from ..fileio import atomic_write_json, atomic_write_text, read_json
 from ..recipes import SCHEMA, RecipeError, load_recipe, resolve_recipe
 from .points import RECIPE_SHORT, point_name
 
@@ -120,17 +120,20 @@ def _overrides(grid: Dict[str, Any], point: Dict[str, Any], out_dir: str) -> Lis
     return ov
 
 
-def _command(grid: Dict[str, Any], point: Dict[str, Any], launcher: str = 'accelerate launch') -> str:
+def _command(grid: Dict[str, Any], point: Dict[str, Any],
+             launcher: str = 'accelerate launch -m timm_lipschitz.train') -> str:
+    """The command that trains (or resumes) one point in its own folder."""
     out = Path(grid['output_dir']) / point_name(point)
     sets = ' '.join(f'--set {shlex.quote(o)}' for o in _overrides(grid, point, str(out)))
-    return f'{launcher} -m timm_lipschitz.train --recipe {shlex.quote(grid["base"])} {sets} --resume --no-progress'
+    return f'{launcher} --recipe {shlex.quote(grid["base"])} {sets} --resume --no-progress'
 
 
 def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_commands: bool = False,
               progress: bool = False, seeds: Optional[Sequence[int]] = None,
-              names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+              names: Optional[Sequence[str]] = None, slurm: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Run every unfinished point (only those of ``seeds`` / named ``names`` if given); returns the collected
-    results (also written to ``results.json``)."""
+    results (also written to ``results.json``). ``emit_commands`` prints one command per point instead;
+    ``slurm={'path': ..., <resources>}`` writes them as a SLURM job-array script (:mod:`.slurm`)."""
     from ..train import train
     from .tables import render
     grid = load_grid(grid_path)
@@ -141,6 +144,17 @@ def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_
         points = [p for p in points if point_name(p) in set(names)]
     out_root = Path(grid['output_dir'])
     todo = [p for p in points if not (out_root / point_name(p) / 'final.json').is_file()]
+    if slurm:
+        from .slurm import gpus_per_task, launcher, slurm_script
+        resources = dict(slurm)
+        path = Path(resources.pop('path'))
+        gpus = gpus_per_task(load_recipe(grid['base']), resources.pop('gpus', None))
+        text = slurm_script(grid, [_command(grid, p, launcher(gpus)) for p in points],
+                            [point_name(p) for p in points], gpus, **resources)
+        atomic_write_text(path, text)
+        path.chmod(0o755)
+        print(f'wrote {path}: a SLURM job array of {len(points)} points; submit it with sbatch {path}')
+        return {'points': len(points), 'todo': len(todo), 'slurm': str(path)}
     if emit_commands:
         for p in points:
             print(_command(grid, p))
@@ -177,7 +191,7 @@ def _run_parallel(grid: Dict[str, Any], todo: List[Dict[str, Any]], jobs: int) -
             if gpus > 1:
                 env['CUDA_VISIBLE_DEVICES'] = str(started % gpus)
             started += 1
-            cmd = shlex.split(_command(grid, p, shlex.quote(sys.executable)))
+            cmd = shlex.split(_command(grid, p, f'{shlex.quote(sys.executable)} -m timm_lipschitz.train'))
             running.append((subprocess.Popen(cmd, env=env), point_name(p)))
         time.sleep(0.5)
         for proc, name in list(running):
@@ -215,9 +229,15 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         results = collect_results(grid)
         print(render(grid, results).read_text())
         return results
+    slurm = None
+    if args.slurm:
+        import shlex as _shlex
+        slurm = {'path': args.slurm, 'gpus': args.gpus_per_task, 'cpus': args.cpus_per_task, 'mem': args.mem,
+                 'time': args.time, 'partition': args.partition, 'signal_lead': args.signal_lead,
+                 'invocation': 'timm-lipschitz sweep ' + ' '.join(_shlex.quote(a) for a in args.argv)}
     results = run_sweep(args.grid, jobs=args.jobs, dry_run=args.dry_run, emit_commands=args.emit_commands,
-                        progress=args.progress, seeds=args.seeds)
-    if not (args.dry_run or args.emit_commands):
+                        progress=args.progress, seeds=args.seeds, slurm=slurm)
+    if not (args.dry_run or args.emit_commands or args.slurm):
         grid = load_grid(args.grid)
         print((Path(grid['output_dir']) / 'tables.md').read_text())
     return results

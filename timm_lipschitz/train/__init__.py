@@ -26,8 +26,8 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..losses import create_loss
 from ..normalization import per_channel, unwrap_model
 from ..recipes import RecipeError, resolve_recipe
-from ..runs import (RunClaim, RunFolderError, check_new_run, check_resume, latest_state, read_metrics,
-                   run_status)
+from ..runs import (RunClaim, RunFolderError, StateSaveError, check_new_run, check_resume, latest_state,
+                   read_metrics, run_status, space_message)
 from ..seeding import stream_seed
 from .loop import (EXIT_PREEMPTED, DivergenceGuard, Preempted, TrainingDiverged, TrainingLoop, TrainState,
                    optimizer_stepper, step_target, window_add as _window_add, window_means as _window_means)
@@ -284,9 +284,12 @@ def _eval_subset(test_ds, max_images: Optional[int]):
 
 def _make_accelerator(recipe: Dict[str, Any], out: Path):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
-    AcceleratorState._reset_state()  # the function may run several times in one process (tests, sweeps)
+    # the function may run several times in one process (tests, sweeps): no state of an earlier run may leak in,
+    # e.g. a data loader left "at its end" would make every micro-batch a sync step and silently skip accumulation
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     trackers: List[Any] = [JsonlTracker(out / 'metrics.jsonl')] + list(recipe['log_with'])
     return Accelerator(
         cpu=not _has_accelerator(),  # lets torchrun/mpirun start a real MULTI_CPU (gloo) run without GPUs
@@ -476,7 +479,11 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
             'command': command or reproduce_command(out),
         }
         if accelerator.is_main_process:
-            _write_outputs(out, unwrap_model(final_model), recipe, objective, info.name, robustness, summary)
+            try:
+                _write_outputs(out, unwrap_model(final_model), recipe, objective, info.name, robustness, summary)
+            except OSError as e:  # a full disk: the final state is saved, --resume writes the outputs again
+                weights = sum(t.numel() * t.element_size() for t in final_model.state_dict().values())
+                raise StateSaveError(space_message(out, out, weights + 2 ** 20, e, 'the checkpoint files')) from e
             _print_summary(summary, robustness)
         accelerator.wait_for_everyone()
         accelerator.end_training()

@@ -171,8 +171,10 @@ class _StopFlag:
     """Set by SIGTERM / SIGUSR1 (first signal: stop after this step; later ones are noted and ignored, so a second
     signal cannot interrupt the state save)."""
 
-    def __init__(self) -> None:
+    def __init__(self, step: Callable[[], int]) -> None:
         self.signum: Optional[int] = None
+        self.at_step: Optional[int] = None  # the optimizer steps finished when the signal arrived
+        self._step = step
         self._previous: Dict[int, Any] = {}
 
     def install(self) -> None:
@@ -184,12 +186,19 @@ class _StopFlag:
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.signum is None:
-            self.signum = signum
+            self.signum, self.at_step = signum, self._step()
 
     def restore(self) -> None:
         for s, h in self._previous.items():
             signal.signal(s, h)
         self._previous = {}
+
+    def ignore_further(self) -> None:
+        """From the stop on, further stop signals are ignored by the OS (Python's own handlers are reset while the
+        interpreter exits, when another SIGTERM would otherwise kill the process and lose its exit code)."""
+        if self._previous:
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_IGN)
 
 
 class TrainingLoop:
@@ -220,7 +229,7 @@ class TrainingLoop:
         self._progress = progress
         self._tqdm = tqdm
         self.bar = None
-        self.stop = _StopFlag()
+        self.stop = _StopFlag(lambda: self.state.global_step)
         self.optimizer = None
 
     # -- resuming and the run's extent ------------------------------------------------------------------------------
@@ -355,23 +364,28 @@ class TrainingLoop:
         return path
 
     def _stop_requested(self) -> bool:
-        flag = self.stop.signum is not None
+        """Whether a stop signal reached any process (then every process agrees on the earliest step it arrived)."""
         if self.world == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(t, 'sum').item() > 0)
+            return self.stop.signum is not None
+        mine = torch.tensor([float(self.stop.at_step if self.stop.signum is not None else -1)],
+                            device=self.accelerator.device)
+        steps = [int(s) for s in self.accelerator.gather(mine).tolist() if s >= 0]
+        if steps and self.stop.at_step is None:
+            self.stop.at_step = min(steps)
+        return bool(steps)
 
     def _stop(self) -> None:
         """Save a complete state at this step, record why the run stopped, and raise :class:`Preempted`."""
         signum = self.stop.signum
+        self.stop.ignore_further()
         name = signal.Signals(signum).name if signum else 'a signal on another process'
         path = self.save()
         msg = (f'stopped by {name} at step {self.state.global_step} (epoch {self.state.epoch}); the state {path} '
                f'is complete: continue with --resume (exit code {EXIT_PREEMPTED}, for schedulers to requeue on).')
         if self.accelerator.is_main_process:
-            atomic_write_json(self.out / 'stopped.json', {'signal': name, 'step': self.state.global_step,
-                                                          'state': str(path), 'message': msg,
-                                                          'exit_code': EXIT_PREEMPTED})
+            atomic_write_json(self.out / 'stopped.json', {'signal': name, 'signal_at_step': self.stop.at_step,
+                                                          'step': self.state.global_step, 'state': str(path),
+                                                          'message': msg, 'exit_code': EXIT_PREEMPTED})
         raise Preempted(msg)
 
     def finish(self) -> Dict[str, Any]:
