@@ -291,3 +291,62 @@ def test_no_augmentation_for_none_and_bad_name():
     assert torch.equal(batch_augment(x, 'none', torch.Generator()), x)
     with pytest.raises(ValueError, match="augmentation='flip'"):
         train_transform('flip', (1, 8, 8))
+
+
+def _image_folder(root, splits, classes=('cat', 'dog'), per_class=5, size=(10, 12)):
+    from PIL import Image
+    for split in splits:
+        for ci, cls in enumerate(classes):
+            folder = root / split / cls if split else root / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(np.full((*size, 3), 40 * ci + i, np.uint8)).save(folder / f'{i}.png')
+
+
+@pytest.mark.parametrize('test_folder', ['val', 'test'])
+def test_imagefolder_reads_its_splits_from_train_and_val_or_test(tmp_path, test_folder):
+    """0.1.0 read root/ as the test split when there was no test/: two classes named 'train' and 'val'."""
+    _image_folder(tmp_path, ['train', test_folder])
+    train, info = create_dataset('imagefolder', 'train', root=tmp_path)
+    test, test_info = create_dataset('imagefolder', 'test', root=tmp_path)
+    assert info.class_names == test_info.class_names == ['cat', 'dog']
+    assert len(train) == len(test) == 10 and test_info.source.endswith(f'{tmp_path / test_folder}')
+
+
+def test_imagefolder_without_split_folders_holds_out_a_test_split(tmp_path):
+    _image_folder(tmp_path, [''], per_class=10)
+    train, info = create_dataset('imagefolder', 'train', root=tmp_path)
+    test, test_info = create_dataset('imagefolder', 'test', root=tmp_path)
+    assert len(train) == 16 and len(test) == 4 and 'held out as the test split' in test_info.source
+    pixels = lambda ds: {float(ds[i][0].mean()) for i in range(len(ds))}  # noqa: E731 (each image is unique)
+    assert not pixels(train) & pixels(test)
+    assert sorted(int(test[i][1]) for i in range(4)) == [0, 0, 1, 1]  # stratified
+
+
+def test_imagefolder_test_split_keeps_the_train_class_indices(tmp_path):
+    _image_folder(tmp_path, ['train'], classes=('a', 'b', 'c'), per_class=2)
+    _image_folder(tmp_path, ['val'], classes=('b', 'c'), per_class=2)
+    test, info = create_dataset('imagefolder', 'test', root=tmp_path)
+    assert info.class_names == ['a', 'b', 'c'] and sorted({int(test[i][1]) for i in range(len(test))}) == [1, 2]
+
+
+@pytest.mark.parametrize('call,message', [
+    (lambda: create_dataset(None), 'create_dataset needs a dataset name, got None'),
+    (lambda: create_dataset('synthetic', num_classes=0), 'num_classes=0 is not allowed'),
+    (lambda: create_dataset('synthetic', num_clases=3), r"synthetic does not take \['num_clases'\]"),
+    (lambda: create_dataset('digits', image_size=(1, 8, 8)), r"digits does not take \['image_size'\]"),
+])
+def test_bad_create_dataset_calls_get_clear_errors(call, message):
+    with pytest.raises(DataError, match=message):
+        call()
+
+
+def test_a_failed_download_says_so_and_how_to_place_the_files(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(*args, **kwargs):
+        raise OSError('<urlopen error [Errno -3] Temporary failure in name resolution>')
+    monkeypatch.setattr(tvd, 'CIFAR10', offline)
+    with pytest.raises(DataError, match=r'the download of cifar10 into .* failed \(OSError: <urlopen error.*'
+                                        r'place the files as .*cifar-10-batches-py'):
+        create_dataset('cifar10', 'train', root=tmp_path, download=True)

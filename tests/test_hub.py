@@ -1,5 +1,10 @@
 """Checkpoints: safetensors + timm config + card, timm's loaders, torch.hub, the hub cache offline, converters."""
+import ast
 import json
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,7 @@ from timm_lipschitz.hub import (CheckpointError, convert_checkpoint, load_checkp
                                 load_robustness, make_tag, parse_tag, place_in_cache, publish, read_metadata,
                                 save_pretrained, ship_pretrained)
 from timm_lipschitz.models._pretrained import shipped
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ROB = {'sigmas': [0.0, 0.3, 0.5], 'accuracy': [90.0, 60.0, 30.0], 'accuracy_std': [0.0, 0.0, 0.0],
@@ -115,8 +121,13 @@ def test_metadata_config_and_card(tmp_path):
 def test_torch_hub_local(tmp_path):
     m = torch.hub.load(str(ROOT), 'cifar_preresnet20', source='local', num_classes=7)
     assert m.num_classes == 7
-    with pytest.raises(ValueError, match='no default weights; pass tag='):
+    with pytest.raises(ValueError, match='no default weights; pass tag=') as e:
         torch.hub.load(str(ROOT), 'cifar_resnet20', source='local', pretrained=True)
+    listed = re.search(r'one of (\[.*\])', str(e.value)).group(1)
+    for tag in ast.literal_eval(listed):  # what the message lists is what tag= accepts
+        assert torch.hub.load(str(ROOT), 'cifar_resnet20', source='local', pretrained=True, tag=tag).num_classes
+    with pytest.raises(ValueError, match="no pretrained tag 'nope'; tag= accepts"):
+        torch.hub.load(str(ROOT), 'cifar_resnet20', source='local', pretrained=True, tag='nope')
 
 
 @pytest.mark.parametrize('name', sorted(shipped()))
@@ -283,3 +294,54 @@ def test_ship_refuses_to_replace_an_entry_with_another_run(tmp_path):
     ship_pretrained(b['output_dir'], weights, replace=True)
     index = json.loads((weights / 'index.json').read_text())
     assert index[name]['recipe_hash'] == read_metadata(b['output_dir'])['recipe_hash']
+
+
+def test_convert_honours_source(tmp_path):
+    ref = _reference_state('A')
+    torch.save({'state_dict': {'module.' + k.replace('fc.', 'linear.'): v for k, v in ref.state_dict().items()
+                               if not k.endswith('num_batches_tracked')}}, tmp_path / 'ak.th')
+    with pytest.raises(CheckpointError, match='has the akamaster layout, not chenyaofo'):
+        convert_checkpoint(tmp_path / 'ak.th', tmp_path / 'o', source='chenyaofo')
+    out = convert_checkpoint(tmp_path / 'ak.th', tmp_path / 'o2', source='auto')
+    assert json.loads(read_metadata(out)['hparams'])['source'] == 'akamaster'
+    assert read_metadata(out)['tag'] == 'converted_akamaster'
+
+
+def _finished_run(tmp_path, name='run'):
+    from timm_lipschitz.train import train
+    recipe = {'name': name, 'model': {'name': 'mnist_convnet'}, 'loss': {'name': 'lipschitz_hinge', 'sigma': 0.3},
+              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True}, 'steps': 6,
+              'batch_size': 32, 'log_with': [], 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0},
+              'output_dir': str(tmp_path / name), 'optimizer': {'name': 'sgd', 'lr': 0.01}}
+    return train(recipe, progress=False)
+
+
+def test_the_card_and_final_json_commands_work(tmp_path, monkeypatch):
+    """The card's usage line loads this run's weights (not a shipped tag's), and the reproduce command recorded in
+    final.json and the card trains the same weights again (0.1.0: 'timm-lipschitz train train ...')."""
+    monkeypatch.chdir(tmp_path)
+    s = _finished_run(Path('.'))
+    run = Path(s['output_dir'])
+    card = (run / 'README.md').read_text()
+    usage = re.search(r"model = timm\.create_model\('([^']+)', pretrained=True\)", card).group(1)
+    assert usage == f'local-dir:{run}'
+    loaded = timm.create_model(usage, pretrained=True).eval()
+    weights = load_file(str(run / 'model.safetensors'))
+    assert all(torch.equal(v, weights[k]) for k, v in loaded.state_dict().items())
+    command = json.loads((run / 'final.json').read_text())['command']
+    assert command in card and command.startswith('timm-lipschitz train --recipe ')
+    argv = shlex.split(command)
+    r = subprocess.run([sys.executable, '-m', 'timm_lipschitz.cli', *argv[1:], '--no-progress'], capture_output=True,
+                       text=True, cwd=tmp_path, env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(ROOT),
+                                                     'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = load_file(str(tmp_path / (str(run) + '_reproduced') / 'model.safetensors'))
+    for k in weights:
+        torch.testing.assert_close(again[k], weights[k], rtol=0, atol=1e-6)
+
+
+def test_a_published_card_names_its_hub_repo(tmp_path):
+    s = _finished_run(tmp_path)
+    out = publish(s['output_dir'], 'org/robust-net', dry_run=True)
+    card = (out / 'README.md').read_text()
+    assert "timm.create_model('hf-hub:org/robust-net', pretrained=True)" in card

@@ -330,3 +330,52 @@ def test_done_when_example_trains_registered_model():
     assert set(obj(timm.create_model('cifar_resnet20'), torch.rand(2, 3, 32, 32),
                    torch.zeros(2, dtype=torch.long)).parts) == {'ce', 'k_mean', 'k_max', 'hinge',
                                                                 'hinge_active_fraction'}
+
+
+@pytest.mark.parametrize('name', ALL_OBJECTIVES)
+def test_objectives_check_their_images(name):
+    """0.1.0: uint8 images gave a NaN loss (mean/std built in uint8, std 0) and 0-255 floats passed silently."""
+    import warnings
+    from timm_lipschitz.normalization import PixelRangeWarning
+    torch.manual_seed(0)
+    model = timm.create_model('cifar_resnet20', in_chans=1).eval()
+    x = torch.rand(4, 1, 8, 8)
+    y = torch.randint(0, 10, (4,))
+    with pytest.raises(ValueError, match=r'torch\.uint8; objectives and evaluation take float pixels in \[0, 1\] '
+                                         r'\(convert uint8 images with images\.float\(\) / 255'):
+        create_loss(name, seed=0)(model, (x * 255).to(torch.uint8), y)
+    ref = create_loss(name, seed=0)(model, x, y).loss
+    as64 = create_loss(name, seed=0)(model, x.double(), y).loss  # float64 pixels work (cast for the model)
+    assert torch.isfinite(as64) and as64.item() == pytest.approx(ref.item(), rel=1e-4, abs=1e-5)
+    objective = create_loss(name, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        objective(model, x * 255, y)
+        objective(model, x * 255, y)
+    ranges = [w for w in caught if issubclass(w.category, PixelRangeWarning)]
+    assert len(ranges) == 1 and 'expected [0,1] pixels' in str(ranges[0].message)
+
+
+def test_the_evaluation_checks_its_images():
+    import warnings
+    from timm_lipschitz.normalization import PixelRangeWarning
+    from timm_lipschitz.robustness import noise_sweep
+    model = timm.create_model('cifar_resnet20', in_chans=1).eval()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    with pytest.raises(ValueError, match='torch.uint8'):
+        noise_sweep(model, ((x * 255).to(torch.uint8), y), [0.0])
+    with pytest.warns(PixelRangeWarning, match=r'the evaluation images range over'):
+        noise_sweep(model, (x * 255, y), [0.0, 0.1])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', PixelRangeWarning)
+        r64 = noise_sweep(model, (x.double(), y), [0.0, 0.5])
+    assert r64.accuracy == noise_sweep(model, (x, y), [0.0, 0.5]).accuracy
+
+
+def test_the_task_part_is_named_after_the_task_loss():
+    model = Linear(8, classes=3)
+    x, y = torch.rand(4, 1, 2, 4), torch.randint(0, 3, (4,))
+    parts = create_loss('lipschitz_hinge', task_loss='binary_cross_entropy', seed=0)(model, x, y).parts
+    assert 'bce' in parts and 'ce' not in parts
+    assert 'ce' in create_loss('lipschitz_hinge', seed=0)(model, x, y).parts
+    assert set(create_loss('binary_cross_entropy')(model, x, y).parts) == {'bce'}

@@ -1,6 +1,7 @@
 """Noise sweeps, Lipschitz bounds and certificates against analytic answers."""
 import json
 import math
+import re
 
 import pytest
 import timm
@@ -250,3 +251,57 @@ def test_unique_label_primes_until_free():
     from timm_lipschitz.robustness import unique_label
     assert unique_label('ce', {}) == 'ce'
     assert unique_label('ce', {'ce': 1, "ce'": 2}) == "ce''"
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--input-size', '1,5'], r"--input-size '1,5' is not allowed; give 3 positive integers"),
+    (['--input-size', '3,32,32'], r'--input-size 3,32,32 does not fit the model'),
+    (['--mean', 'abc', '--std', '0.5'], r"--mean 'abc' is not a comma list of numbers"),
+    (['--mean', '0.5'], r'--mean and --std go together'),
+])
+def test_eval_flags_get_clear_errors(tmp_path, capsys, args, message):
+    from timm_lipschitz.cli import main
+    rc = main(['eval', '--model', 'mnist_convnet.cross_entropy_mnist5k', '--pretrained', '--out',
+               str(tmp_path / 'o'), '--max-images', '10', '--device', 'cpu', '--no-progress', *args])
+    assert rc == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_eval_out_must_be_a_folder(tmp_path, capsys):
+    from timm_lipschitz.cli import main
+    (tmp_path / 'file').write_text('x')
+    assert main(['eval', '--model', 'mnist_convnet.cross_entropy_mnist5k', '--pretrained', '--out',
+                 str(tmp_path / 'file')]) == 2
+    assert f"--out {tmp_path / 'file'} is a file" in capsys.readouterr().err
+
+
+def test_a_shipped_tag_is_evaluated_on_its_own_data_and_warns_on_foreign_classes(tmp_path):
+    """No --data: the tag's metadata names its dataset. A digits-trained model on Fashion-MNIST: a warning."""
+    from timm_lipschitz.evaluate import ClassNamesWarning, evaluate, load_model
+    model, info = load_model(model_name='cifar_resnet20.cross_entropy_digits', pretrained=True)
+    res = evaluate([(model, info)], str(tmp_path / 'o'), sigmas=[0.0], max_images=20, progress=False)
+    assert res['cifar_resnet20.cross_entropy_digits']['data'] == 'digits'
+    from timm_lipschitz.data import DEBIAN_FASHION_MNIST
+    if not (DEBIAN_FASHION_MNIST / 't10k-images-idx3-ubyte.gz').is_file():
+        pytest.skip('Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)')
+    with pytest.warns(ClassNamesWarning, match=r"trained on classes \['0', '1', '2', '3'\].*fashion_mnist has "
+                                               r"\['T-shirt/top'"):
+        evaluate([(model, info)], str(tmp_path / 'o2'), data='fashion_mnist', sigmas=[0.0], max_images=20,
+                 progress=False)
+
+
+def test_every_eval_flag_has_help_text():
+    import argparse
+    from timm_lipschitz.cli import add_eval_arguments
+    p = add_eval_arguments(argparse.ArgumentParser())
+    missing = [a.option_strings or a.dest for a in p._actions if not a.help and a.dest != 'help']
+    assert not missing, missing
+
+
+def test_load_model_reads_the_class_count_from_the_checkpoint(tmp_path):
+    """0.1.0 assumed 10 classes for --checkpoint without metadata."""
+    from safetensors.torch import save_file
+    from timm_lipschitz.evaluate import load_model
+    m = timm.create_model('mnist_convnet', num_classes=7)
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / 'plain.safetensors'))
+    loaded, _ = load_model(model_name='mnist_convnet', checkpoint=str(tmp_path / 'plain.safetensors'))
+    assert loaded.num_classes == 7

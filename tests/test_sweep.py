@@ -157,3 +157,14 @@ def test_train_fraction_study(tmp_path, drawn):
     xs, ys = study['lines']['hinge, σ_test 0']
     by_fraction = {r['recipe']['data']['train_fraction']: r['final']['robustness']['acc@0'] for r in results['rows']}
     assert xs == [0.25, 1.0] and ys == [by_fraction[0.25], by_fraction[1.0]]
+
+
+def test_only_real_standard_runs_make_the_standard_row():
+    """A hinge with beta 0 trains on the task loss alone but feeds noisy images through train-mode BatchNorm: it is a
+    run of its own, not pooled into 'standard' (0.1.0 pooled it)."""
+    rows = [_row(None, None, None, [90.0, 40.0, 20.0], name='cross_entropy'),
+            _row(0.5, 0.0, 0.01, [80.0, 70.0, 60.0]), _row(0.5, 1.0, 0.01, [85.0, 75.0, 65.0])]
+    table = paper_tables({'rows': rows}, sigmas=(0.0,))
+    assert '| standard | - | **90.00** | **90.00** |' in table
+    obj = objective_table({'rows': rows}, (0.0,))
+    assert '| standard | 1 | **90.00** |' in obj and 'hinge sigma 0.5, beta 0, lipschitz_target 0.01 | 1 | 80.00' in obj

@@ -403,3 +403,34 @@ def test_torch_compile_trains_and_saves_plain_weights(tmp_path):
     import timm
     m = timm.create_model(f"local-dir:{s['output_dir']}", pretrained=True)  # no _orig_mod. prefixes
     assert m(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_finetune_recipe_trains_a_stock_timm_model_from_a_local_checkpoint(tmp_path):
+    """The shipped fine-tune recipe, a few steps on a generated image folder: timm's resnet18 at 224 px starts from
+    the given weights file (classifier replaced for 2 classes) and keeps its own (ImageNet) normalization."""
+    import numpy as np
+    import timm
+    from PIL import Image
+    from safetensors.torch import save_file
+    for split in ('train', 'val'):
+        for ci, cls in enumerate(('ant', 'bee')):
+            (tmp_path / 'images' / split / cls).mkdir(parents=True)
+            for i in range(4):
+                rng = np.random.default_rng(10 * ci + i)
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / 'images' / split / cls / f'{i}.jpg')
+    torch.manual_seed(1)
+    source = timm.create_model('resnet18')  # stands in for downloaded ImageNet weights (1,000 classes)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / 'resnet18.safetensors'))
+    s = train(str(ROOT / 'recipes' / 'finetune' / 'resnet18_imagefolder_lipschitz.yaml'), [
+        f'data.root={tmp_path / "images"}', f'model.checkpoint={tmp_path / "resnet18.safetensors"}', 'steps=2',
+        'epochs=null', 'batch_size=4', 'data.num_workers=0', 'schedule.warmup_epochs=0', 'eval.sigmas=[0.0, 0.25]',
+        f'output_dir={tmp_path / "run"}'], progress=False)
+    assert s['steps'] == 2 and s['dataset'] == 'imagefolder' and s['objective'] == 'lipschitz_hinge'
+    tuned = timm.create_model(f'local-dir:{tmp_path / "run"}', pretrained=True)
+    assert tuned.num_classes == 2 and tuned.pretrained_cfg['input_size'] == (3, 224, 224)
+    assert tuned.pretrained_cfg['mean'] == pytest.approx((0.485, 0.456, 0.406))
+    assert list(tuned.pretrained_cfg['label_names']) == ['ant', 'bee']
+    start = source.state_dict()['conv1.weight']
+    moved = (tuned.state_dict()['conv1.weight'] - start).abs().max()
+    assert moved < 0.05 * start.abs().max()  # fine-tuned from the file, not from a fresh initialization

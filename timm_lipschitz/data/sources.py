@@ -61,10 +61,15 @@ def _missing(name: str, looked: Sequence[Path], how: str) -> DataError:
     return DataError(f'{name} data not found (looked in: {where}). {how}')
 
 
-def _download(cls_name: str, root: Path, **kw: Any) -> None:
-    """Fetch with torchvision's own downloader (checksummed); the files are then read by the readers here."""
+def _download(name: str, cls_name: str, root: Path, layout: str, **kw: Any) -> None:
+    """Fetch with torchvision's own downloader (checksummed); the files are then read by the readers here. A failed
+    download (offline, a proxy) says so and how to place the files by hand."""
     import torchvision.datasets as tvd
-    getattr(tvd, cls_name)(str(root), download=True, **kw)
+    try:
+        getattr(tvd, cls_name)(str(root), download=True, **kw)
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; checksum failures RuntimeError
+        raise DataError(f'the download of {name} into {root} failed ({type(e).__name__}: {e}). Without internet, '
+                        f'place the files as {layout} and pass root=<that folder> (recipe data.root).') from e
 
 
 def _find(name: str, root: Path, download: bool, folders: Sequence[Path], ready: Callable[[Path], bool],
@@ -74,7 +79,7 @@ def _find(name: str, root: Path, download: bool, folders: Sequence[Path], ready:
         if ready(folder):
             return folder
     if download:
-        _download(cls_name, root, **download_kw)
+        _download(name, cls_name, root, layout, **download_kw)
         for folder in folders:
             if ready(folder):
                 return folder
@@ -187,9 +192,11 @@ def _fashion_mnist(split: str, root: Path, download: bool) -> Raw:
 
 
 def _seeded_split(n: int, labels: np.ndarray, split: str) -> np.ndarray:
+    """The fixed 80/20 split (seed 0), stratified by class where every class has two images or more."""
     from sklearn.model_selection import train_test_split
+    stratify = labels if np.unique(labels, return_counts=True)[1].min() >= 2 else None
     train, test = train_test_split(np.arange(n), test_size=TEST_FRACTION, random_state=SPLIT_SEED,
-                                   stratify=labels)
+                                   stratify=stratify)
     return np.sort(train if split == 'train' else test)
 
 
@@ -225,6 +232,12 @@ def _digits(split: str, root: Path, download: bool) -> Raw:
 def _synthetic(split: str, root: Path, download: bool, num_samples: int = 256, num_classes: int = 10,
                image_size: Sequence[int] = (3, 32, 32), seed: int = 0) -> Raw:
     """Seeded random class templates plus per-image noise: learnable, any shape and class count."""
+    for key, value in (('num_samples', num_samples), ('num_classes', num_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f'synthetic: {key}={value!r} is not allowed; it must be an integer >= 1.')
+    if len(image_size) != 3 or any(not isinstance(v, int) or v < 1 for v in image_size):
+        raise DataError(f'synthetic: image_size={tuple(image_size)!r} is not allowed; give (channels, height, '
+                        f'width) as positive integers.')
     g = torch.Generator().manual_seed(stream_seed('synthetic_data', seed, 0))
     templates = torch.rand((num_classes, *image_size), generator=g)
     g.manual_seed(stream_seed('synthetic_data', seed, 1 if split == 'train' else 2))
@@ -234,27 +247,55 @@ def _synthetic(split: str, root: Path, download: bool, num_samples: int = 256, n
     return images, labels, [f'class_{i}' for i in range(num_classes)], f'synthetic(seed={seed})'
 
 
+IMAGEFOLDER_TEST_NAMES = ('test', 'val')  # the test split's folder: test/, else val/ (the usual train/ + val/)
+
+
+def _imagefolder_split(root: Path, split: str) -> Tuple[Path, Optional[str]]:
+    """(folder, how): the split's own folder (``train/``; ``test/`` or ``val/``), or ``root`` itself when it holds
+    the class folders directly, in which case ``how`` says that a held-out part stands in for the test split."""
+    if (root / 'train').is_dir():
+        if split == 'train':
+            return root / 'train', None
+        for name in IMAGEFOLDER_TEST_NAMES:
+            if (root / name).is_dir():
+                return root / name, None
+        raise DataError(f'imagefolder {root} has train/ but neither test/ nor val/ for the test split.')
+    return root, (f'no split folders: a stratified {TEST_FRACTION:.0%} of each class (seed {SPLIT_SEED}) is held out '
+                  f'as the test split, the rest is the train split')
+
+
 def _imagefolder(split: str, root: Path, channels: int) -> Tuple[Callable, int, List[str], str]:
     from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
-    folder = root / split if (root / split).is_dir() else root
-    if not folder.is_dir():
-        raise _missing('imagefolder', [root / split, root],
-                       'Give data.root: a folder with one sub-folder of images per class (optionally under '
-                       'train/ and test/).')
+    if not root.is_dir():
+        raise _missing('imagefolder', [root], 'Give data.root: a folder with one sub-folder of images per class '
+                                              '(optionally under train/ and test/ or val/).')
+    folder, held_out = _imagefolder_split(root, split)
     try:
+        classes = ImageFolder(str(folder if held_out else root / 'train'), loader=lambda p: p).classes
         ds = ImageFolder(str(folder), loader=lambda p: p)  # decode ourselves to name the broken file
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f'imagefolder {folder}: {e}') from e
+    extra = sorted(set(ds.classes) - set(classes))
+    if extra:
+        raise DataError(f'imagefolder {folder} has classes {extra} that {root / "train"} does not have.')
+    index = {c: i for i, c in enumerate(classes)}  # the train split's class indices, for every split
+    samples = [(path, index[ds.classes[label]]) for path, label in ds.samples]
+    source = f'image folder {folder}'
+    if held_out:
+        labels = np.array([lb for _, lb in samples])
+        keep = _seeded_split(len(samples), labels, split)
+        samples = [samples[i] for i in keep]
+        source += f' ({held_out})'
 
     def load(i: int):
-        path, label = ds.samples[i]
+        path, label = samples[i]
         try:
             with Image.open(path) as img:
                 return pil_to_uint8(img, channels), label
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f'cannot read image file {path}: {e}') from e
-    return load, len(ds), list(ds.classes), f'image folder {folder}'
+    return load, len(samples), classes, source
 
 
 def _column(features: Dict[str, Any], options: Sequence[str], what: str, dataset_id: str) -> str:
@@ -294,6 +335,22 @@ def _hf(dataset_id: str, split: str, root: Optional[Path], download: bool, chann
     return load, len(ds), names, f'Hugging Face datasets {dataset_id}'
 
 
+def _check_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
+    """Extra keyword arguments must be ones the source takes (data.kwargs in a recipe)."""
+    import inspect
+    if name == 'imagefolder':
+        allowed = {'channels'}
+    elif name.startswith('hf:'):
+        allowed = {'channels', 'image_column', 'label_column'}
+    elif name in _SOURCES:
+        allowed = {p for p in inspect.signature(_SOURCES[name]).parameters if p not in ('split', 'root', 'download')}
+    else:
+        return
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise DataError(f'{name} does not take {unknown} (data.kwargs); it takes {sorted(allowed) or "none"}.')
+
+
 def create_dataset(name: str, split: str = 'train', root: Optional[Union[str, Path]] = None,
                    download: bool = False, input_size: Optional[Sequence[int]] = None,
                    **kwargs: Any) -> LoadedDataset:
@@ -303,11 +360,16 @@ def create_dataset(name: str, split: str = 'train', root: Optional[Union[str, Pa
     the native size. Extra keyword arguments go to the source (``synthetic``: num_samples, num_classes,
     image_size, seed; ``hf:``: image_column, label_column; ``imagefolder``: channels).
     """
+    if not isinstance(name, str) or not name:
+        raise DataError(f'create_dataset needs a dataset name, got {name!r}; known datasets: '
+                        f'{", ".join(list_datasets())}.')
     if split not in SPLITS:
         raise ValueError(f'split={split!r} is not allowed; choose one of {SPLITS}.')
+    _check_kwargs(name, kwargs)
     root_path = Path(root).expanduser() if root is not None else None
     if name.startswith('hf:') or name == 'imagefolder':
-        channels = int(input_size[0]) if input_size else int(kwargs.pop('channels', 3))
+        channels = int(kwargs.pop('channels', 3))
+        channels = int(input_size[0]) if input_size else channels
         if name == 'imagefolder':
             if root_path is None:
                 raise ValueError('imagefolder needs root=<folder with one sub-folder per class>.')

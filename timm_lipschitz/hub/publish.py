@@ -27,7 +27,6 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
     if (run_dir / 'recipe.yaml').is_file():
         import yaml
         recipe = yaml.safe_load((run_dir / 'recipe.yaml').read_text())
-    final = read_json(run_dir / 'final.json')
     out = Path(out_dir) if out_dir else run_dir / 'publish'
     plot = None
     for png in run_dir.glob('*.png'):
@@ -36,7 +35,9 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
     save_pretrained(model, out, tag=meta.get('tag') or None, dataset=meta.get('dataset') or None,
                     objective=meta.get('objective') or None, hparams=json.loads(meta.get('hparams', '{}')),
                     recipe=recipe, robustness=rob.get('robustness'), certified=rob.get('certified'),
-                    command=final.get('command'), plot=plot, load_as=f'hf-hub:{repo_id}')
+                    command='timm-lipschitz train --recipe recipe.yaml --output-dir reproduced   # in a download of '
+                            'this repository (its recipe.yaml is the run\'s resolved recipe)',
+                    plot=plot, load_as=f'hf-hub:{repo_id}')
     if not dry_run:
         from huggingface_hub import HfApi
         api = HfApi()

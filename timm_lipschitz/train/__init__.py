@@ -162,28 +162,32 @@ def resolve_normalization(recipe: Dict[str, Any], train_ds, saved: Optional[Dict
 
 
 def build_model(recipe: Dict[str, Any], num_classes: int, input_size: Sequence[int], class_names: List[str]):
-    """``timm.create_model`` with the data's class count, channels, input size, pool size and normalization
-    recorded in ``pretrained_cfg``; ``model.checkpoint`` loads a local weights file through timm
-    (``pretrained_cfg_overlay=dict(file=...)``), adapting the classifier and first conv as timm does."""
+    """``timm.create_model`` with the data's class count and channels; ``model.checkpoint`` loads a local weights file
+    through timm (``pretrained_cfg_overlay=dict(file=...)``), which replaces a classifier of another class count and
+    adapts the first conv to other channel counts. The ``pretrained_cfg`` then describes the trained model: input and
+    pool size, class count and names, and the normalization."""
     import timm
     m = recipe['model']
-    cfg = timm.models.get_pretrained_cfg(m['name'])
     c = int(input_size[0])
-    mean = m.get('mean') or (per_channel(tuple(cfg.mean), c, 'mean') if cfg and cfg.mean else None)
-    std = m.get('std') or (per_channel(tuple(cfg.std), c, 'std') if cfg and cfg.std else None)
-    overlay: Dict[str, Any] = {'input_size': tuple(int(s) for s in input_size), 'num_classes': num_classes,
-                               'label_names': tuple(class_names)}
-    if mean is not None:
-        overlay.update(mean=tuple(mean), std=tuple(std))
-    pretrained = m['pretrained']
+    pretrained = m['pretrained'] or bool(m['checkpoint'])
+    # the input size goes in at creation (models with a fixed input size, like mnist_convnet, size their layers by
+    # it); class count and names only after timm has loaded the weights (it compares them with the file's)
+    overlay: Dict[str, Any] = {'input_size': tuple(int(s) for s in input_size)}
     if m['checkpoint']:
         overlay['file'] = str(Path(m['checkpoint']).expanduser())
-        pretrained = True
-    kwargs = {'num_classes': num_classes, 'in_chans': c, **m['kwargs']}
-    model = timm.create_model(m['name'], pretrained=pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+    model = timm.create_model(m['name'], pretrained=pretrained, pretrained_cfg_overlay=overlay,
+                              **{'num_classes': num_classes, 'in_chans': c, **m['kwargs']})
+    cfg = dict(model.pretrained_cfg)
+    mean = m.get('mean') or (per_channel(tuple(cfg['mean']), c, 'mean') if cfg.get('mean') else None)
+    std = m.get('std') or (per_channel(tuple(cfg['std']), c, 'std') if cfg.get('std') else None)
+    cfg.update(input_size=tuple(int(s) for s in input_size), num_classes=num_classes, label_names=tuple(class_names))
+    cfg.pop('file', None)
+    if mean is not None:
+        cfg.update(mean=tuple(mean), std=tuple(std))
     pool = _feature_map_size(model, input_size)
     if pool is not None:
-        model.pretrained_cfg = {**model.pretrained_cfg, 'pool_size': pool}
+        cfg['pool_size'] = pool
+    model.pretrained_cfg = model.default_cfg = cfg  # timm keeps default_cfg as an alias
     return model
 
 
