@@ -23,7 +23,10 @@ def drawn(monkeypatch):
         figures[Path(path).name] = {
             'title': ax.get_title(), 'xlabel': ax.get_xlabel(), 'ylabel': ax.get_ylabel(),
             'lines': {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()},
-            'bands': len(ax.collections), 'png': Path(path).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'}
+            'bands': len(ax.collections), 'png': Path(path).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n',
+            'images': [im.get_array().tolist() for im in ax.images],
+            'yticks': [t.get_text() for t in ax.get_yticklabels()],
+            'bars': {c.get_label(): [p.get_height() for p in c] for c in ax.containers}}
         return out
     monkeypatch.setattr(report, 'save_figure', capture)
     return figures

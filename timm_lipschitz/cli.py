@@ -52,6 +52,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--alpha', type=float, default=0.001, help='failure probability of a certificate')
     p.add_argument('--certify-images', type=int, default=100, help='images certified, spread over the split')
     p.add_argument('--demo', action='store_true', help="the paper's Table 1: one image at sigma 0..0.6")
+    p.add_argument('--corruptions', nargs='?', const='all', metavar='WHICH',
+                   help='the CIFAR-10-C corruptions, computed on the fly: all (the default when given alone), '
+                        'benchmark (the 15), extra (the 4), a family (noise, blur, weather, digital) or a comma '
+                        'list of names')
+    p.add_argument('--severities', default='1,2,3,4,5', help='corruption severities, a comma list of 1..5')
     p.add_argument('--out', default='eval_out', help='output folder')
     p.add_argument('--device', default='auto',
                    help='where the noise sweep runs: auto (CUDA if available), cpu, cuda or cuda:N; '

@@ -88,7 +88,7 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
             import yaml
             recipe = yaml.safe_load((folder / 'recipe.yaml').read_text())
         return model, {'label': recipe.get('name') or folder.name, 'recipe': recipe,
-                       'metadata': read_metadata(folder)}
+                       'metadata': read_metadata(folder), 'folder': folder}
     if model_name is None:
         raise ValueError('give a run/checkpoint folder, or --model NAME with --checkpoint PATH or --pretrained.')
     if checkpoint is not None:
@@ -250,12 +250,15 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
              sigmas: Any = None, repeats: int = 1, seed: int = 0, clip: bool = False, quantize: bool = False,
              batch_size: int = 256, max_images: Optional[int] = None, mean=None, std=None,
              lipschitz: bool = False, certify: bool = False, certify_args: Optional[Dict[str, Any]] = None,
-             demo: bool = False, progress: bool = True, device: str = 'cpu') -> Dict[str, Any]:
+             demo: bool = False, progress: bool = True, device: str = 'cpu', corruptions: Any = None,
+             severities: Sequence[int] = (1, 2, 3, 4, 5), record: bool = True) -> Dict[str, Any]:
     """Evaluate each model on its data; write ``eval.json``, ``eval.md``, ``eval.png`` (and more) in ``out_dir``.
 
     ``sigmas`` is a grid or a preset of the evaluation protocol (a preset brings its clipping and rounding). The
     noise sweep runs on ``device``; the optional extras (Lipschitz estimates, certificates, the demo grid) run on
-    the CPU, where their per-image loops are written to run.
+    the CPU, where their per-image loops are written to run. ``corruptions`` (``'all'``, a family, or names) adds
+    the CIFAR-10-C corruptions at ``severities``. With ``record``, corruption results of a run or checkpoint folder
+    are also written into that folder (its ``robustness.json``, metadata summary and model card).
     """
     from .robustness import noise_sweep, plot_sweeps, summary_table, sweep_table, unique_label
     sweep_device = resolve_device(device)
@@ -276,6 +279,11 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         model.cpu()
         entry: Dict[str, Any] = {'data': name, 'split': split, 'device': device_name(sweep_device),
                                  'sweep': sweep.to_dict()}
+        if corruptions is not None:
+            from .robustness.corruptions import corruption_sweep
+            entry['corruptions'] = corruption_sweep(model.to(sweep_device), ds, corruptions, severities, seed,
+                                                    batch_size=batch_size, mean=mean, std=std, progress=progress)
+            model.cpu()
         if lipschitz or certify:
             hp = json.loads(info['metadata'].get('hparams', '{}') or '{}')
             entry.update(extra_evaluations(model, ds, lipschitz=lipschitz, certify=certify,
@@ -296,6 +304,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
             results[label]['demo'] = [r for r in rows if r['model'] == label]
     atomic_write_json(out / 'eval.json', {'format_version': EVAL_FORMAT_VERSION, 'models': results})
     md = ['# Robustness evaluation', '', summary_table(sweeps), '', sweep_table(sweeps), '']
+    md += _corruption_outputs(results, out)
     for label, entry in results.items():
         for key in ('lipschitz_md', 'certify_md'):
             if key in entry:
@@ -306,7 +315,39 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     if certified:
         from .robustness import plot_certified
         plot_certified(certified, out / 'certified.png')
+    if record:
+        _record_in_folders(models, results)
     return results
+
+
+def _file_label(label: str) -> str:
+    import re
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', label)
+
+
+def _corruption_outputs(results: Dict[str, Any], out: Path) -> List[str]:
+    """The corruption table (markdown), a heatmap per model and the family bar chart across models."""
+    from .robustness.report import corruption_table, plot_corruption_families, plot_corruption_heatmap
+    found = {label: e['corruptions'] for label, e in results.items() if 'corruptions' in e}
+    if not found:
+        return []
+    for label, c in found.items():
+        plot_corruption_heatmap(c, out / f'corruptions_{_file_label(label)}.png', f'{label}: accuracy (%)')
+    plot_corruption_families(found, out / 'corruption_families.png')
+    first = next(iter(found.values()))
+    return ['## Common corruptions (CIFAR-10-C constants, computed on the fly)', '',
+            f"Accuracy (%) averaged over severities {first['severities']}; {first['num_images']} images, seed "
+            f"{first['seed']}.", '', corruption_table(found), '', '![families](corruption_families.png)', '']
+
+
+def _record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: Dict[str, Any]) -> None:
+    """Corruption and attack results of a run or checkpoint folder go into that folder's own files too."""
+    from .hub import record_evaluation
+    for (model, info), (label, entry) in zip(models, results.items()):
+        folder = info.get('folder')
+        extra = {k: entry[k] for k in ('corruptions', 'attacks') if k in entry}
+        if folder is not None and extra:
+            record_evaluation(folder, **extra)
 
 
 # ---- command line (arguments: timm_lipschitz.cli.add_eval_arguments) ----------------------------------------------
@@ -319,20 +360,27 @@ def _floats(text: Optional[str], flag: str) -> Optional[List[float]]:
         raise ValueError(f'{flag} {text!r} is not a comma list of numbers (e.g. {flag} 0.5,0.5,0.5).') from None
 
 
-def _ints(text: Optional[str], flag: str, count: int) -> Optional[List[int]]:
+def _ints(text: Optional[str], flag: str, count: Optional[int]) -> Optional[List[int]]:
     if not text:
         return None
     try:
         values = [int(x) for x in text.split(',')]
     except ValueError:
         values = []
-    if len(values) != count or any(v < 1 for v in values):
+    if count is not None and (len(values) != count or any(v < 1 for v in values)):
         raise ValueError(f'{flag} {text!r} is not allowed; give {count} positive integers (C,H,W), e.g. 1,32,32.')
+    if count is None and not values:
+        raise ValueError(f'{flag} {text!r} is not allowed; give a comma list of integers, e.g. 1,3,5.')
     return values
 
 
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     resolve_device(args.device)  # a bad --device fails before any model or data is loaded
+    if args.corruptions is not None:
+        from .robustness.corruptions import _check_severity, resolve_corruptions
+        resolve_corruptions(args.corruptions)
+        for s in _ints(args.severities, '--severities', None) or ():
+            _check_severity(s)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f'--out {out} is a file; give a folder for eval.json, eval.md and the plots.')
@@ -351,7 +399,9 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
                        lipschitz=args.lipschitz, certify=args.certify,
                        certify_args=dict(sigma=args.certify_sigma, n0=args.n0, n=args.n, alpha=args.alpha,
                                          num_images=args.certify_images),
-                       demo=args.demo, progress=not args.no_progress, device=args.device)
+                       demo=args.demo, progress=not args.no_progress, device=args.device,
+                       corruptions=args.corruptions, severities=_ints(args.severities, '--severities', None) or
+                       (1, 2, 3, 4, 5))
     print((out / 'eval.md').read_text())
     print(f'wrote {out}/eval.json, eval.md, eval.png')
     return results

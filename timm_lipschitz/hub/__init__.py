@@ -5,11 +5,11 @@ former single module is re-exported here.
 """
 from .convert import CONVERTER_SOURCES, convert_checkpoint
 from .files import (FORMAT_VERSION, WEIGHTS_NAME, CheckpointError, load_checkpoint, load_pretrained, load_robustness,
-                    read_metadata, recipe_hash, resolve_source, save_pretrained)
+                    read_metadata, recipe_hash, record_evaluation, resolve_source, save_pretrained)
 from .publish import place_in_cache, publish, ship_pretrained
 from .tags import DATASET_TAGS, ParsedTag, TagError, make_tag, parse_tag
 
 __all__ = ['save_pretrained', 'read_metadata', 'load_robustness', 'load_checkpoint', 'load_pretrained',
            'publish', 'place_in_cache', 'ship_pretrained', 'convert_checkpoint', 'make_tag', 'parse_tag',
            'recipe_hash', 'CheckpointError', 'TagError', 'ParsedTag', 'WEIGHTS_NAME', 'FORMAT_VERSION',
-           'DATASET_TAGS', 'CONVERTER_SOURCES', 'resolve_source']
+           'DATASET_TAGS', 'CONVERTER_SOURCES', 'resolve_source', 'record_evaluation']

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch.nn as nn
 
@@ -26,7 +26,7 @@ from ..normalization import unwrap_model
 from ..robustness.protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid
 
 __all__ = ['save_pretrained', 'read_metadata', 'load_robustness', 'load_checkpoint', 'load_pretrained',
-           'recipe_hash', 'CheckpointError', 'WEIGHTS_NAME', 'FORMAT_VERSION', 'resolve_source']
+           'recipe_hash', 'CheckpointError', 'WEIGHTS_NAME', 'FORMAT_VERSION', 'resolve_source', 'record_evaluation']
 
 FORMAT_VERSION = 2
 WEIGHTS_NAME = 'model.safetensors'
@@ -44,20 +44,66 @@ def recipe_hash(recipe: Optional[Dict[str, Any]]) -> str:
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------
-def _robustness_summary(robustness: Optional[Dict[str, Any]], certified: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
+    """What the metadata carries of ``robustness.json``: the noise sweep's table columns and grid, the mean
+    corruption accuracy, the robust accuracy at each attack's reported epsilon, certificates."""
     out: Dict[str, Any] = {}
+    robustness = record.get('robustness')
     if robustness:
         summary = robustness.get('summary', {})
         out.update({k: summary.get(k) for k in SUMMARY_KEYS})
         out['sigmas'] = [robustness['sigmas'][0], robustness['sigmas'][-1], len(robustness['sigmas'])]
         out['repeats'] = robustness.get('repeats')
         out['num_images'] = robustness.get('num_images')
-    if certified:
-        out['certified'] = certified
+    if record.get('certified'):
+        out['certified'] = record['certified']
+    corruptions = record.get('corruptions')
+    if corruptions:
+        out['corruption_mean'] = corruptions['mean']
+        out['corruption_images'] = corruptions['num_images']
+    attacks = record.get('attacks')
+    if attacks:
+        out.update(attacks.get('reported', {}))
     return out
 
 
-def _card(name: str, config: Dict[str, Any], meta: Dict[str, str], robustness: Optional[Dict[str, Any]],
+def _card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
+    lines: List[str] = []
+    robustness = record.get('robustness')
+    if robustness:
+        s = robustness.get('summary', {})
+        lines += ['## Accuracy under additive Gaussian noise', '',
+                  f"Test accuracy (%) with noise N(0, sigma^2) added per pixel in [0,1] space before "
+                  f"normalization, {robustness.get('repeats')} draw(s) per image, {robustness.get('num_images')} "
+                  f"test images, grid {robustness['sigmas'][0]:g}..{robustness['sigmas'][-1]:g} "
+                  f"({len(robustness['sigmas'])} levels).", '',
+                  '| sigma_test | accuracy | std over draws |', '|---|---|---|']
+        step = max(1, len(robustness['sigmas']) // 10)
+        for i, (sg, a, sd) in enumerate(zip(robustness['sigmas'], robustness['accuracy'],
+                                            robustness['accuracy_std'])):
+            if i % step == 0 or i == len(robustness['sigmas']) - 1 or \
+                    any(index_on_grid([sg], t) is not None for t in TABLE_SIGMAS[1:]):
+                lines.append(f'| {sg:.2f} | {a:.2f} | {sd:.2f} |')
+        lines += ['', '| clean | sigma 0.3 | sigma 0.5 | grid mean |', '|---|---|---|---|',
+                  '| ' + ' | '.join('n/a' if s.get(k) is None else f'{s[k]:.2f}' for k in SUMMARY_KEYS) + ' |', '']
+    if plot:
+        lines += [f'![accuracy vs sigma]({plot})', '']
+    corruptions = record.get('corruptions')
+    if corruptions:
+        from ..robustness.report import corruption_table
+        lines += ['## Common corruptions (CIFAR-10-C)', '',
+                  f"Accuracy (%) under the corruptions of CIFAR-10-C, computed on the fly with its constants, mean over "
+                  f"severities {corruptions['severities']}, {corruptions['num_images']} test images. Mean corruption "
+                  f"accuracy: **{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).", '',
+                  corruption_table({'accuracy': corruptions}), '']
+    attacks = record.get('attacks')
+    if attacks:
+        from ..robustness.report import attack_table
+        lines += ['## Adversarial robustness', '', attack_table({'accuracy': attacks}), '']
+    return lines
+
+
+def _card(name: str, config: Dict[str, Any], meta: Dict[str, str], record: Dict[str, Any],
           command: Optional[str], plot: Optional[str], load_as: str) -> str:
     dataset = meta.get('dataset', '')
     hp = json.loads(meta.get('hparams', '{}'))
@@ -81,24 +127,7 @@ def _card(name: str, config: Dict[str, Any], meta: Dict[str, str], robustness: O
               '## Usage', '', '```python', 'import timm, timm_lipschitz',
               f"model = timm.create_model('{load_as}', pretrained=True)",
               'model.eval()  # inputs: [0,1] pixels normalized with pretrained_cfg mean/std', '```', '']
-    if robustness:
-        s = robustness.get('summary', {})
-        lines += ['## Accuracy under additive Gaussian noise', '',
-                  f"Test accuracy (%) with noise N(0, sigma^2) added per pixel in [0,1] space before "
-                  f"normalization, {robustness.get('repeats')} draw(s) per image, {robustness.get('num_images')} "
-                  f"test images, grid {robustness['sigmas'][0]:g}..{robustness['sigmas'][-1]:g} "
-                  f"({len(robustness['sigmas'])} levels).", '',
-                  '| sigma_test | accuracy | std over draws |', '|---|---|---|']
-        step = max(1, len(robustness['sigmas']) // 10)
-        for i, (sg, a, sd) in enumerate(zip(robustness['sigmas'], robustness['accuracy'],
-                                            robustness['accuracy_std'])):
-            if i % step == 0 or i == len(robustness['sigmas']) - 1 or \
-                    any(index_on_grid([sg], t) is not None for t in TABLE_SIGMAS[1:]):
-                lines.append(f'| {sg:.2f} | {a:.2f} | {sd:.2f} |')
-        lines += ['', '| clean | sigma 0.3 | sigma 0.5 | grid mean |', '|---|---|---|---|',
-                  '| ' + ' | '.join('n/a' if s.get(k) is None else f'{s[k]:.2f}' for k in SUMMARY_KEYS) + ' |', '']
-    if plot:
-        lines += [f'![accuracy vs sigma]({plot})', '']
+    lines += _card_sections(record, plot)
     if command:
         lines += ['## Reproduce', '', '```bash', command, '```', '']
     return '\n'.join(lines)
@@ -129,7 +158,8 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
         'objective': objective or '', 'hparams': json.dumps(hparams or {}, sort_keys=True, default=str),
         'recipe_hash': recipe_hash(recipe), 'version': __version__,
         'num_classes': str(model.num_classes),
-        'robustness': json.dumps(_robustness_summary(robustness, certified), default=str),
+        'robustness': json.dumps(_robustness_summary({'robustness': robustness, 'certified': certified}),
+                                 default=str),
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS_NAME, st_save(tensors, metadata=meta))
@@ -145,8 +175,33 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
         import yaml
         atomic_write_text(folder / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
     name = f'{arch}.{tag}' if tag else arch
-    atomic_write_text(folder / 'README.md', _card(name, config, meta, robustness, command, plot,
-                                                  load_as or f'local-dir:{folder}'))
+    atomic_write_text(folder / 'README.md', _card(name, config, meta, {'robustness': robustness,
+                                                                       'certified': certified},
+                                                  command, plot, load_as or f'local-dir:{folder}'))
+    return folder
+
+
+def record_evaluation(folder: Union[str, Path], **results: Any) -> Path:
+    """Add evaluation results (``corruptions=...``, ``attacks=...``) to a checkpoint or run folder: into
+    ``robustness.json``, the safetensors metadata's summary (the weights rewritten unchanged, atomically) and the
+    model card, so the folder's own files report them."""
+    from safetensors.torch import load_file
+    from safetensors.torch import save as st_save
+    folder = Path(folder)
+    record_file = folder / 'robustness.json'
+    record = read_json(record_file) if record_file.is_file() else {}
+    record.update({k: v for k, v in results.items() if v is not None})
+    atomic_write_json(record_file, record)
+    meta = read_metadata(folder)
+    meta['robustness'] = json.dumps({**json.loads(meta.get('robustness', '{}')), **_robustness_summary(record)},
+                                    default=str)
+    atomic_write_bytes(folder / WEIGHTS_NAME, st_save(load_file(str(folder / WEIGHTS_NAME)), metadata=meta))
+    config = read_json(folder / 'config.json')
+    final = read_json(folder / 'final.json') if (folder / 'final.json').is_file() else {}
+    name = f"{meta.get('architecture')}.{meta['tag']}" if meta.get('tag') else str(meta.get('architecture'))
+    plot = 'robustness.png' if (folder / 'robustness.png').is_file() else None
+    card = _card(name, config, meta, record, final.get('command'), plot, f'local-dir:{folder}')
+    atomic_write_text(folder / 'README.md', card)
     return folder
 
 

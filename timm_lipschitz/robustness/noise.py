@@ -1,7 +1,7 @@
 """Accuracy under additive Gaussian noise in [0,1] pixel space, with common random numbers.
 
 For each (seed, image index, repeat) one unit draw z ~ N(0, I) is made, and the noisy image at level sigma is
-x + sigma * z (optionally clipped to [0,1] and rounded to uint8 levels, as CIFAR-10-C does). The draw depends on
+x + sigma * z (optionally clipped to [0,1] and stored as uint8 levels, as CIFAR-10-C does). The draw depends on
 nothing else - not the batch, the sigma grid, the device or the process - so two models, two batch sizes or two
 grids see exactly the same noisy images, and each image's draw is made once for the whole grid. The data is read
 once; every sigma reuses the batch in memory.
@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..normalization import Normalizer, warn_if_not_pixels
 from ..seeding import stream_seed
 from .protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, SigmaSpec, mean_std,
-                       parse_sigmas, resolve_protocol, summarize, value_at)
+                       parse_sigmas, resolve_protocol, summarize, to_uint8_levels, value_at)
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'CIFAR10C_GAUSSIAN', 'parse_sigmas', 'unit_noise', 'noise_sweep',
            'SweepResult', 'IndexedDataset', 'TABLE_SIGMAS', 'batch_unit_noise', 'noisy_images']
@@ -79,12 +79,12 @@ class SweepResult:
 
 def noisy_images(images: torch.Tensor, z: torch.Tensor, sigma: float, clip: bool = False,
                  quantize: bool = False) -> torch.Tensor:
-    """x + sigma * z, optionally clipped to [0,1] and rounded to uint8 levels (as CIFAR-10-C stores images)."""
+    """x + sigma * z, optionally clipped to [0,1] and stored as uint8 levels (as CIFAR-10-C stores images)."""
     x = images + sigma * z if sigma else images
     if clip or quantize:
         x = x.clamp(0, 1)
     if quantize:
-        x = (x * 255).round() / 255
+        x = to_uint8_levels(x)
     return x
 
 

@@ -11,6 +11,8 @@ tables, the model cards and the checkpoint metadata all read these; nothing else
 - Lookup: a sigma is on a grid when it is within :data:`TOLERANCE` of a grid value.
 - Mean ± std: over seeds or noise draws, the sample standard deviation (n - 1 in the denominator); a single value
   has std 0 and is shown without ± std.
+- Stored images: ``quantize`` keeps an image as CIFAR-10-C stored its files, clipped to [0, 1] and truncated to uint8
+  levels as ``np.uint8`` does (:func:`to_uint8_levels`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
            'NoiseProtocol', 'parse_sigmas', 'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key',
-           'SUMMARY_KEYS', 'summarize', 'mean_std', 'format_cell']
+           'SUMMARY_KEYS', 'summarize', 'mean_std', 'format_cell', 'to_uint8_levels']
 
 PAPER_SIGMAS = tuple(round(0.01 * i, 2) for i in range(51))           # 0.00 ... 0.50, the paper's CIFAR grid
 MNIST_SIGMAS = tuple(round(0.01 * i, 2) for i in range(101))          # 0.00 ... 1.00
@@ -82,6 +84,12 @@ def resolve_protocol(spec: SigmaSpec, clip: bool = False, default: Sequence[floa
     if bad:
         raise ValueError(f'sigma values {bad} are not allowed; every sigma must be >= 0.')
     return NoiseProtocol(tuple(values), clip=clip)
+
+
+def to_uint8_levels(x):
+    """[0, 1] values truncated to the 256 uint8 levels, as ``np.uint8(x * 255)`` stores them (a 1e-6 guard keeps
+    float error from dropping an exact level by one)."""
+    return (x.clamp(0, 1) * 255 + 1e-6).floor() / 255
 
 
 def index_on_grid(grid: Sequence[float], sigma: float) -> Optional[int]:

@@ -7,7 +7,8 @@ from typing import Mapping, Optional, Sequence, Union
 from .noise import SweepResult
 from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key
 
-__all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label']
+__all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label',
+           'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families']
 
 
 def unique_label(label: str, taken: Mapping[str, object]) -> str:
@@ -59,14 +60,16 @@ def _pyplot():
     return plt
 
 
-def save_figure(fig, ax, path: Union[str, Path], xlabel: str, ylabel: str, title: Optional[str] = None) -> Path:
+def save_figure(fig, ax, path: Union[str, Path], xlabel: str, ylabel: str, title: Optional[str] = None,
+                legend: bool = True) -> Path:
     """Label, grid, legend, save as PNG and close: the common ending of every plot here."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=9)
+    if legend:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,3 +100,59 @@ def plot_certified(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Un
     for name, c in curves.items():
         ax.plot(c['radii'], c['accuracy'], marker='o', label=name)
     return save_figure(fig, ax, path, 'l2 radius', 'certified accuracy (%)')
+
+
+# ---- common corruptions -------------------------------------------------------------------------------------------
+def corruption_table(results: Mapping[str, Mapping]) -> str:
+    """Markdown: one row per corruption (mean over severities), one column per model; then each family's mean, the
+    mean corruption accuracy and the clean accuracy."""
+    from .corruptions import CORRUPTIONS, FAMILIES
+    labels = list(results)
+    names = [n for n in CORRUPTIONS if any(n in r for r in results.values())]
+    cell = (lambda v: 'n/a' if v is None else f'{v:.2f}')
+    lines = ['| corruption | family | ' + ' | '.join(labels) + ' |', '|---|---|' + '---|' * len(labels)]
+    for n in names:
+        lines.append(f'| {n} | {CORRUPTIONS[n][0]} | ' +
+                     ' | '.join(cell(r.get(n, {}).get('mean')) for r in results.values()) + ' |')
+    for f in FAMILIES:
+        if any(f in r.get('by_family', {}) for r in results.values()):
+            lines.append(f'| *{f} (mean)* | | ' + ' | '.join(cell(r.get('by_family', {}).get(f))
+                                                            for r in results.values()) + ' |')
+    lines.append('| **mean corruption accuracy** | | ' + ' | '.join(cell(r.get('mean')) for r in results.values()) + ' |')
+    lines.append('| clean | | ' + ' | '.join(cell(r.get('clean')) for r in results.values()) + ' |')
+    missing = sorted({m for r in results.values() for m in r.get('missing', {})})
+    if missing:
+        lines.append(f'\nMissing: {", ".join(missing)} (see `timm_lipschitz.robustness.corruptions.MISSING`).')
+    return '\n'.join(lines)
+
+
+def plot_corruption_heatmap(result: Mapping, path: Union[str, Path], title: str) -> Path:
+    """Accuracy per corruption (rows) and severity (columns) of one model, with the values written in the cells."""
+    from .corruptions import corruption_names
+    plt = _pyplot()
+    names = corruption_names(result)
+    sev = [str(s) for s in result['severities']]
+    values = [[result[n][s] for s in sev] for n in names]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(sev), 0.9 + 0.32 * len(names)), dpi=110)
+    im = ax.imshow(values, vmin=0, vmax=100, cmap='viridis', aspect='auto')
+    ax.set_xticks(range(len(sev)), sev)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, f'{v:.0f}', ha='center', va='center', fontsize=7, color='white' if v < 60 else 'black')
+    fig.colorbar(im, ax=ax, label='accuracy (%)')
+    return save_figure(fig, ax, path, 'severity', '', title, legend=False)
+
+
+def plot_corruption_families(results: Mapping[str, Mapping], path: Union[str, Path]) -> Path:
+    """Mean accuracy per corruption family (and clean), one bar per model."""
+    from .corruptions import FAMILIES
+    plt = _pyplot()
+    groups = ['clean'] + [f for f in FAMILIES if any(f in r.get('by_family', {}) for r in results.values())]
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    width = 0.8 / max(len(results), 1)
+    for k, (label, r) in enumerate(results.items()):
+        ys = [r['clean'] if g == 'clean' else r['by_family'].get(g, float('nan')) for g in groups]
+        ax.bar([i + k * width for i in range(len(groups))], ys, width=width, label=label)
+    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(groups))], groups)
+    return save_figure(fig, ax, path, 'corruption family', 'accuracy (%)', 'Common corruptions (CIFAR-10-C)')
