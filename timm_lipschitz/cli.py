@@ -57,6 +57,20 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         'benchmark (the 15), extra (the 4), a family (noise, blur, weather, digital) or a comma '
                         'list of names')
     p.add_argument('--severities', default='1,2,3,4,5', help='corruption severities, a comma list of 1..5')
+    p.add_argument('--attack', nargs='?', const='l2,linf', metavar='NORMS',
+                   help='robust accuracy under adversarial attacks in [0,1] pixel space: l2, linf or l2,linf (the '
+                        'default when given alone); needs pip install "timm-lipschitz[attacks]"')
+    p.add_argument('--attack-method', default='auto',
+                   help='pgd (the cheap screen), autoattack (the standard; ART\'s ensemble) or square (black-box); '
+                        'auto: autoattack on a GPU, pgd on a CPU')
+    p.add_argument('--eps', action='append', metavar='[NORM=]LIST',
+                   help='epsilons instead of the defaults, e.g. --eps linf=1/255,8/255 --eps l2=0.5 (repeatable; '
+                        'defaults: RGB linf 1,2,4,8/255 and l2 0.25,0.5,1; one-channel linf 0.1,0.2,0.3 and l2 '
+                        '0.5,1,2)')
+    p.add_argument('--attack-images', type=int, default=200, help='images attacked (the first N of the split)')
+    p.add_argument('--attack-steps', type=int, default=20, help='PGD iterations (Square: 10x as many queries)')
+    p.add_argument('--black-box', action='store_true',
+                   help='also run the black-box Square attack and flag where it beats the gradient attack')
     p.add_argument('--out', default='eval_out', help='output folder')
     p.add_argument('--device', default='auto',
                    help='where the noise sweep runs: auto (CUDA if available), cpu, cuda or cuda:N; '

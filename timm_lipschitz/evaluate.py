@@ -251,14 +251,18 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
              batch_size: int = 256, max_images: Optional[int] = None, mean=None, std=None,
              lipschitz: bool = False, certify: bool = False, certify_args: Optional[Dict[str, Any]] = None,
              demo: bool = False, progress: bool = True, device: str = 'cpu', corruptions: Any = None,
-             severities: Sequence[int] = (1, 2, 3, 4, 5), record: bool = True) -> Dict[str, Any]:
+             severities: Sequence[int] = (1, 2, 3, 4, 5), attacks: Optional[Dict[str, Any]] = None,
+             record: bool = True) -> Dict[str, Any]:
     """Evaluate each model on its data; write ``eval.json``, ``eval.md``, ``eval.png`` (and more) in ``out_dir``.
 
     ``sigmas`` is a grid or a preset of the evaluation protocol (a preset brings its clipping and rounding). The
     noise sweep runs on ``device``; the optional extras (Lipschitz estimates, certificates, the demo grid) run on
     the CPU, where their per-image loops are written to run. ``corruptions`` (``'all'``, a family, or names) adds
-    the CIFAR-10-C corruptions at ``severities``. With ``record``, corruption results of a run or checkpoint folder
-    are also written into that folder (its ``robustness.json``, metadata summary and model card).
+    the CIFAR-10-C corruptions at ``severities``; ``attacks`` (the keyword arguments of
+    :func:`~timm_lipschitz.robustness.attacks.attack_sweep`) adds robust accuracy under L2 / L-inf attacks, with a
+    randomized-smoothing certified accuracy at the same L2 radii (``certify_args``) for comparison. With ``record``,
+    corruption and attack results of a run or checkpoint folder are also written into that folder (its
+    ``robustness.json``, metadata summary and model card).
     """
     from .robustness import noise_sweep, plot_sweeps, summary_table, sweep_table, unique_label
     sweep_device = resolve_device(device)
@@ -284,6 +288,9 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
             entry['corruptions'] = corruption_sweep(model.to(sweep_device), ds, corruptions, severities, seed,
                                                     batch_size=batch_size, mean=mean, std=std, progress=progress)
             model.cpu()
+        if attacks is not None:
+            entry['attacks'] = _attacks(model.to(sweep_device), ds, attacks, certify_args or {}, mean, std, seed)
+            model.cpu()
         if lipschitz or certify:
             hp = json.loads(info['metadata'].get('hparams', '{}') or '{}')
             entry.update(extra_evaluations(model, ds, lipschitz=lipschitz, certify=certify,
@@ -305,6 +312,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     atomic_write_json(out / 'eval.json', {'format_version': EVAL_FORMAT_VERSION, 'models': results})
     md = ['# Robustness evaluation', '', summary_table(sweeps), '', sweep_table(sweeps), '']
     md += _corruption_outputs(results, out)
+    md += _attack_outputs(results, out)
     for label, entry in results.items():
         for key in ('lipschitz_md', 'certify_md'):
             if key in entry:
@@ -338,6 +346,39 @@ def _corruption_outputs(results: Dict[str, Any], out: Path) -> List[str]:
     return ['## Common corruptions (CIFAR-10-C constants, computed on the fly)', '',
             f"Accuracy (%) averaged over severities {first['severities']}; {first['num_images']} images, seed "
             f"{first['seed']}.", '', corruption_table(found), '', '![families](corruption_families.png)', '']
+
+
+def _attacks(model: nn.Module, data: Dataset, attacks: Dict[str, Any], certify_args: Dict[str, Any], mean, std,
+             seed: int) -> Dict[str, Any]:
+    """The attack sweep, and randomized smoothing's certified accuracy at the L2 radii attacked."""
+    from .robustness.attacks import attack_sweep
+    from .robustness.certify import certify_dataset
+    result = attack_sweep(model, data, seed=seed, mean=mean, std=std, **attacks)
+    if 'l2' in result:
+        radii = [0.0] + [float(e) for e in result['l2']]
+        a = certify_args
+        smooth = certify_dataset(model.cpu(), data, model.num_classes, sigma=a.get('sigma', 0.25), n0=a.get('n0', 100),
+                                 n=a.get('n', 1000), alpha=a.get('alpha', 0.001), num_images=a.get('num_images', 100),
+                                 radii=radii, mean=mean, std=std, seed=seed)
+        result['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
+                               'num_images': smooth['num_images'], 'clean': smooth['certified_accuracy'][0],
+                               'l2': dict(zip(result['l2'], smooth['certified_accuracy'][1:]))}
+    return result
+
+
+def _attack_outputs(results: Dict[str, Any], out: Path) -> List[str]:
+    """The robust-accuracy table (markdown) and one accuracy-vs-epsilon plot per norm, models overlaid."""
+    from .robustness.attacks import NORMS
+    from .robustness.report import attack_table, plot_attacks
+    found = {label: e['attacks'] for label, e in results.items() if 'attacks' in e}
+    if not found:
+        return []
+    md = ['## Adversarial robustness', '', attack_table(found), '']
+    for norm in NORMS:
+        if any(norm in r for r in found.values()):
+            plot_attacks(found, out / f'attacks_{norm}.png', norm)
+            md += [f'![{norm}](attacks_{norm}.png)', '']
+    return md
 
 
 def _record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: Dict[str, Any]) -> None:
@@ -374,6 +415,31 @@ def _ints(text: Optional[str], flag: str, count: Optional[int]) -> Optional[List
     return values
 
 
+def _attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """--attack and its flags as attack_sweep's keyword arguments (checked before any model loads)."""
+    if args.attack is None:
+        return None
+    from .robustness.attacks import METHODS, NORMS, AttackError, _require_art, parse_eps
+    norms = [n.strip() for n in args.attack.split(',') if n.strip()]
+    bad = [n for n in norms if n not in NORMS]
+    if bad or not norms:
+        raise AttackError(f'--attack {args.attack!r}: norms {bad or norms} are not allowed; choose from {NORMS}.')
+    method = args.attack_method
+    if method == 'auto':
+        method = 'autoattack' if resolve_device(args.device).type == 'cuda' else 'pgd'
+    if method not in METHODS:
+        raise AttackError(f'--attack-method {method!r} is not allowed; choose auto or one of {METHODS}.')
+    eps: Dict[str, List[float]] = {}
+    for text in args.eps or []:
+        eps.update(parse_eps(text))
+    for name, value in (('--attack-images', args.attack_images), ('--attack-steps', args.attack_steps)):
+        if value < 1:
+            raise AttackError(f'{name} {value} is not allowed; it must be >= 1.')
+    _require_art()
+    return {'norms': norms, 'eps': eps or None, 'method': method, 'steps': args.attack_steps,
+            'max_images': args.attack_images, 'black_box': args.black_box, 'batch_size': args.batch_size}
+
+
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     resolve_device(args.device)  # a bad --device fails before any model or data is loaded
     if args.corruptions is not None:
@@ -388,6 +454,7 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     if (mean is None) != (std is None):
         raise ValueError('--mean and --std go together: give both or neither.')
     size = _ints(args.input_size, '--input-size', 3)
+    _attack_request(args)  # a bad attack request fails before any model or data is loaded
     models = [load_model(s) for s in args.sources]
     if args.model:
         models.append(load_model(model_name=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained))
@@ -401,7 +468,7 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
                                          num_images=args.certify_images),
                        demo=args.demo, progress=not args.no_progress, device=args.device,
                        corruptions=args.corruptions, severities=_ints(args.severities, '--severities', None) or
-                       (1, 2, 3, 4, 5))
+                       (1, 2, 3, 4, 5), attacks=_attack_request(args))
     print((out / 'eval.md').read_text())
     print(f'wrote {out}/eval.json, eval.md, eval.png')
     return results

@@ -181,10 +181,12 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
     return folder
 
 
-def record_evaluation(folder: Union[str, Path], **results: Any) -> Path:
+def record_evaluation(folder: Union[str, Path], load_as: Optional[str] = None, command: Optional[str] = None,
+                      **results: Any) -> Path:
     """Add evaluation results (``corruptions=...``, ``attacks=...``) to a checkpoint or run folder: into
     ``robustness.json``, the safetensors metadata's summary (the weights rewritten unchanged, atomically) and the
-    model card, so the folder's own files report them."""
+    model card, so the folder's own files report them. ``load_as``/``command``: the card's usage and reproduce
+    lines (default: ``local-dir:<folder>`` and the run's ``final.json`` command)."""
     from safetensors.torch import load_file
     from safetensors.torch import save as st_save
     folder = Path(folder)
@@ -200,7 +202,7 @@ def record_evaluation(folder: Union[str, Path], **results: Any) -> Path:
     final = read_json(folder / 'final.json') if (folder / 'final.json').is_file() else {}
     name = f"{meta.get('architecture')}.{meta['tag']}" if meta.get('tag') else str(meta.get('architecture'))
     plot = 'robustness.png' if (folder / 'robustness.png').is_file() else None
-    card = _card(name, config, meta, record, final.get('command'), plot, f'local-dir:{folder}')
+    card = _card(name, config, meta, record, command or final.get('command'), plot, load_as or f'local-dir:{folder}')
     atomic_write_text(folder / 'README.md', card)
     return folder
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from .files import WEIGHTS_NAME, CheckpointError, load_pretrained, read_metadata, save_pretrained
+from .files import WEIGHTS_NAME, CheckpointError, load_pretrained, read_metadata, record_evaluation, save_pretrained
 
 __all__ = ['publish', 'place_in_cache', 'ship_pretrained']
 
@@ -32,12 +32,15 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
     for png in run_dir.glob('*.png'):
         atomic_write_bytes(out / png.name, png.read_bytes())
         plot = plot or png.name
+    command = ('timm-lipschitz train --recipe recipe.yaml --output-dir reproduced   # in a download of this '
+               'repository (its recipe.yaml is the run\'s resolved recipe)')
     save_pretrained(model, out, tag=meta.get('tag') or None, dataset=meta.get('dataset') or None,
                     objective=meta.get('objective') or None, hparams=json.loads(meta.get('hparams', '{}')),
                     recipe=recipe, robustness=rob.get('robustness'), certified=rob.get('certified'),
-                    command='timm-lipschitz train --recipe recipe.yaml --output-dir reproduced   # in a download of '
-                            'this repository (its recipe.yaml is the run\'s resolved recipe)',
-                    plot=plot, load_as=f'hf-hub:{repo_id}')
+                    command=command, plot=plot, load_as=f'hf-hub:{repo_id}')
+    extra = {k: rob[k] for k in ('corruptions', 'attacks') if rob.get(k)}
+    if extra:  # what was evaluated after training reaches the published card and metadata too
+        record_evaluation(out, load_as=f'hf-hub:{repo_id}', command=command, **extra)
     if not dry_run:
         from huggingface_hub import HfApi
         api = HfApi()

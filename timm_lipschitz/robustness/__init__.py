@@ -10,7 +10,8 @@ from .protocol import CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, PRESETS, TA
 _LAZY = {
     'noise': ('noise_sweep', 'SweepResult', 'unit_noise', 'batch_unit_noise', 'IndexedDataset', 'noisy_images'),
     'report': ('sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'unique_label', 'corruption_table',
-               'plot_corruption_heatmap', 'plot_corruption_families'),
+               'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks'),
+    'attacks': ('attack_sweep', 'PixelModel'),
     'certify': ('Smooth', 'certify_dataset', 'demo_grid', 'lower_confidence_bound', 'theorem1_radius', 'ABSTAIN'),
     'corruptions': ('corruption_sweep', 'corrupt', 'CORRUPTIONS'),
     'lipschitz': ('conv_operator_norm', 'margin_certificate', 'pgd_lower_bound', 'sampled_k',

@@ -8,7 +8,7 @@ from .noise import SweepResult
 from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key
 
 __all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label',
-           'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families']
+           'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks']
 
 
 def unique_label(label: str, taken: Mapping[str, object]) -> str:
@@ -156,3 +156,46 @@ def plot_corruption_families(results: Mapping[str, Mapping], path: Union[str, Pa
         ax.bar([i + k * width for i in range(len(groups))], ys, width=width, label=label)
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(groups))], groups)
     return save_figure(fig, ax, path, 'corruption family', 'accuracy (%)', 'Common corruptions (CIFAR-10-C)')
+
+
+# ---- adversarial attacks --------------------------------------------------------------------------------------------
+def attack_table(results: Mapping[str, Mapping]) -> str:
+    """Markdown: robust accuracy per norm and epsilon, one column per model (and its black-box and randomized-smoothing
+    columns where measured); the attack named in the header, warnings of gradient masking below."""
+    from .attacks import NORMS
+    cols = []
+    for label, r in results.items():
+        cols.append((label, r['attack'], lambda r, n, e: r.get(n, {}).get(e)))
+        if 'square' in r:
+            cols.append((label, 'square', lambda r, n, e: r['square'].get(n, {}).get(e)))
+        if 'smoothing' in r:
+            cols.append((label, f"certified, smoothing σ {r['smoothing']['sigma']:g}",
+                         lambda r, n, e: r['smoothing'].get(n, {}).get(e)))
+    lines = ['| norm | ε | ' + ' | '.join(f'{label} ({what})' for label, what, _ in cols) + ' |',
+             '|---|---|' + '---|' * len(cols)]
+    clean = [results[label]['smoothing']['clean'] if what.startswith('certified') else results[label]['clean']
+             for label, what, _ in cols]
+    lines.append('| clean | 0 | ' + ' | '.join(f'{c:.2f}' for c in clean) + ' |')
+    for norm in NORMS:
+        grid = list(dict.fromkeys(e for r in results.values() for e in r.get(norm, {})))
+        for e in grid:
+            cells = [get(results[label], norm, e) for label, _, get in cols]
+            lines.append(f'| {norm} | {e} | ' + ' | '.join('–' if c is None else f'{c:.2f}' for c in cells) + ' |')
+    for label, r in results.items():
+        lines.append(f"\n{label}: {r['method']}, {r['num_images']} images." +
+                     (' Gradient-masking checks: ' + '; '.join(r['warnings']) + '.' if r['warnings'] else
+                      ' Gradient-masking checks passed (accuracy falls with ε and reaches about 0 at a very large ε' +
+                      ('; the black-box attack is not stronger' if 'square' in r else '') + ').'))
+    return '\n'.join(lines)
+
+
+def plot_attacks(results: Mapping[str, Mapping], path: Union[str, Path], norm: str) -> Path:
+    """Robust accuracy vs epsilon for one norm, one curve per model (clean accuracy at epsilon 0)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for label, r in results.items():
+        if norm in r:
+            xs = [0.0] + [float(e) for e in r[norm]]
+            ax.plot(xs, [r['clean']] + list(r[norm].values()), marker='o', label=f"{label} ({r['attack']})")
+    method = next(iter(results.values()))['attack']
+    return save_figure(fig, ax, path, f'ε ({norm})', 'robust accuracy (%)', f'{method} attacks, {norm}')
