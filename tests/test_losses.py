@@ -379,3 +379,24 @@ def test_the_task_part_is_named_after_the_task_loss():
     assert 'bce' in parts and 'ce' not in parts
     assert 'ce' in create_loss('lipschitz_hinge', seed=0)(model, x, y).parts
     assert set(create_loss('binary_cross_entropy')(model, x, y).parts) == {'bce'}
+
+
+@pytest.mark.parametrize('name', ALL_OBJECTIVES)
+def test_every_objective_under_bf16_autocast(name):
+    """bf16 autocast (the CPU's mixed precision; on a GPU, Accelerate's bf16): the loss stays float32 and close to the
+    fp32 loss, and k(x) and every norm are computed in float32 (lipschitz_ratio upcasts)."""
+    torch.manual_seed(0)
+    model = timm.create_model('cifar_resnet20', in_chans=1).train()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    obj = create_loss(name, seed=0)
+    state = obj.state_dict()
+    ref = obj(model, x, y)
+    obj.load_state_dict(state)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = obj(model, x, y)
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert out.loss.item() == pytest.approx(ref.loss.item(), rel=0.05)
+    for key, value in out.parts.items():
+        assert value.dtype == torch.float32, key
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

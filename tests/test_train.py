@@ -434,3 +434,42 @@ def test_finetune_recipe_trains_a_stock_timm_model_from_a_local_checkpoint(tmp_p
     start = source.state_dict()['conv1.weight']
     moved = (tuned.state_dict()['conv1.weight'] - start).abs().max()
     assert moved < 0.05 * start.abs().max()  # fine-tuned from the file, not from a fresh initialization
+
+
+def test_compiled_step_equals_eager_and_keeps_the_noise_stream():
+    """compile: step compiles the objective's computation; its noise is drawn eagerly from the same generator, so
+    loss and gradients equal the eager ones (to float rounding of the fused kernels: rel 1e-4) and the stream moves
+    on identically."""
+    import timm
+    from timm_lipschitz.losses import create_loss
+    from timm_lipschitz.train import compile_step
+    torch.manual_seed(0)
+    model = timm.create_model('mnist_convnet', img_size=8, hidden_dim=16,
+                              pretrained_cfg_overlay=dict(input_size=(1, 8, 8))).train()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    eager, compiled = (create_loss('lipschitz_hinge', sigma=0.3, beta=1.0, lipschitz_target=0.05, seed=3)
+                       for _ in range(2))
+    step = compile_step(compiled)
+    for _ in range(2):  # the second call checks the stream moved on the same way
+        model.zero_grad()
+        a = eager(model, x, y)
+        a.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        b = step(model, x, y)
+        b.loss.backward()
+        torch.testing.assert_close(b.loss, a.loss, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(b.parts['k_mean'], a.parts['k_mean'], rtol=1e-4, atol=1e-6)
+        for g, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(p.grad, g, rtol=1e-3, atol=1e-5)
+        assert torch.equal(eager.state_dict()['generator'], compiled.state_dict()['generator'])
+
+
+def test_gpu_only_options_are_refused_on_a_cpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    with pytest.raises(RecipeError, match=r"compile_mode='reduce-overhead' captures CUDA graphs and needs a CUDA GPU"):
+        train(tiny(tmp_path, compile='step', compile_mode='reduce-overhead'), progress=False)
+    s = train(tiny(tmp_path, 'fused', steps=3, epochs=None, optimizer={'name': 'sgd', 'lr': 0.05, 'fused': True},
+                   eval={'at_end': False, 'every_epochs': 0}), progress=False)
+    assert s['steps'] == 3  # the fused optimizer runs on a CPU too

@@ -353,8 +353,10 @@ def _attacks(model: nn.Module, data: Dataset, attacks: Dict[str, Any], certify_a
     """The attack sweep, and randomized smoothing's certified accuracy at the L2 radii attacked."""
     from .robustness.attacks import attack_sweep
     from .robustness.certify import certify_dataset
+    attacks = dict(attacks)
+    smoothing = attacks.pop('smoothing', True)
     result = attack_sweep(model, data, seed=seed, mean=mean, std=std, **attacks)
-    if 'l2' in result:
+    if 'l2' in result and smoothing:
         radii = [0.0] + [float(e) for e in result['l2']]
         a = certify_args
         smooth = certify_dataset(model.cpu(), data, model.num_classes, sigma=a.get('sigma', 0.25), n0=a.get('n0', 100),

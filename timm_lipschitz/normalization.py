@@ -109,8 +109,9 @@ class Normalizer:
     """Normalizes for one model; mean/std are resolved lazily from the model on first use and then kept.
 
     The mean/std tensors are kept per model, device, dtype and channel count: building them anew would copy
-    them host-to-device at every training step, which shows on a GPU that small models leave launch-bound.
-    float64 pixels are cast to float32 for a float32 model (the dtype of its first parameter).
+    them host-to-device at every training step, which shows on a GPU that small models leave launch-bound (under
+    ``torch.compile`` they are constants of the graph instead). float64 pixels are cast to float32 for a float32
+    model (the dtype of its first parameter).
     """
 
     def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
@@ -122,6 +123,11 @@ class Normalizer:
 
     def __call__(self, model, images):
         check_pixels(images)
+        if torch.compiler.is_compiling():  # under torch.compile: constants in the graph (no weakref cache)
+            dtype = torch.float32 if images.dtype == torch.float64 else images.dtype
+            m, s = _mean_std_tensors(*resolve_mean_std(model, self.mean, self.std), images.shape[1], dtype,
+                                     images.device)
+            return (images.to(dtype) - m) / s
         key = (images.shape[1], images.dtype, images.device)
         per_model = self._tensors.setdefault(model, {})
         if key not in per_model:

@@ -37,7 +37,7 @@ SCHEMA: Dict[str, Any] = {
              'eval_batch_size': int, 'kwargs': dict},
     'loss': ANY,  # {name: ..., <the loss's own keyword arguments>}; checked against the loss registry
     'optimizer': {'name': str, 'lr': NUM, 'momentum': NUM, 'weight_decay': NUM, 'nesterov': bool, 'betas': list,
-                  'eps': NUM},
+                  'eps': NUM, 'fused': bool, 'foreach': bool},
     'schedule': {'name': str, 'milestones': list, 'decay_rate': NUM, 'warmup_epochs': NUM, 'warmup_lr': NUM,
                  'min_lr': NUM},
     'epochs': (int, type(None)),
@@ -48,7 +48,8 @@ SCHEMA: Dict[str, Any] = {
     'precision': str,
     'seed': int,
     'channels_last': bool,
-    'compile': bool,
+    'compile': (bool, str),
+    'compile_mode': str,
     'ema': {'enabled': bool, 'decay': NUM},
     'eval': {'sigmas': (list, str), 'repeats': int, 'seed': int, 'clip': bool, 'at_end': bool,
              'every_epochs': int, 'batch_size': int, 'max_images': (int, type(None))},
@@ -77,6 +78,7 @@ DEFAULTS: Dict[str, Any] = {
     'seed': 0,
     'channels_last': False,
     'compile': False,
+    'compile_mode': 'default',
     'ema': {'enabled': False, 'decay': 0.999},
     'eval': {'sigmas': '0:0.5:0.01', 'repeats': 1, 'seed': 0, 'clip': False, 'at_end': True, 'every_epochs': 1,
              'batch_size': 256, 'max_images': None},
@@ -89,6 +91,8 @@ DEFAULTS: Dict[str, Any] = {
 
 CHOICES = {
     'precision': ('no', 'fp16', 'bf16'),
+    'compile': (False, True, 'model', 'step'),
+    'compile_mode': ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'),
     'schedule.name': ('multistep', 'cosine', 'step', 'none'),
     'optimizer.name': ('sgd', 'momentum', 'adam', 'adamw', 'nadam', 'rmsprop', 'lamb', 'lars'),
     'data.augmentation': ('none', 'crop', 'cifar'),
@@ -104,7 +108,8 @@ TRACKERS = {'tensorboard': ('tensorboard', 'tensorboardX'), 'wandb': ('wandb',),
 # Keys that may change when a run is resumed (recorded in metrics.jsonl); any other difference is refused: it would
 # train the rest of the run on something else than its start.
 RESUME_SAFE = ('name', 'description', 'output_dir', 'epochs', 'steps', 'log_with', 'log_every_steps', 'eval',
-               'checkpoint', 'data.root', 'data.download', 'data.num_workers', 'data.eval_batch_size', 'compile')
+               'checkpoint', 'data.root', 'data.download', 'data.num_workers', 'data.eval_batch_size', 'compile',
+               'compile_mode', 'optimizer.foreach')
 
 
 def deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:

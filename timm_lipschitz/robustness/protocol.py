@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
            'NoiseProtocol', 'parse_sigmas', 'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key',
-           'SUMMARY_KEYS', 'summarize', 'mean_std', 'format_cell', 'to_uint8_levels']
+           'SUMMARY_KEYS', 'summarize', 'mean_std', 'format_cell', 'to_uint8_levels', 'wilson_interval']
 
 PAPER_SIGMAS = tuple(round(0.01 * i, 2) for i in range(51))           # 0.00 ... 0.50, the paper's CIFAR grid
 MNIST_SIGMAS = tuple(round(0.01 * i, 2) for i in range(101))          # 0.00 ... 1.00
@@ -129,6 +129,16 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
     m = sum(values) / n
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return m, sd, n
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> Tuple[float, float]:
+    """The Wilson score interval (95% by default) of an accuracy in % measured on ``n`` images: the per-image
+    uncertainty of a single model's score (it says nothing of seed-to-seed variation)."""
+    p = accuracy / 100
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, 100 * (center - half)), min(100.0, 100 * (center + half))
 
 
 def format_cell(cell: Optional[Tuple[float, float, int]], digits: int = 2) -> str:

@@ -33,7 +33,8 @@ from .loop import (EXIT_PREEMPTED, DivergenceGuard, Preempted, TrainingDiverged,
                    optimizer_stepper, step_target, window_add as _window_add, window_means as _window_means)
 
 __all__ = ['train', 'TrainingDiverged', 'Preempted', 'latest_state', 'JsonlTracker', 'evaluate_clean',
-           'check_runtime', 'build_model', 'build_data', 'data_mean_std', 'reproduce_command', 'EXIT_PREEMPTED',
+           'check_runtime', 'build_model', 'compile_step', 'build_data', 'data_mean_std', 'reproduce_command',
+           'EXIT_PREEMPTED',
            'TrainState', 'DivergenceGuard', 'optimizer_stepper', 'step_target']
 _ = (_window_add, _window_means)  # re-exported names of 0.1.0 (tests and scripts import them from here)
 
@@ -93,6 +94,9 @@ def check_runtime(recipe: Dict[str, Any]) -> None:
     if recipe['precision'] == 'fp16' and not torch.cuda.is_available():
         raise RecipeError("precision='fp16' needs a CUDA GPU (on this machine Accelerate would train in fp32 "
                           "without a word); use precision: bf16 (CPU autocast) or 'no'.")
+    if recipe['compile_mode'] == 'reduce-overhead' and not torch.cuda.is_available():
+        raise RecipeError("compile_mode='reduce-overhead' captures CUDA graphs and needs a CUDA GPU; on this machine "
+                          "use compile_mode: default (or compile: false).")
     if recipe['sync_batchnorm'] and not torch.cuda.is_available():
         raise RecipeError('sync_batchnorm=True needs CUDA GPUs: torch.nn.SyncBatchNorm runs on GPUs only. On CPU '
                           'each process normalizes with its own batch statistics; set sync_batchnorm: false.')
@@ -213,6 +217,15 @@ def apply_model_options(recipe: Dict[str, Any], model):
     if recipe['channels_last']:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def compile_step(objective, mode: str = 'default'):
+    """The objective's whole computation (noise, normalization, forward passes, k(x), the loss) under
+    ``torch.compile`` (recipe ``compile: step``). The noise is drawn eagerly (``torch.compiler.disable``): a
+    generator-driven ``randn`` breaks dynamo graphs and cannot be replayed inside a CUDA graph, and drawn eagerly it
+    is bit-identical to an eager run for the same generator state."""
+    objective.noise_like = torch.compiler.disable(objective.noise_like)
+    return torch.compile(objective.__call__, mode=mode)
 
 
 def build_objective(recipe: Dict[str, Any]):
@@ -401,7 +414,8 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
 
         optimizer = build_optimizer(recipe, model)
         if recipe['compile']:
-            model = torch.compile(model)
+            model = torch.compile(model, mode=recipe['compile_mode'])
+        step_loss = compile_step(objective, recipe['compile_mode']) if recipe['compile'] == 'step' else objective
         if isinstance(train_loader, DeviceLoader):
             model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
         else:
@@ -436,7 +450,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
         for _ in loop.epochs():
             for images, targets in loop.batches():
                 with accelerator.accumulate(model):
-                    output = objective(model, images, targets)
+                    output = step_loss(model, images, targets)
                     accelerator.backward(output.loss)
                     if accelerator.sync_gradients:
                         if recipe['max_grad_norm']:

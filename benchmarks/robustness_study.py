@@ -1,0 +1,155 @@
+"""Beyond Gaussian noise: the common corruptions of CIFAR-10-C and L2 / L-inf attacks on the same models, with the
+per-image 95% Wilson interval of every score (each model is one training seed).
+
+    python benchmarks/robustness_study.py NAME MODEL [MODEL ...] [--data fashion_mnist] [--images 1000]
+        [--attack-images 500] [--black-box-images 100] [--autoattack-images 0]
+
+MODEL is a run folder or a registered tag (``cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist``), optionally
+labelled ``label=MODEL``. Writes benchmarks/results/NAME/ (the eval outputs: eval.json, eval.md, heatmaps, family
+bars, attack curves) and benchmarks/results/NAME.{json,md} (the study tables), and prints the markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import timm_lipschitz  # noqa: E402,F401
+from timm_lipschitz.evaluate import evaluate, load_model  # noqa: E402
+from timm_lipschitz.robustness.corruptions import CORRUPTIONS, FAMILIES, MISSING  # noqa: E402
+from timm_lipschitz.robustness.protocol import wilson_interval  # noqa: E402
+
+OUT = ROOT / 'benchmarks' / 'results'
+
+
+def _load(spec: str) -> Tuple[Any, Dict[str, Any]]:
+    label, _, source = spec.rpartition('=')
+    model, info = load_model(source) if Path(source).exists() else load_model(model_name=source, pretrained=True)
+    info['label'] = label or info['label']
+    return model, info
+
+
+def _ci(acc: float, n: int) -> str:
+    lo, hi = wilson_interval(acc, n)
+    return f'{acc:.1f} [{lo:.1f}, {hi:.1f}]'
+
+
+def corruption_tables(results: Dict[str, Any]) -> List[str]:
+    labels = list(results)
+    n = {k: r['corruptions']['num_images'] for k, r in results.items()}
+    head = '| corruption | family | ' + ' | '.join(labels) + ' |\n|---|---|' + '---|' * len(labels)
+    rows = [head]
+    for name in CORRUPTIONS:
+        if name in MISSING:
+            continue
+        rows.append(f'| {name} | {CORRUPTIONS[name][0]} | ' + ' | '.join(
+            _ci(results[k]['corruptions'][name]['mean'], n[k]) for k in labels) + ' |')
+    for f in FAMILIES:
+        rows.append(f'| *{f}* | | ' + ' | '.join(f"{results[k]['corruptions']['by_family'][f]:.1f}" for k in labels)
+                    + ' |')
+    rows.append('| **mean corruption accuracy** | | ' + ' | '.join(
+        f"**{results[k]['corruptions']['mean']:.1f}**" for k in labels) + ' |')
+    rows.append('| clean | | ' + ' | '.join(_ci(results[k]['corruptions']['clean'], n[k]) for k in labels) + ' |')
+    severity = ['| corruption, severity 5 | ' + ' | '.join(labels) + ' |', '|---|' + '---|' * len(labels)]
+    for name in CORRUPTIONS:
+        if name not in MISSING:
+            severity.append(f'| {name} | ' + ' | '.join(_ci(results[k]['corruptions'][name]['5'], n[k])
+                                                         for k in labels) + ' |')
+    return ['### Mean over severities 1-5 (accuracy %, [95% Wilson interval of each severity-mean over the '
+            'images])', '', '\n'.join(rows), '', '### Severity 5', '', '\n'.join(severity)]
+
+
+def attack_tables(results: Dict[str, Any]) -> List[str]:
+    labels = [k for k in results if 'attacks' in results[k]]
+    if not labels:
+        return []
+    first = results[labels[0]]['attacks']
+    lines = [f"### {first['method']}", '', '| norm | ε | ' + ' | '.join(labels) + ' |',
+             '|---|---|' + '---|' * len(labels),
+             '| clean | 0 | ' + ' | '.join(_ci(results[k]['attacks']['clean'], results[k]['attacks']['num_images'])
+                                         for k in labels) + ' |']
+    for norm in ('linf', 'l2'):
+        for e in first.get(norm, {}):
+            lines.append(f'| {norm} | {e} | ' + ' | '.join(
+                _ci(results[k]['attacks'][norm][e], results[k]['attacks']['num_images']) for k in labels) + ' |')
+    if 'smoothing' in first:
+        s = first['smoothing']
+        lines += ['', f"Randomized smoothing (σ {s['sigma']:g}, n {s['n']}, α {s['alpha']:g}, {s['num_images']} "
+                      f"images): certified accuracy at the same L2 radii", '', '| radius | ' + ' | '.join(labels)
+                  + ' |', '|---|' + '---|' * len(labels)]
+        for e in s['l2']:
+            lines.append(f'| {e} | ' + ' | '.join(f"{results[k]['attacks']['smoothing']['l2'][e]:.1f}"
+                                                 for k in labels) + ' |')
+    boxes = [(k, r['attacks']['black_box']) for k, r in results.items() if 'black_box' in r.get('attacks', {})]
+    if boxes:
+        lines += ['', f"Black-box check on the first {boxes[0][1]['images']} images: robust accuracy under the "
+                      f"gradient-free Square Attack vs under {first['attack']} on the same images (Square lower: "
+                      f"the gradients mislead the attack)", '']
+        for k, b in boxes:
+            parts = [f"{n} {e}: Square {b['square'][n][e]:.1f} vs {b['gradient'][n][e]:.1f}"
+                     for n in b['square'] for e in b['square'][n]]
+            lines.append(f'- {k}: ' + '; '.join(parts))
+    lines += ['', 'Gradient-masking checks:']
+    for k in labels:
+        w = results[k]['attacks']['warnings']
+        lines.append(f"- {k}: {'; '.join(w) if w else 'none raised (accuracy falls with ε, about 0 at a very large ε)'}")
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('name')
+    p.add_argument('models', nargs='+')
+    p.add_argument('--data', default='fashion_mnist')
+    p.add_argument('--images', type=int, default=1000, help='test images for the corruptions')
+    p.add_argument('--attack-images', type=int, default=500)
+    p.add_argument('--attack-steps', type=int, default=20)
+    p.add_argument('--black-box-images', type=int, default=100,
+                   help='images for the Square-attack check (a second, smaller PGD run on the same images)')
+    p.add_argument('--certify-images', type=int, default=100)
+    p.add_argument('--skip-corruptions', action='store_true')
+    p.add_argument('--skip-attacks', action='store_true')
+    args = p.parse_args()
+    models = [_load(m) for m in args.models]
+    out = OUT / args.name
+    t0 = time.time()
+    common = dict(data=args.data, sigmas=[0.0], progress=False, device='auto', record=False,
+                  certify_args={'sigma': 0.25, 'n0': 100, 'n': 1000, 'alpha': 0.001,
+                                'num_images': args.certify_images})
+    results = evaluate(models, str(out), max_images=args.images,
+                       corruptions=None if args.skip_corruptions else 'all',
+                       attacks=None if args.skip_attacks else dict(max_images=args.attack_images,
+                                                                   steps=args.attack_steps), **common)
+    if args.black_box_images and not args.skip_attacks:
+        boxed = evaluate(models, str(out / 'black_box'), max_images=args.black_box_images,
+                         attacks=dict(max_images=args.black_box_images, steps=args.attack_steps, black_box=True,
+                                      smoothing=False),
+                         **common)
+        for label, entry in boxed.items():  # the gradient attack and Square on the same (first) images
+            a = entry['attacks']
+            results[label]['attacks']['black_box'] = {'images': a['num_images'], 'square': a['square'],
+                                                      'gradient': {n: a[n] for n in ('linf', 'l2') if n in a}}
+            results[label]['attacks']['warnings'] += [w for w in a['warnings'] if 'Square' in w]
+    md = [f'# {args.name}', '', f"Data: {args.data} test split. Machine: {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}; {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}.", '']
+    if not args.skip_corruptions:
+        md += ['## Common corruptions', ''] + corruption_tables(results) + ['']
+    if not args.skip_attacks:
+        md += ['## Adversarial attacks', ''] + attack_tables(results) + ['']
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f'{args.name}.json').write_text(json.dumps(results, indent=1, default=str))
+    (OUT / f'{args.name}.md').write_text('\n'.join(md) + '\n')
+    print('\n'.join(md))
+
+
+if __name__ == '__main__':
+    main()
