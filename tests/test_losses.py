@@ -238,21 +238,6 @@ def test_same_generator_state_gives_same_loss_and_resumes_stream(name):
     assert not torch.equal(a(model, x, y).loss, next_a)  # the stream moves on
 
 
-def test_bf16_autocast_on_cpu_is_finite_and_close():
-    torch.manual_seed(0)
-    model = timm.create_model('cifar_resnet20').eval()
-    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    obj = create_loss('lipschitz_hinge', sigma=0.25, beta=5.0, lipschitz_target=0.01, seed=0)
-    state = obj.state_dict()
-    ref = obj(model, x, y)
-    obj.load_state_dict(state)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = obj(model, x, y)
-    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
-    assert out.loss.item() == pytest.approx(ref.loss.item(), rel=0.05)
-    assert out.parts['k_mean'].item() == pytest.approx(ref.parts['k_mean'].item(), rel=0.1)
-
-
 def test_stability_alpha_zero_is_cross_entropy():
     torch.manual_seed(0)
     model = Linear(8)
@@ -398,5 +383,7 @@ def test_every_objective_under_bf16_autocast(name):
     assert out.loss.item() == pytest.approx(ref.loss.item(), rel=0.05)
     for key, value in out.parts.items():
         assert value.dtype == torch.float32, key
+    if 'k_mean' in out.parts:
+        assert out.parts['k_mean'].item() == pytest.approx(ref.parts['k_mean'].item(), rel=0.1)
     out.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
