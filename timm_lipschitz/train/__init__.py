@@ -25,7 +25,7 @@ from ..data import DeviceLoader, check_labels, create_dataset, standard_loader, 
 from ..fileio import atomic_write_json, atomic_write_text
 from ..losses import create_loss
 from ..normalization import per_channel, unwrap_model
-from ..recipes import RecipeError, resolve_recipe
+from ..recipes import RecipeError, flatten, resolve_recipe
 from ..runs import (RunClaim, RunFolderError, StateSaveError, check_new_run, check_resume, latest_state,
                    read_metrics, run_status, space_message)
 from ..seeding import stream_seed
@@ -67,16 +67,9 @@ def _scalar(v: Any) -> Any:
     return v.item() if hasattr(v, 'item') else v
 
 
-def _flat(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
-    """Dotted scalars for TensorBoard's hparams (lists and None as strings)."""
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        key = f'{prefix}{k}'
-        if isinstance(v, dict):
-            out.update(_flat(v, key + '.'))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def _hparams(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """The recipe's dotted leaves as TensorBoard hparams (lists, None and empty mappings as strings)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(recipe).items()}
 
 
 # ---- checks before any work ----------------------------------------------------------------------------------------
@@ -433,7 +426,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
         accelerator.register_for_checkpointing(loop.state)
         accelerator.register_for_checkpointing(objective)
 
-        accelerator.init_trackers('tensorboard', config=_flat(recipe))
+        accelerator.init_trackers('tensorboard', config=_hparams(recipe))
         if folder['allowed']:
             accelerator.log({'event/resume_recipe_changes': ', '.join(folder['allowed'])}, step=None)
         if resume:
