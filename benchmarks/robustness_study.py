@@ -2,11 +2,17 @@
 per-image 95% Wilson interval of every score (each model is one training seed).
 
     python benchmarks/robustness_study.py NAME MODEL [MODEL ...] [--data fashion_mnist] [--images 1000]
-        [--attack-images 500] [--black-box-images 100] [--autoattack-images 0]
+        [--attack-images 500] [--black-box-images 100] [--autoattack-images 0] [--autoattack-eps linf=0.1 l2=1]
+        [--skip-corruptions] [--skip-attacks]
+    python benchmarks/robustness_study.py NAME --render      # NAME.md again from NAME.json, nothing evaluated
 
 MODEL is a run folder or a registered tag (``cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist``), optionally
 labelled ``label=MODEL``. Writes benchmarks/results/NAME/ (the eval outputs: eval.json, eval.md, heatmaps, family
 bars, attack curves) and benchmarks/results/NAME.{json,md} (the study tables), and prints the markdown.
+``--autoattack-images N`` adds AutoAttack (ART's ensemble: PGD, APGD-CE, APGD-DLR, DeepFool, Square; the worst case
+per image) and PGD on the same first N images at ``--autoattack-eps``: AutoAttack below PGD is gradient masking
+that the PGD table alone would hide. Slow on a CPU: every image that survives runs every attack, Square's 5,000
+queries included (8 digits images, two ResNet-20s, three epsilons: 15 min on one thread).
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ import torch  # noqa: E402
 
 import timm_lipschitz  # noqa: E402,F401
 from timm_lipschitz.evaluate import evaluate, load_model  # noqa: E402
+from timm_lipschitz.robustness.attacks import parse_eps  # noqa: E402
+from timm_lipschitz.robustness.certify import max_certified_radius  # noqa: E402
 from timm_lipschitz.robustness.corruptions import CORRUPTIONS, FAMILIES, MISSING  # noqa: E402
 from timm_lipschitz.robustness.protocol import wilson_interval  # noqa: E402
 
@@ -84,11 +92,13 @@ def attack_tables(results: Dict[str, Any]) -> List[str]:
     if 'smoothing' in first:
         s = first['smoothing']
         lines += ['', f"Randomized smoothing (σ {s['sigma']:g}, n {s['n']}, α {s['alpha']:g}, {s['num_images']} "
-                      f"images): certified accuracy at the same L2 radii", '', '| radius | ' + ' | '.join(labels)
-                  + ' |', '|---|' + '---|' * len(labels)]
+                      f"images): certified accuracy at the same L2 radii (–: beyond the largest radius these "
+                      f"settings can certify, σ Φ⁻¹(α^(1/n)) = {s.get('max_radius', float('nan')):.3f})", '',
+                  '| radius | ' + ' | '.join(labels) + ' |', '|---|' + '---|' * len(labels)]
         for e in s['l2']:
-            lines.append(f'| {e} | ' + ' | '.join(f"{results[k]['attacks']['smoothing']['l2'][e]:.1f}"
-                                                 for k in labels) + ' |')
+            cells = [results[k]['attacks']['smoothing']['l2'][e] for k in labels]
+            lines.append(f'| {e} | ' + ' | '.join('–' if c is None else _ci(c, s['num_images']) for c in cells)
+                         + ' |')
     boxes = [(k, r['attacks']['black_box']) for k, r in results.items() if 'black_box' in r.get('attacks', {})]
     if boxes:
         lines += ['', f"Black-box check on the first {boxes[0][1]['images']} images: robust accuracy under the "
@@ -105,10 +115,45 @@ def attack_tables(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def autoattack_table(results: Dict[str, Any]) -> List[str]:
+    """AutoAttack against PGD on the same images and epsilons: equal means PGD found what there was to find."""
+    labels = [k for k in results if 'autoattack' in results[k]]
+    if not labels:
+        return []
+    first = results[labels[0]]['autoattack']
+    lines = [f"AutoAttack: {first['method']}; against {first['pgd_method']}, on the first {first['num_images']} "
+             'test images (robust accuracy %, AutoAttack / PGD, [95% Wilson interval of AutoAttack])', '',
+             '| norm | ε | ' + ' | '.join(labels) + ' |', '|---|---|' + '---|' * len(labels)]
+    for norm in ('linf', 'l2'):
+        for e in first.get(norm, {}):
+            cells = []
+            for k in labels:
+                a = results[k]['autoattack']
+                lo, hi = wilson_interval(a[norm][e], a['num_images'])
+                cells.append(f"{a[norm][e]:.1f} / {a['pgd'][norm][e]:.1f} [{lo:.1f}, {hi:.1f}]")
+            lines.append(f'| {norm} | {e} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def add_autoattack(results: Dict[str, Any], models, out: Path, images: int, eps: Dict[str, List[float]],
+                   steps: int, common: Dict[str, Any]) -> None:
+    """AutoAttack and PGD on the same first ``images`` images, into ``results[label]['autoattack']``."""
+    runs = {m: evaluate(models, str(out / m), max_images=images,
+                        attacks=dict(method=m, norms=list(eps), eps=eps, max_images=images, steps=steps,
+                                     smoothing=False), **common)
+            for m in ('autoattack', 'pgd')}
+    for label in runs['autoattack']:
+        a, p = runs['autoattack'][label]['attacks'], runs['pgd'][label]['attacks']
+        entry = results.setdefault(label, {})
+        entry['autoattack'] = {'method': a['method'], 'pgd_method': p['method'], 'num_images': a['num_images'],
+                               'clean': a['clean'], 'warnings': a['warnings'],
+                               'pgd': {n: p[n] for n in eps}, **{n: a[n] for n in eps}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('name')
-    p.add_argument('models', nargs='+')
+    p.add_argument('models', nargs='*')
     p.add_argument('--data', default='fashion_mnist')
     p.add_argument('--images', type=int, default=1000, help='test images for the corruptions')
     p.add_argument('--attack-images', type=int, default=500)
@@ -116,19 +161,33 @@ def main() -> None:
     p.add_argument('--black-box-images', type=int, default=100,
                    help='images for the Square-attack check (a second, smaller PGD run on the same images)')
     p.add_argument('--certify-images', type=int, default=100)
+    p.add_argument('--autoattack-images', type=int, default=0,
+                   help='images for AutoAttack vs PGD on the same images (0: skip; slow on a CPU)')
+    p.add_argument('--autoattack-eps', nargs='+', default=['linf=0.1', 'l2=1'],
+                   help='NORM=EPS[,EPS] per norm for the AutoAttack comparison')
     p.add_argument('--skip-corruptions', action='store_true')
     p.add_argument('--skip-attacks', action='store_true')
+    p.add_argument('--render', action='store_true', help='only re-render NAME.md from NAME.json')
     args = p.parse_args()
+    if args.render:
+        return render(args.name)
+    aa_eps = {k: v for text in args.autoattack_eps for k, v in parse_eps(text, '--autoattack-eps').items()}
+    if '*' in aa_eps:
+        p.error('--autoattack-eps: name the norm of each epsilon list, e.g. linf=0.1 l2=1')
+    if not args.models:
+        p.error('give at least one MODEL (a run folder or a registered tag)')
     models = [_load(m) for m in args.models]
     out = OUT / args.name
     t0 = time.time()
     common = dict(data=args.data, sigmas=[0.0], progress=False, device='auto', record=False,
                   certify_args={'sigma': 0.25, 'n0': 100, 'n': 1000, 'alpha': 0.001,
                                 'num_images': args.certify_images})
-    results = evaluate(models, str(out), max_images=args.images,
-                       corruptions=None if args.skip_corruptions else 'all',
-                       attacks=None if args.skip_attacks else dict(max_images=args.attack_images,
-                                                                   steps=args.attack_steps), **common)
+    results: Dict[str, Any] = {}
+    if not (args.skip_corruptions and args.skip_attacks):
+        results = evaluate(models, str(out), max_images=args.images,
+                           corruptions=None if args.skip_corruptions else 'all',
+                           attacks=None if args.skip_attacks else dict(max_images=args.attack_images,
+                                                                       steps=args.attack_steps), **common)
     if args.black_box_images and not args.skip_attacks:
         boxed = evaluate(models, str(out / 'black_box'), max_images=args.black_box_images,
                          attacks=dict(max_images=args.black_box_images, steps=args.attack_steps, black_box=True,
@@ -139,17 +198,48 @@ def main() -> None:
             results[label]['attacks']['black_box'] = {'images': a['num_images'], 'square': a['square'],
                                                       'gradient': {n: a[n] for n in ('linf', 'l2') if n in a}}
             results[label]['attacks']['warnings'] += [w for w in a['warnings'] if 'Square' in w]
-    md = [f'# {args.name}', '', f"Data: {args.data} test split. Machine: {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}; {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}.", '']
-    if not args.skip_corruptions:
-        md += ['## Common corruptions', ''] + corruption_tables(results) + ['']
-    if not args.skip_attacks:
-        md += ['## Adversarial attacks', ''] + attack_tables(results) + ['']
+    if args.autoattack_images:
+        add_autoattack(results, models, out / 'autoattack', args.autoattack_images, aa_eps, args.attack_steps,
+                       common)
+    header = (f"Data: {args.data} test split. Machine: {platform.processor() or platform.machine()}, "
+              f"torch {torch.__version__}; {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}.")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f'{args.name}.json').write_text(json.dumps(results, indent=1, default=str))
-    (OUT / f'{args.name}.md').write_text('\n'.join(md) + '\n')
+    (OUT / f'{args.name}.json').write_text(json.dumps({'header': header, 'results': results}, indent=1, default=str))
+    write_markdown(args.name, header, results)
+
+
+def reachable(results: Dict[str, Any]) -> Dict[str, Any]:
+    """Smoothing results written before ``max_radius`` existed get it now (it depends only on σ, n and α), and the
+    radii beyond it become None: not certifiable with those settings, rather than a measured 0."""
+    for entry in results.values():
+        s = entry.get('attacks', {}).get('smoothing')
+        if s and 'max_radius' not in s:
+            s['max_radius'] = max_certified_radius(s['sigma'], s['n'], s['alpha'])
+            s['l2'] = {e: None if float(e) > s['max_radius'] else v for e, v in s['l2'].items()}
+    return results
+
+
+def write_markdown(name: str, header: str, results: Dict[str, Any]) -> None:
+    """NAME.md from the results: each section whose measurements are there."""
+    md = [f'# {name}', '', header, '']
+    if any('corruptions' in r for r in results.values()):
+        md += ['## Common corruptions', ''] + corruption_tables(results) + ['']
+    if any('attacks' in r for r in results.values()):
+        md += ['## Adversarial attacks', ''] + attack_tables(results) + ['']
+    if any('autoattack' in r for r in results.values()):
+        md += ['## AutoAttack against PGD', ''] + autoattack_table(results) + ['']
+    (OUT / f'{name}.md').write_text('\n'.join(md) + '\n')
     print('\n'.join(md))
 
+
+def render(name: str) -> None:
+    """Re-render NAME.md from NAME.json (no evaluation)."""
+    saved = json.loads((OUT / f'{name}.json').read_text())
+    if 'results' not in saved:  # the first layout: the results alone
+        saved = {'header': f'Tables re-rendered on {time.strftime("%Y-%m-%d")} from {name}.json.', 'results': saved}
+    saved['results'] = reachable(saved['results'])
+    (OUT / f'{name}.json').write_text(json.dumps(saved, indent=1, default=str))
+    write_markdown(name, saved['header'], saved['results'])
 
 if __name__ == '__main__':
     main()

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.stats import norm as gaussian
 import timm
 import torch
 import torch.nn as nn
@@ -164,10 +165,14 @@ def test_eval_attack_on_a_run_folder_reports_everywhere(tmp_path, drawn, capsys)
     a = read_eval(tmp_path / 'ev' / 'eval.json')['a']['attacks']
     assert a['attack'] == 'pgd' and set(a['l2']) == {'0.5', '1'} and set(a['linf']) == {'0.1'}
     assert a['num_images'] == 20 and set(a['smoothing']['l2']) == {'0.5', '1'}
+    # n 50 at alpha 0.001 certifies at most 0.25 * Phi^-1(0.001 ** (1/50)) = 0.283: both radii are out of reach
+    assert a['smoothing']['max_radius'] == pytest.approx(0.25 * gaussian.ppf(0.001 ** (1 / 50)), rel=1e-9)
+    assert a['smoothing']['l2'] == {'0.5': None, '1': None}
     lines = drawn['attacks_l2.png']['lines']['a (pgd)']
     assert lines == ([0.0, 0.5, 1.0], [a['clean'], a['l2']['0.5'], a['l2']['1']])
     md = (tmp_path / 'ev' / 'eval.md').read_text()
     assert '| l2 | 0.5 |' in md and 'certified, smoothing σ 0.25' in md
+    assert "beyond smoothing's reach, σ Φ⁻¹(α^(1/n)) = 0.283" in md
     run = tmp_path / 'run'
     assert json.loads((run / 'robustness.json').read_text())['attacks']['l2'] == a['l2']
     scores = load_robustness(run)

@@ -158,6 +158,21 @@ def test_shipped_tags_reproduce_their_recorded_accuracy(name):
         assert r.at(0.3) == pytest.approx(scores['acc@0.3'], abs=1e-6)
 
 
+def test_results_md_quotes_every_shipped_tag_as_its_metadata_says():
+    """RESULTS.md's shipped-tags table is read back: one row per shipped tag, each score the one its weights carry."""
+    text = (ROOT / 'benchmarks' / 'RESULTS.md').read_text()
+    section = text.split('## Shipped pretrained tags', 1)[1].split('\n## ', 1)[0]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r'^\| `([^`]+)` \|(.*)$', section, re.M)}
+    assert sorted(rows) == sorted(shipped())
+    for name, row in rows.items():
+        cells = [c.strip() for c in row.strip().strip('|').split('|')]
+        scores = load_robustness(name)
+        assert int(cells[1].replace(',', '')) == scores['num_images'], name
+        quoted = [float(c) for c in cells[2:5]] + [float(cells[5].split()[0])]
+        actual = [scores['acc@0'], scores['acc@0.3'], scores['acc@0.5'], scores['grid_mean']]
+        assert quoted == [round(a, 2) for a in actual], name
+
+
 # a tag whose weights live on the Hugging Face Hub, registered by the test itself
 default_cfgs = generate_default_cfgs({'cifar_hubtest.lipschitz_hinge_s050_b1_l001_digits': {
     'hf_hub_id': 'timm-lipschitz-tests/cifar-hubtest', 'num_classes': 10, 'input_size': (1, 16, 16),

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from scipy.stats import norm
 
 import timm_lipschitz  # noqa: F401
-from timm_lipschitz.robustness import (Smooth, conv_operator_norm, lower_confidence_bound, noise_sweep,
-                                       parse_sigmas, pgd_lower_bound, plot_certified, plot_sweeps, sampled_k,
-                                       spectral_upper_bound, summary_table, sweep_table, theorem1_radius, unit_noise)
+from timm_lipschitz.robustness import (Smooth, conv_operator_norm, lower_confidence_bound, max_certified_radius,
+                                       noise_sweep, parse_sigmas, pgd_lower_bound, plot_certified, plot_sweeps,
+                                       sampled_k, spectral_upper_bound, summary_table, sweep_table, theorem1_radius,
+                                       unit_noise)
 
 
 class Constant(nn.Module):
@@ -166,6 +167,7 @@ def test_smoothing_constant_classifier_certifies_clopper_pearson_radius():
     assert c == 2
     assert lower_confidence_bound(n, n, alpha) == pytest.approx(p_lower, rel=1e-9)
     assert r == pytest.approx(sigma * norm.ppf(p_lower), rel=1e-9)
+    assert max_certified_radius(sigma, n, alpha) == pytest.approx(r, rel=1e-12)  # the most any image can get
     assert smooth.predict(torch.rand(1, 4, 4), n=100, alpha=alpha) == 2
 
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from safetensors.torch import load_file
 
 from timm_lipschitz.recipes import RecipeError, resolve_recipe
 from timm_lipschitz.runs import RunFolderError, read_metrics

@@ -223,13 +223,17 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
                  '|---|' + '---|' * (len(CERT_RADII) + 1),
                  f"| randomized smoothing σ {smooth['sigma']:g} (n0 {smooth['n0']}, n {smooth['n']}, α "
                  f"{smooth['alpha']:g}, {smooth['num_images']} images) | " +
-                 ' | '.join(f'{v:.1f}' for v in smooth['certified_accuracy']) +
+                 ' | '.join(f'{v:.1f}' if r <= smooth['max_radius'] else '–'
+                            for r, v in zip(CERT_RADII, smooth['certified_accuracy'])) +
                  f" | {smooth['average_certified_radius']:.3f} |"]
         if res['lipschitz']['upper_bound']['bound']:
             mc = margin_certificate(model, subset, res['lipschitz']['upper_bound']['bound'], mean=mean, std=std)
             res['margin_certificate'] = mc
             lines.append('| Lipschitz margin (global upper bound) | ' +
                          ' | '.join(f'{v:.1f}' for v in mc['certified_accuracy']) + f" | {mc['mean_radius']:.2e} |")
+        if smooth['max_radius'] < max(CERT_RADII):
+            lines += ['', f"–: beyond randomized smoothing's reach with these settings: no radius above σ Φ⁻¹(α^(1/n)) "
+                          f"= {smooth['max_radius']:.3f} can be certified, however robust the model (raise n or σ)."]
         ln = (certify_args.get('hparams') or {}).get('lipschitz_target')  # the L_n the model was trained with
         if ln:
             t1 = theorem1_radius(ln, 'probs')
@@ -362,9 +366,12 @@ def _attacks(model: nn.Module, data: Dataset, attacks: Dict[str, Any], certify_a
         smooth = certify_dataset(model.cpu(), data, model.num_classes, sigma=a.get('sigma', 0.25), n0=a.get('n0', 100),
                                  n=a.get('n', 1000), alpha=a.get('alpha', 0.001), num_images=a.get('num_images', 100),
                                  radii=radii, mean=mean, std=std, seed=seed)
+        reach = smooth['max_radius']  # beyond it no image can be certified: None there, not a measured 0
         result['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
                                'num_images': smooth['num_images'], 'clean': smooth['certified_accuracy'][0],
-                               'l2': dict(zip(result['l2'], smooth['certified_accuracy'][1:]))}
+                               'max_radius': reach,
+                               'l2': {e: acc if float(e) <= reach else None
+                                      for e, acc in zip(result['l2'], smooth['certified_accuracy'][1:])}}
     return result
 
 

@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 from ..normalization import Normalizer
 from ..seeding import stream_seed
 
-__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'theorem1_radius', 'demo_grid', 'ABSTAIN',
-           'CERT_RADII']
+__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'max_certified_radius', 'theorem1_radius',
+           'demo_grid', 'ABSTAIN', 'CERT_RADII']
 
 ABSTAIN = -1
 CERT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -30,6 +30,14 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower bound of a binomial proportion with n_a successes in n."""
     from scipy.stats import beta
     return 0.0 if n_a == 0 else float(beta.ppf(alpha, n_a, n - n_a + 1))
+
+
+def max_certified_radius(sigma: float, n: int, alpha: float) -> float:
+    """The largest radius CERTIFY can return with ``n`` samples at level ``alpha``: even when all n vote for the top
+    class, p_A's lower bound is alpha ** (1/n), so no radius exceeds sigma * Phi^-1(alpha ** (1/n)) (0.616 for
+    sigma 0.25, n 1000, alpha 0.001). Certified accuracy beyond it is 0 by construction, not by measurement."""
+    from scipy.stats import norm
+    return sigma * float(norm.ppf(lower_confidence_bound(n, n, alpha)))
 
 
 class Smooth:
@@ -92,7 +100,8 @@ def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: fl
     cert = [100.0 * sum(1 for r in rows if r['correct'] and r['radius'] >= t) / len(rows) for t in radii]
     acr = sum(r['radius'] for r in rows if r['correct']) / len(rows)
     return {'sigma': sigma, 'n0': n0, 'n': n, 'alpha': alpha, 'num_images': len(rows), 'radii': list(radii),
-            'certified_accuracy': cert, 'average_certified_radius': acr, 'rows': rows}
+            'certified_accuracy': cert, 'average_certified_radius': acr, 'rows': rows,
+            'max_radius': max_certified_radius(sigma, n, alpha)}
 
 
 def theorem1_radius(lipschitz_target: float, output: str = 'probs') -> Optional[float]:

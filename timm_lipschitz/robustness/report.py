@@ -182,6 +182,11 @@ def attack_table(results: Mapping[str, Mapping]) -> str:
             cells = [get(results[label], norm, e) for label, _, get in cols]
             lines.append(f'| {norm} | {e} | ' + ' | '.join('–' if c is None else f'{c:.2f}' for c in cells) + ' |')
     for label, r in results.items():
+        s = r.get('smoothing')
+        if s and any(v is None for v in s['l2'].values()):
+            lines.append(f"\n{label} (certified): – marks radii beyond smoothing's reach, σ Φ⁻¹(α^(1/n)) = "
+                         f"{s['max_radius']:.3f} with σ {s['sigma']:g}, n {s['n']}, α {s['alpha']:g}: no image can "
+                         'be certified there, however robust the model.')
         lines.append(f"\n{label}: {r['method']}, {r['num_images']} images." +
                      (' Gradient-masking checks: ' + '; '.join(r['warnings']) + '.' if r['warnings'] else
                       ' Gradient-masking checks passed (accuracy falls with ε and reaches about 0 at a very large ε' +
