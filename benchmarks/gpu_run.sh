@@ -10,7 +10,8 @@
 #   schedule: benchmarks/gpu_schedule.py schedule (each precision / compile configuration, 2 epochs of 50,000
 #             CIFAR-shaped images, and a hand-written loop with the same tricks): about 4 min on one H100/H200;
 #   parity:   benchmarks/gpu_schedule.py parity (Fashion-MNIST ResNet-20 standard and hinge, fp32 vs fastest bf16,
-#             2 seeds, 4 at a time): about 4 min. Both need Fashion-MNIST in $DATA_ROOT/fashion_mnist for parity.
+#             2 seeds, 4 at a time): about 4 min; then benchmarks/k_precision.py --device cuda (k(x) under bf16 /
+#             fp16 vs fp32 on the shipped weights, seconds). Both need Fashion-MNIST in $DATA_ROOT/fashion_mnist.
 # Try it first on a CPU at a tiny size: SCHEDULE_ARGS="--device cpu --images 512 --epochs 1" \
 #   PARITY_ARGS="--device cpu --steps 5 --seeds 0" STEPS="schedule parity" OUT=/tmp/g bash benchmarks/gpu_run.sh
 #
@@ -49,6 +50,10 @@ if want parity; then
   echo "== parity $(date +%T)"
   timeout "${PARITY_LIMIT:-270}" $PY benchmarks/gpu_schedule.py parity ${PARITY_ARGS:-} > "$OUT/parity.log" 2>&1
   cp benchmarks/results/gpu_parity.json benchmarks/results/gpu_parity.md "$OUT"/ 2>/dev/null; tail -n 12 "$OUT/parity.log"
+  # k(x) under bf16 / fp16 autocast against fp32 on the shipped Fashion-MNIST weights (seconds)
+  timeout 60 $PY benchmarks/k_precision.py --device cuda ${K_ARGS:-} > "$OUT/k_precision.log" 2>&1
+  cp benchmarks/results/k_precision_cuda.json benchmarks/results/k_precision_cuda.md "$OUT"/ 2>/dev/null
+  tail -n 8 "$OUT/k_precision.log"
 fi
 
 echo "== 2. Table 3 PreResNet-20, 3. ResNet-20 0.01 curves $(date +%T)"

@@ -201,8 +201,11 @@ def main() -> None:
     if args.autoattack_images:
         add_autoattack(results, models, out / 'autoattack', args.autoattack_images, aa_eps, args.attack_steps,
                        common)
-    header = (f"Data: {args.data} test split. Machine: {platform.processor() or platform.machine()}, "
-              f"torch {torch.__version__}; {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}.")
+    header = (f"Data: {args.data} test split ({args.images} images for the corruptions, {args.attack_images} for "
+              f"PGD, the first {args.black_box_images} for Square, {args.certify_images} for smoothing"
+              f"{f', {args.autoattack_images} for AutoAttack' if args.autoattack_images else ''}). Machine: "
+              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} thread(s); {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}.")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f'{args.name}.json').write_text(json.dumps({'header': header, 'results': results}, indent=1, default=str))
     write_markdown(args.name, header, results)
