@@ -1,0 +1,97 @@
+"""benchmarks/RESULTS.md is read back against the JSON its sections cite, so a re-run that changes a number cannot
+leave the prose quoting the old one (the shipped-tags table has its own test in test_hub.py)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / 'benchmarks' / 'RESULTS.md'
+FILES = ROOT / 'benchmarks' / 'results'
+
+
+def section(title: str) -> str:
+    """The text of the section whose heading starts with ``title``, up to the next heading of any level."""
+    text = RESULTS.read_text()
+    assert title in text, f'RESULTS.md has no section {title!r}'
+    return re.split(r'\n#{2,3} ', text.split(title, 1)[1], maxsplit=1)[0]
+
+
+def row(text: str, first_cell: str) -> List[str]:
+    """The cells after the first of the table row that starts with ``first_cell``."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if line.startswith('|') and cells[0] == first_cell:
+            return cells[1:]
+    raise AssertionError(f'no table row {first_cell!r}')
+
+
+def first_number(cell: str) -> float:
+    return float(re.match(r'\**([0-9.]+)', cell).group(1))
+
+
+def study(name: str) -> Dict[str, dict]:
+    return json.loads((FILES / f'{name}.json').read_text())['results']
+
+
+def test_resnet_study_tables_quote_the_study_json():
+    text = section('## Beyond Gaussian noise: common corruptions and attacks on the Table 3 ResNet-20s')
+    models = list(study('study_fmnist_resnet20').values())
+    assert len(models) == 4
+    means = [first_number(c) for c in row(text, '**mean of the 18**')]
+    assert means == [round(m['corruptions']['mean'], 1) for m in models]
+    for corruption in ('gaussian_noise', 'glass_blur', 'snow', 'brightness'):
+        assert [first_number(c) for c in row(text, corruption)] == \
+            [round(m['corruptions'][corruption]['mean'], 1) for m in models], corruption
+    for norm, eps, label in (('l2', '0.5', 'L2 0.5'), ('l2', '1', 'L2 1.0'), ('linf', '0.1', 'L∞ 0.1')):
+        assert [first_number(c) for c in row(text, label)] == \
+            [round(m['attacks'][norm][eps], 1) for m in models], label
+    certified = row(text, 'certified by randomized smoothing (σ 0.25, n 1,000, α 0.001, 100 images) at L2 0.5')
+    assert [first_number(c) for c in certified] == [m['attacks']['smoothing']['l2']['0.5'] for m in models]
+
+
+def test_mnistnet_study_table_quotes_the_study_json():
+    text = section('### The same study on the paper\'s MNIST net')
+    models = list(study('study_fmnist_mnistnet').values())
+    assert [first_number(c) for c in row(text, '**mean corruption accuracy**')] == \
+        [round(m['corruptions']['mean'], 1) for m in models]
+    pgd = [c.split(' / ') for c in row(text, 'PGD L2 0.5 / 1.0 / 2.0')]
+    assert [[float(v) for v in c] for c in pgd] == \
+        [[round(m['attacks']['l2'][e], 1) for e in ('0.5', '1', '2')] for m in models]
+
+
+def test_k_precision_table_quotes_its_json():
+    text = section('## Mixed precision: k(x) under bf16 on trained weights')
+    rows = json.loads((FILES / 'k_precision_cpu.json').read_text())
+    quoted = [line for line in text.splitlines() if line.startswith('| hinge') or line.startswith('| standard')]
+    assert len(quoted) == len(rows)
+    for line, r in zip(quoted, rows):
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        assert cells[1] == r['dtype'].replace(' + ', ', ')
+        assert cells[2] == f"{r['k_mean_fp32']:.4f} / {r['k_mean_low']:.4f}"
+        assert float(cells[3].split('%')[0]) == round(100 * r['rel_diff_median'], 2)
+        assert cells[4].split()[0] == str(r['hinge_side_flips'])
+
+
+def test_cli_speed_line_quotes_its_json():
+    text = section('## Command-line answer time')
+    rows = {r['case']: r['median_s'] for r in json.loads((FILES / 'cli_speed.json').read_text())['rows']}
+    assert f"answers in {rows['--help']:.3f} s" in text
+    assert f"{rows['recipe with a wrong type']:.3f} s" in text
+    assert f"{rows['recipe with loss.sigma=-0.5']:.3f} s" in text
+
+
+def test_lipschitz_bound_row_quotes_its_json():
+    text = section('## Beyond Gaussian noise: common corruptions and attacks on the Table 3 ResNet-20s')
+    bounds = {r['tag']: r for r in json.loads((FILES / 'lipschitz_bounds.json').read_text())}
+    tags = [m.split('=', 1)[1] for m in re.findall(r'"[^"]*=[^"]+"|\S+=cifar_resnet20\.\S+`?',
+                                                    text.split('Command:', 1)[1].split('(defaults', 1)[0])]
+    tags = [t.strip('"`') for t in tags]
+    assert len(tags) == 4
+    quoted = row(text, 'PGD lower bound of the softmax\'s Lipschitz constant (radius 0.5, 128 images)')
+    assert [float(c) for c in quoted] == [round(bounds[t]['pgd_lower_bound_probs'], 2) for t in tags]
+    logits = row(text, 'same for the logits / mean sampled k(x) at σ 0.5 (0.25 for the σ 0.25 hinge), 128 images')
+    assert [float(c.split(' / ')[0]) for c in logits] == \
+        [float(f"{bounds[t]['pgd_lower_bound_logits']:.3g}") for t in tags]
