@@ -10,8 +10,8 @@ MODEL is a run folder or a registered tag (``cifar_resnet20.lipschitz_hinge_s050
 labelled ``label=MODEL``. Writes benchmarks/results/NAME/ (the eval outputs: eval.json, eval.md, heatmaps, family
 bars, attack curves) and benchmarks/results/NAME.{json,md} (the study tables), and prints the markdown.
 ``--autoattack-images N`` adds AutoAttack (ART's ensemble: PGD, APGD-CE, APGD-DLR, DeepFool, Square; the worst case
-per image) and PGD on the same first N images at ``--autoattack-eps``: AutoAttack below PGD is gradient masking
-that the PGD table alone would hide. Slow on a CPU: every image that survives runs every attack, Square's 5,000
+per image) and PGD on the same first N images at ``--autoattack-eps``: AutoAttack below PGD means the PGD screen
+overstated robustness there (too few steps, a weak loss, or masked gradients), which the PGD table alone would hide. Slow on a CPU: every image that survives runs every attack, Square's 5,000
 queries included (8 digits images, two ResNet-20s, three epsilons: 15 min on one thread).
 """
 from __future__ import annotations

@@ -95,3 +95,15 @@ def test_lipschitz_bound_row_quotes_its_json():
     logits = row(text, 'same for the logits / mean sampled k(x) at σ 0.5 (0.25 for the σ 0.25 hinge), 128 images')
     assert [float(c.split(' / ')[0]) for c in logits] == \
         [float(f"{bounds[t]['pgd_lower_bound_logits']:.3g}") for t in tags]
+
+
+def test_autoattack_table_quotes_its_json():
+    text = section('### AutoAttack against the PGD screen')
+    models = list(study('study_fmnist_resnet20_autoattack').values())
+    assert [first_number(c) for c in row(text, 'clean (50 images)')[1:]] == [m['autoattack']['clean'] for m in models]
+    for norm, eps, label in (('linf', '0.1', 'L∞'), ('l2', '0.5', 'L2')):
+        cells = row(text, label)
+        assert cells[0] == eps
+        quoted = [[float(v) for v in c.split(' [')[0].split(' / ')] for c in cells[1:]]
+        assert quoted == [[round(m['autoattack'][norm][eps], 1), round(m['autoattack']['pgd'][norm][eps], 1)]
+                          for m in models], label
