@@ -89,7 +89,11 @@ def check_pixels(images, where: str = 'images'):
 
 
 def warn_if_not_pixels(images, where: str = 'images') -> None:
-    """One warning when a float batch is clearly not [0,1] pixels (a host sync: called on a first batch only)."""
+    """One warning when a float batch is clearly not [0,1] pixels (a host sync: called on a first batch only).
+
+    Integer images are refused first, so a uint8 batch gets the error that says how to convert it, not a range
+    warning followed by that error."""
+    check_pixels(images, where)
     lo, hi = images.detach().aminmax()
     lo, hi = float(lo), float(hi)
     if lo < -0.5 or hi > 1.5:
