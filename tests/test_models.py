@@ -201,6 +201,20 @@ def test_paper_depths_keep_their_initialization():
     assert all(m.bn2.weight.abs().sum() > 0 for m in off.modules() if hasattr(m, 'zero_init_last'))
 
 
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'cifar_preresnet20', 'mnist_convnet'])
+def test_forward_intermediates_stops_early_at_every_level(name):
+    """Each level alone, with stop_early, equals the same level of the full pass, and the full pass ends where
+    forward_features does (a PreResNet's closing BN + ReLU belongs to the last level only)."""
+    model = timm.create_model(name).eval()
+    x = torch.rand(2, *model.pretrained_cfg['input_size'])
+    with torch.no_grad():
+        final, every = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        for i, level in enumerate(every):
+            last, (alone,) = model.forward_intermediates(x, indices=[i], stop_early=True)
+            assert torch.equal(alone, level) and torch.equal(last, level), (name, i)
+
+
 def test_mnist_convnet_follows_timms_feature_conventions():
     model = timm.create_model('mnist_convnet', hidden_dim=64).eval()
     x = torch.rand(2, 1, 28, 28)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, create_classifier
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
+from ._features import forward_intermediates
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
 __all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'CIFAR10_MEAN', 'CIFAR10_STD',
@@ -249,28 +250,16 @@ class CifarResNet(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """timm's intermediate-feature API: stem output then each stage (4 levels)."""
-        from timm.models._features import feature_take_indices
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; only 'NCHW' is.")
-        take_indices, max_index = feature_take_indices(4, indices)
-        intermediates = []
-        x = self.act1(self.bn1(self.conv1(x)))
-        if 0 in take_indices:
-            intermediates.append(x)
-        layers = [self.layer1, self.layer2, self.layer3]
-        if stop_early:
-            layers = layers[:max_index]
-        for i, layer in enumerate(layers, start=1):
-            x = layer(x)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if i == 3 else x)  # last level matches feature_info
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        """timm's intermediate-feature API: stem output then each stage (4 levels; the last one through ``norm``,
+        as ``feature_info`` says)."""
+        return forward_intermediates((self._stem, self.layer1, self.layer2, self.layer3), x, indices, stop_early,
+                                     output_fmt, intermediates_only, final=self.norm)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act1(self.bn1(self.conv1(x)))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
+        x = self._stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq([self.layer1, self.layer2, self.layer3], x, flatten=True)
         else:

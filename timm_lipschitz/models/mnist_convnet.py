@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
+from ._features import forward_intermediates
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
 __all__ = ['MnistConvNet', 'MNIST_MEAN', 'MNIST_STD']
@@ -106,20 +107,8 @@ class MnistConvNet(nn.Module):
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """timm's intermediate-feature API over the three feature levels (conv, ReLU, pooled map)."""
-        from timm.models._features import feature_take_indices
-        if output_fmt != 'NCHW':
-            raise ValueError(f"output_fmt={output_fmt!r} is not supported; only 'NCHW' is.")
-        take_indices, max_index = feature_take_indices(3, indices)
-        intermediates = []
-        for i, layer in enumerate((self.conv1, self.act1, self.pool)):
-            if stop_early and i > max_index:
-                break
-            x = layer(x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return forward_intermediates((self.conv1, self.act1, self.pool), x, indices, stop_early, output_fmt,
+                                     intermediates_only)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.act1(self.conv1(x)))

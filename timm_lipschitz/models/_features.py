@@ -1,0 +1,41 @@
+"""timm's ``forward_intermediates`` for this package's models, written once.
+
+Each model lists its feature levels as a sequence of stages (stage i's output is level i, as in its
+``feature_info``) and names the module that closes ``forward_features`` (a PreResNet's final BN + ReLU). That
+closing module belongs to the last level only: with ``stop_early`` the returned tensor is the last stage that ran,
+unchanged, as timm's own models do.
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+Stage = Callable[[torch.Tensor], torch.Tensor]
+
+
+def forward_intermediates(
+        stages: Sequence[Stage],
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        stop_early: bool = False,
+        output_fmt: str = 'NCHW',
+        intermediates_only: bool = False,
+        final: Optional[Stage] = None,
+) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+    """The outputs of the stages picked by ``indices`` (timm's semantics) and the last output computed."""
+    from timm.models._features import feature_take_indices
+    if output_fmt != 'NCHW':
+        raise ValueError(f"output_fmt={output_fmt!r} is not supported; only 'NCHW' is.")
+    take_indices, max_index = feature_take_indices(len(stages), indices)
+    last = len(stages) - 1
+    intermediates = []
+    for i, stage in enumerate(stages):
+        if stop_early and i > max_index:
+            break
+        x = stage(x)
+        if i == last and final is not None:
+            x = final(x)
+        if i in take_indices:
+            intermediates.append(x)
+    return intermediates if intermediates_only else (x, intermediates)
