@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from timm_lipschitz.evaluate import read_eval  # noqa: E402
 from timm_lipschitz.robustness import plot_sweeps, summary_table, sweep_table, unique_label  # noqa: E402
 
 OUT = ROOT / 'benchmarks' / 'results'
@@ -27,7 +28,7 @@ def main() -> None:
     args = p.parse_args()
     entries = {}
     for path in args.evals:
-        for label, entry in json.loads(path.read_text()).items():
+        for label, entry in read_eval(path).items():  # either eval.json layout (format_version 2 or before)
             if not isinstance(entry, dict) or not {'sweep', 'data'} <= set(entry):
                 raise SystemExit(f'{path} is not an eval.json of timm-lipschitz eval (entry {label!r} has no sweep).')
             entries[unique_label(label, entries)] = entry  # the same run name from two files: keep both
