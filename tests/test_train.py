@@ -246,6 +246,17 @@ def _run(args, **kw):
     return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, **kw)
 
 
+def test_compiled_step_from_the_command_line(tmp_path):
+    """The command line loads the objectives before torch (their imports are deferred): compile: step must resolve
+    those imports before tracing, or the first step imports inside the compiled region and dynamo gives up."""
+    recipe = tiny(tmp_path, 'cli_step', steps=2, epochs=None, compile='step', model={'name': 'cifar_resnet20'},
+                  eval={'at_end': False, 'every_epochs': 0})
+    r = _run([sys.executable, '-m', 'timm_lipschitz.cli', 'train', '--recipe', str(_write(tmp_path, recipe, 'r.yaml')),
+              '--no-progress'])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / 'cli_step' / 'final.json').read_text())['steps'] == 2
+
+
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     base = tiny(tmp_path, 'killed', epochs=3, batch_size=32, checkpoint={'every_steps': 10, 'keep': 3},
                 eval={'at_end': False, 'every_epochs': 0})

@@ -21,6 +21,7 @@ import torch
 import yaml
 from accelerate.tracking import GeneralTracker
 
+from .._lazy import load_all
 from ..data import DeviceLoader, check_labels, create_dataset, standard_loader, train_transform
 from ..fileio import atomic_write_json, atomic_write_text
 from ..losses import create_loss
@@ -216,7 +217,9 @@ def compile_step(objective, mode: str = 'default'):
     """The objective's whole computation (noise, normalization, forward passes, k(x), the loss) under
     ``torch.compile`` (recipe ``compile: step``). The noise is drawn eagerly (``torch.compiler.disable``): a
     generator-driven ``randn`` breaks dynamo graphs and cannot be replayed inside a CUDA graph, and drawn eagerly it
-    is bit-identical to an eager run for the same generator state."""
+    is bit-identical to an eager run for the same generator state. The objectives' deferred imports
+    (:mod:`timm_lipschitz._lazy`) are resolved first, so no import runs inside the compiled region."""
+    load_all()
     objective.noise_like = torch.compiler.disable(objective.noise_like)
     return torch.compile(objective.__call__, mode=mode)
 
