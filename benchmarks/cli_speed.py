@@ -9,7 +9,6 @@ Writes benchmarks/results/cli_speed.json and .md and prints the table (min / med
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / 'benchmarks' / 'results'
+from _results import write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 TARGET_S = 1.0
 
 
@@ -57,9 +56,7 @@ def main() -> None:
     md += [f"| {r['case']} | {r['min_s']:.3f} | {r['median_s']:.3f} | {r['max_s']:.3f} | {r['exit_code']} |"
            for r in rows]
     md.append(f"\nTarget: every command line case under {TARGET_S:g} s (median): {'met' if result['met'] else 'MISSED'}.")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / 'cli_speed.json').write_text(json.dumps(result, indent=1))
-    (OUT / 'cli_speed.md').write_text('\n'.join(md) + '\n')
+    write_results('cli_speed', result, '\n'.join(md) + '\n')
     print('\n'.join(md))
 
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, List
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-OUT = ROOT / 'benchmarks' / 'results'
+from _results import write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 LIPSCHITZ = ROOT / 'recipes' / 'paper' / 'cifar10_resnet20_lipschitz.yaml'
 STANDARD = ROOT / 'recipes' / 'paper' / 'cifar10_resnet20_standard.yaml'
 
@@ -163,9 +163,7 @@ def schedule(args: argparse.Namespace) -> None:
           '|---|---|---|---|---|---|']
     md += [f"| {r['objective']} | {r['config']} | {r['runner']} | {r['precision']} | "
            f"{r.get('images_per_s', r.get('error'))} | {r.get('projected_300_epoch_min', '–')} |" for r in rows]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / 'gpu_schedule.json').write_text(json.dumps(result, indent=1))
-    (OUT / 'gpu_schedule.md').write_text('\n'.join(md) + '\n')
+    write_results('gpu_schedule', result, '\n'.join(md) + '\n')
     print('\n'.join(md))
 
 
@@ -206,9 +204,7 @@ def parity(args: argparse.Namespace) -> None:
            f"{r['train_time_s']} |" for r in rows]
     result = {'command': 'python benchmarks/gpu_schedule.py parity ' + ' '.join(sys.argv[2:]),
               'device': _device_name(args.device), 'date': time.strftime('%Y-%m-%d'), 'rows': rows}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / 'gpu_parity.json').write_text(json.dumps(result, indent=1))
-    (OUT / 'gpu_parity.md').write_text('\n'.join(md) + '\n')
+    write_results('gpu_parity', result, '\n'.join(md) + '\n')
     print('\n'.join(md))
 
 

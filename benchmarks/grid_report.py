@@ -9,7 +9,6 @@ at the grid's ``table.sigmas`` copied next to the other results. ``--collect`` o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Optional
 from timm_lipschitz.sweep import collect_results, load_grid, objective_table, render, run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / 'benchmarks' / 'results'
+from _results import OUT, write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 
 def summarize(grid_file: Path, stem: Optional[str] = None) -> str:
@@ -35,8 +34,7 @@ def summarize(grid_file: Path, stem: Optional[str] = None) -> str:
     rows = [{'point': r['point'], 'loss': r['recipe']['loss'], 'seed': r['recipe']['seed'],
              'clean': r['final']['clean_accuracy'], 'train_time_s': r['final'].get('train_time_s'),
              'robustness': r['robustness']} for r in results['rows']]
-    (OUT / f'{stem}.json').write_text(json.dumps(rows, indent=1))
-    (OUT / f'{stem}.md').write_text(f'# {grid["name"]}\n\n{table}\n')
+    write_results(stem, rows, f'# {grid["name"]}\n\n{table}\n')
     for png in Path(grid['output_dir']).glob('curves*.png'):
         shutil.copy(png, OUT / f'{stem}_{png.name}')
     return table

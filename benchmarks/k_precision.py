@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import sys
 import time
@@ -34,7 +33,7 @@ from timm_lipschitz.hub import load_robustness  # noqa: E402
 from timm_lipschitz.losses.lipschitz import lipschitz_ratio  # noqa: E402
 from timm_lipschitz.robustness.noise import IndexedDataset, batch_unit_noise  # noqa: E402
 
-OUT = ROOT / 'benchmarks' / 'results'
+from _results import write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 TAGS = ['cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist', 'cifar_resnet20.cross_entropy_fmnist']
 
 
@@ -105,10 +104,7 @@ def main() -> None:
         lines.append(f"| `{r['tag']}` | {r['dtype']} | {r['images']} | {r['sigma']:g} | {r['k_mean_fp32']:.4f} / "
                      f"{r['k_mean_low']:.4f} | {r['rel_diff_median']:.2e} / {r['rel_diff_p99']:.2e} / "
                      f"{r['rel_diff_max']:.2e} | {r['hinge_side_flips']} ({r['lipschitz_target']:g}) |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    stem = OUT / f'k_precision_{device.type}'
-    stem.with_suffix('.json').write_text(json.dumps(rows, indent=1))
-    stem.with_suffix('.md').write_text('\n'.join(lines) + '\n')
+    write_results(f'k_precision_{device.type}', rows, '\n'.join(lines) + '\n')
     print('\n'.join(lines))
 
 

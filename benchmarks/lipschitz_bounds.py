@@ -9,7 +9,6 @@ Writes benchmarks/results/lipschitz_bounds.{json,md}. Seconds per tag on a CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from timm_lipschitz.hub import load_robustness  # noqa: E402
 from timm_lipschitz.robustness.certify import theorem1_radius  # noqa: E402
 from timm_lipschitz.robustness.lipschitz import pgd_lower_bound, sampled_k  # noqa: E402
 
-OUT = ROOT / 'benchmarks' / 'results'
+from _results import write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 TAGS = ['cifar_resnet20.cross_entropy_fmnist', 'cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist',
         'cifar_resnet20.lipschitz_hinge_s025_b1_l010_fmnist', 'cifar_resnet20.gaussian_augmentation_s050_fmnist',
         'mnist_convnet.cross_entropy_fmnist', 'mnist_convnet.lipschitz_hinge_s075_b10_l0005_fmnist']
@@ -70,9 +69,7 @@ def main() -> None:
                   'real pair of inputs, so the condition "softmax is L_n-Lipschitz" fails when it exceeds L_n. The softmax '
                   f'bound cannot exceed √2/radius = {2 ** 0.5 / args.radius:.3f} (two one-hot outputs): a value near it '
                   'is a confident label flip within the radius.']
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / 'lipschitz_bounds.json').write_text(json.dumps(rows, indent=1))
-    (OUT / 'lipschitz_bounds.md').write_text('\n'.join(lines) + '\n')
+    write_results('lipschitz_bounds', rows, '\n'.join(lines) + '\n')
     print('\n'.join(lines))
 
 

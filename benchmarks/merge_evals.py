@@ -8,7 +8,6 @@ Writes benchmarks/results/NAME.{json,md,png} and prints the markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from timm_lipschitz.evaluate import read_eval  # noqa: E402
 from timm_lipschitz.robustness import plot_sweeps, summary_table, sweep_table, unique_label  # noqa: E402
 
-OUT = ROOT / 'benchmarks' / 'results'
+from _results import OUT, write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 
 def main() -> None:
@@ -37,9 +36,7 @@ def main() -> None:
         raise SystemExit(f'the evaluations differ in data or noise grid; nothing merged: {sorted(entries)}')
     sweeps = {label: e['sweep'] for label, e in entries.items()}
     md = '\n'.join([summary_table(sweeps), '', sweep_table(sweeps), ''])
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f'{args.name}.json').write_text(json.dumps(entries, indent=1))
-    (OUT / f'{args.name}.md').write_text(md)
+    write_results(args.name, entries, md)
     plot_sweeps(sweeps, OUT / f'{args.name}.png')
     print(md)
 

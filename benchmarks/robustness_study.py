@@ -36,7 +36,7 @@ from timm_lipschitz.robustness.certify import max_certified_radius  # noqa: E402
 from timm_lipschitz.robustness.corruptions import CORRUPTIONS, FAMILIES, MISSING  # noqa: E402
 from timm_lipschitz.robustness.protocol import wilson_interval  # noqa: E402
 
-OUT = ROOT / 'benchmarks' / 'results'
+from _results import OUT, write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 
 def _load(spec: str) -> Tuple[Any, Dict[str, Any]]:
@@ -206,9 +206,7 @@ def main() -> None:
               f"{f', {args.autoattack_images} for AutoAttack' if args.autoattack_images else ''}). Machine: "
               f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} thread(s); {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}.")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f'{args.name}.json').write_text(json.dumps({'header': header, 'results': results}, indent=1, default=str))
-    write_markdown(args.name, header, results)
+    save(args.name, header, results)
 
 
 def reachable(results: Dict[str, Any]) -> Dict[str, Any]:
@@ -222,7 +220,7 @@ def reachable(results: Dict[str, Any]) -> Dict[str, Any]:
     return results
 
 
-def write_markdown(name: str, header: str, results: Dict[str, Any]) -> None:
+def markdown(name: str, header: str, results: Dict[str, Any]) -> str:
     """NAME.md from the results: each section whose measurements are there."""
     md = [f'# {name}', '', header, '']
     if any('corruptions' in r for r in results.values()):
@@ -231,8 +229,14 @@ def write_markdown(name: str, header: str, results: Dict[str, Any]) -> None:
         md += ['## Adversarial attacks', ''] + attack_tables(results) + ['']
     if any('autoattack' in r for r in results.values()):
         md += ['## AutoAttack against PGD', ''] + autoattack_table(results) + ['']
-    (OUT / f'{name}.md').write_text('\n'.join(md) + '\n')
-    print('\n'.join(md))
+    return '\n'.join(md) + '\n'
+
+
+def save(name: str, header: str, results: Dict[str, Any]) -> None:
+    """NAME.json (header and results, the file --render reads) and NAME.md; prints the markdown."""
+    md = markdown(name, header, results)
+    write_results(name, {'header': header, 'results': results}, md, default=str)
+    print(md, end='')
 
 
 def render(name: str) -> None:
@@ -240,9 +244,8 @@ def render(name: str) -> None:
     saved = json.loads((OUT / f'{name}.json').read_text())
     if 'results' not in saved:  # the first layout: the results alone
         saved = {'header': f'Tables re-rendered on {time.strftime("%Y-%m-%d")} from {name}.json.', 'results': saved}
-    saved['results'] = reachable(saved['results'])
-    (OUT / f'{name}.json').write_text(json.dumps(saved, indent=1, default=str))
-    write_markdown(name, saved['header'], saved['results'])
+    save(name, saved['header'], reachable(saved['results']))
+
 
 if __name__ == '__main__':
     main()

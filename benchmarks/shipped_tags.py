@@ -8,8 +8,6 @@ re-evaluates every shipped tag on its test split and checks these scores).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import timm
 
@@ -17,7 +15,7 @@ import timm_lipschitz  # noqa: F401  (registers the models and their tags)
 from timm_lipschitz.hub import load_robustness
 from timm_lipschitz.models._pretrained import shipped
 
-OUT = Path(__file__).resolve().parent / 'results'
+from _results import write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 SIGMAS = ('0', '0.3', '0.5')
 
 
@@ -38,9 +36,7 @@ def main() -> None:
                      ' | '.join(f"{r[f'acc@{s}']:.2f}" for s in SIGMAS) +
                      f" | {r['grid_mean']:.2f} ({n} levels, {lo:g}…{hi:g}) |")
     table = '\n'.join(lines)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / 'shipped_tags.json').write_text(json.dumps(rows, indent=1))
-    (OUT / 'shipped_tags.md').write_text(f'# Shipped pretrained tags (scores from their metadata)\n\n{table}\n')
+    write_results('shipped_tags', rows, f'# Shipped pretrained tags (scores from their metadata)\n\n{table}\n')
     print(table)
 
 
