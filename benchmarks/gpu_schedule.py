@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import platform
 import subprocess
 import sys
@@ -56,6 +57,14 @@ def _device_name(device: str) -> str:
     return f'CPU ({platform.processor() or platform.machine()})'
 
 
+def _failure(r: subprocess.CompletedProcess) -> str:
+    """The line that names why a run failed: the CLI's ``error:`` line or the exception's, not torch's trailing
+    hints (``Set TORCHDYNAMO_VERBOSE=1 ...``)."""
+    lines = (r.stderr or r.stdout or '').strip().splitlines()
+    named = [line for line in lines if re.match(r'(error:|[A-Za-z_.]*(Error|Exception)\b)', line)]
+    return (named or lines or [f'exit code {r.returncode}'])[-1]
+
+
 def _train_speed(recipe: Path, overrides: Dict[str, Any], images: int, epochs: int, out: Path) -> Dict[str, Any]:
     """One training run in a subprocess (a fresh process: no compile cache or CUDA state carried over)."""
     sets = {'data.name': 'synthetic', 'data.input_size': [3, 32, 32],
@@ -68,7 +77,7 @@ def _train_speed(recipe: Path, overrides: Dict[str, Any], images: int, epochs: i
         cmd += ['--set', f'{k}={json.dumps(v)}']
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
-        return {'error': (r.stderr or r.stdout).strip().splitlines()[-1]}
+        return {'error': _failure(r)}
     final = json.loads((out / 'final.json').read_text())
     windows = [row['train/images_per_s'] for row in map(json.loads, (out / 'metrics.jsonl').read_text().splitlines())
                if 'train/images_per_s' in row]
