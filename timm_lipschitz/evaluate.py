@@ -189,10 +189,23 @@ def _spread_subset(data: Dataset, n: int) -> Dataset:
     return torch.utils.data.Subset(data, list(range(0, len(data), len(data) // n))[:n])
 
 
+SMOOTHING_SETTINGS = ('sigma', 'n0', 'n', 'alpha', 'num_images')  # certify_args keys that reach certify_dataset
+
+
+def _smoothing(model: nn.Module, data: Dataset, certify_args: Dict[str, Any], mean, std, seed: int,
+               radii: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Randomized-smoothing certificates with the settings ``certify_args`` gives (certify_dataset's defaults for
+    the others), at ``radii`` (default :data:`~.robustness.certify.CERT_RADII`)."""
+    from .robustness.certify import CERT_RADII, certify_dataset
+    settings = {k: certify_args[k] for k in SMOOTHING_SETTINGS if certify_args.get(k) is not None}
+    return certify_dataset(model, data, model.num_classes, radii=CERT_RADII if radii is None else radii, mean=mean,
+                           std=std, seed=seed, **settings)
+
+
 def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify: bool,
                       certify_args: Dict[str, Any], mean=None, std=None, seed: int = 0) -> Dict[str, Any]:
     """Lipschitz estimates and bounds, and certificates: the measurements, their markdown, for one model."""
-    from .robustness.certify import CERT_RADII, certify_dataset, theorem1_radius
+    from .robustness.certify import CERT_RADII, theorem1_radius
     from .robustness.lipschitz import margin_certificate, pgd_lower_bound, sampled_k, spectral_upper_bound
     res: Dict[str, Any] = {}
     subset = _spread_subset(data, 1000)
@@ -213,10 +226,7 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
             f'| PGD lower bound (max over images) | {lo:.3f} |',
             f"| upper bound ({upper['method'][:60]}...) | {'n/a' if hi is None else f'{hi:.4g}'} |"])}
     if certify:
-        a = dict(certify_args)
-        smooth = certify_dataset(model, data, model.num_classes, sigma=a.get('sigma', 0.25), n0=a.get('n0', 100),
-                                 n=a.get('n', 1000), alpha=a.get('alpha', 0.001),
-                                 num_images=a.get('num_images', 100), mean=mean, std=std, seed=seed)
+        smooth = _smoothing(model, data, certify_args, mean, std, seed)
         res['smoothing'] = smooth
         res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
         lines = ['| certificate | ' + ' | '.join(f'r = {r:g}' for r in CERT_RADII) + ' | mean radius |',
@@ -356,16 +366,12 @@ def _attacks(model: nn.Module, data: Dataset, attacks: Dict[str, Any], certify_a
              seed: int) -> Dict[str, Any]:
     """The attack sweep, and randomized smoothing's certified accuracy at the L2 radii attacked."""
     from .robustness.attacks import attack_sweep
-    from .robustness.certify import certify_dataset
     attacks = dict(attacks)
     smoothing = attacks.pop('smoothing', True)
     result = attack_sweep(model, data, seed=seed, mean=mean, std=std, **attacks)
     if 'l2' in result and smoothing:
         radii = [0.0] + [float(e) for e in result['l2']]
-        a = certify_args
-        smooth = certify_dataset(model.cpu(), data, model.num_classes, sigma=a.get('sigma', 0.25), n0=a.get('n0', 100),
-                                 n=a.get('n', 1000), alpha=a.get('alpha', 0.001), num_images=a.get('num_images', 100),
-                                 radii=radii, mean=mean, std=std, seed=seed)
+        smooth = _smoothing(model.cpu(), data, certify_args, mean, std, seed, radii)
         reach = smooth['max_radius']  # beyond it no image can be certified: None there, not a measured 0
         result['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
                                'num_images': smooth['num_images'], 'clean': smooth['certified_accuracy'][0],
@@ -451,10 +457,11 @@ def _attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     resolve_device(args.device)  # a bad --device fails before any model or data is loaded
+    severities = _ints(args.severities, '--severities', None) or (1, 2, 3, 4, 5)
     if args.corruptions is not None:
         from .robustness.corruptions import _check_severity, resolve_corruptions
         resolve_corruptions(args.corruptions)
-        for s in _ints(args.severities, '--severities', None) or ():
+        for s in severities:
             _check_severity(s)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -463,7 +470,7 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     if (mean is None) != (std is None):
         raise ValueError('--mean and --std go together: give both or neither.')
     size = _ints(args.input_size, '--input-size', 3)
-    _attack_request(args)  # a bad attack request fails before any model or data is loaded
+    attacks = _attack_request(args)  # a bad attack request fails before any model or data is loaded
     models = [load_model(s) for s in args.sources]
     if args.model:
         models.append(load_model(model_name=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained))
@@ -476,8 +483,7 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
                        certify_args=dict(sigma=args.certify_sigma, n0=args.n0, n=args.n, alpha=args.alpha,
                                          num_images=args.certify_images),
                        demo=args.demo, progress=not args.no_progress, device=args.device,
-                       corruptions=args.corruptions, severities=_ints(args.severities, '--severities', None) or
-                       (1, 2, 3, 4, 5), attacks=_attack_request(args))
+                       corruptions=args.corruptions, severities=severities, attacks=attacks)
     print((out / 'eval.md').read_text())
     print(f'wrote {out}/eval.json, eval.md, eval.png')
     return results
