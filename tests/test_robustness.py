@@ -307,3 +307,16 @@ def test_load_model_reads_the_class_count_from_the_checkpoint(tmp_path):
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / 'plain.safetensors'))
     loaded, _ = load_model(model_name='mnist_convnet', checkpoint=str(tmp_path / 'plain.safetensors'))
     assert loaded.num_classes == 7
+
+
+def test_sweeps_evaluate_in_eval_mode_and_give_the_model_back_in_its_mode():
+    """BatchNorm must use its running statistics during a sweep, and a model handed over in training mode (the
+    trainer's periodic evaluation) must come back in training mode."""
+    from timm_lipschitz.robustness.corruptions import corruption_sweep
+    model = timm.create_model('cifar_resnet20', in_chans=1, num_classes=3).train()
+    modes = []
+    model.register_forward_pre_hook(lambda m, _: modes.append(m.training))
+    x, y = torch.rand(4, 1, 16, 16), torch.randint(0, 3, (4,))
+    noise_sweep(model, (x, y), [0.0, 0.1], mean=(0.5,), std=(0.25,))
+    corruption_sweep(model, (x, y), 'gaussian_noise', severities=[1], mean=(0.5,), std=(0.25,))
+    assert modes and not any(modes) and model.training

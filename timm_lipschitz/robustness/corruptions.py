@@ -480,27 +480,19 @@ def corruption_sweep(model, data, corruptions: Any = 'all', severities: Sequence
     """
     import time
 
-    from torch.utils.data import DataLoader
-
     from ..normalization import Normalizer, warn_if_not_pixels
-    from .noise import IndexedDataset
+    from .noise import eval_mode, indexed_batches
     names = resolve_corruptions(corruptions)
     severities = [_check_severity(s) for s in severities]
-    if isinstance(data, tuple):
-        data = torch.utils.data.TensorDataset(*data)
     normalizer = Normalizer(mean, std)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     hits = {(n, s): 0.0 for n in names for s in severities}
     clean, total = 0.0, 0
-    loader = DataLoader(IndexedDataset(data), batch_size=batch_size, shuffle=False)
-    if progress:
-        from tqdm.auto import tqdm
-        loader = tqdm(loader, desc=f'corruptions ({len(names)} x {len(severities)} severities)', leave=False)
+    batches = indexed_batches(data, batch_size, f'corruptions ({len(names)} x {len(severities)} severities)',
+                              progress)
     t0 = time.time()
-    try:
-        for images, labels, index in loader:
+    with eval_mode(model):
+        for images, labels, index in batches:
             if total == 0:
                 warn_if_not_pixels(images, 'the evaluation images')
             labels = labels.to(device)
@@ -513,8 +505,6 @@ def corruption_sweep(model, data, corruptions: Any = 'all', severities: Sequence
                 for s in severities:
                     hits[(n, s)] += correct(corrupt_batch(images, n, s, seed, idx))
             total += len(labels)
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ValueError('the evaluation data is empty.')
     elapsed = max(time.time() - t0, 1e-9)

@@ -8,8 +8,9 @@ once; every sigma reuses the batch in memory.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -47,6 +48,34 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i: int):
         x, y = self.dataset[i]
         return x, y, i
+
+
+def indexed_batches(data: Union[Dataset, Tuple[torch.Tensor, ...]], batch_size: int, desc: str,
+                    progress: bool = False, accelerator: Any = None):
+    """The evaluation's batches of (images, labels, image indices) in split order, the indices keying each image's
+    noise or corruption; split over an accelerator's processes when one is given, with a progress bar on request
+    (on the main process)."""
+    if isinstance(data, tuple):
+        data = torch.utils.data.TensorDataset(*data)
+    loader = DataLoader(IndexedDataset(data), batch_size=batch_size, shuffle=False)
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
+    if progress:
+        from tqdm.auto import tqdm
+        loader = tqdm(loader, desc=desc, leave=False,
+                      disable=accelerator is not None and not accelerator.is_main_process)
+    return loader
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """BatchNorm and dropout in eval mode for the block; the model's own mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @dataclass
@@ -106,24 +135,14 @@ def noise_sweep(model: nn.Module, data: Union[Dataset, Tuple[torch.Tensor, torch
     sigmas, clip, quantize = list(protocol.sigmas), protocol.clip, protocol.quantize or quantize
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f'repeats={repeats!r} is not allowed; it must be an integer >= 1.')
-    if isinstance(data, tuple):
-        data = torch.utils.data.TensorDataset(*data)
     normalizer = Normalizer(mean, std)
-    loader = DataLoader(IndexedDataset(data), batch_size=batch_size, shuffle=False)
+    batches = indexed_batches(data, batch_size, f'noise sweep ({len(sigmas)} sigmas x {repeats})', progress,
+                              accelerator)
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader)
-    was_training = model.training
-    model.eval()
     correct = torch.zeros(repeats, len(sigmas), dtype=torch.float64)
     total = 0
-    iterator = loader
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(loader, desc=f'noise sweep ({len(sigmas)} sigmas x {repeats})', leave=False,
-                        disable=accelerator is not None and not accelerator.is_main_process)
-    try:
-        for images, labels, index in iterator:
+    with eval_mode(model):
+        for images, labels, index in batches:
             images, labels = images.to(device), labels.to(device)
             if total == 0:
                 warn_if_not_pixels(images, 'the evaluation images')
@@ -137,8 +156,6 @@ def noise_sweep(model: nn.Module, data: Union[Dataset, Tuple[torch.Tensor, torch
                 hits = accelerator.gather_for_metrics(hits.permute(2, 0, 1)).permute(1, 2, 0)
             correct += hits.sum(2).double().cpu()
             total += hits.shape[2]
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ValueError('the evaluation data is empty.')
     acc = (correct / total * 100).tolist()
