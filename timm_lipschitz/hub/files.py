@@ -153,13 +153,13 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     arch = model.pretrained_cfg.get('architecture', type(model).__name__)
+    record = {'robustness': robustness, 'certified': certified}  # robustness.json; the metadata and card read it
     meta = {
         'format': 'pt', 'format_version': str(FORMAT_VERSION), 'architecture': arch, 'tag': tag or '', 'dataset': dataset or '',
         'objective': objective or '', 'hparams': json.dumps(hparams or {}, sort_keys=True, default=str),
         'recipe_hash': recipe_hash(recipe), 'version': __version__,
         'num_classes': str(model.num_classes),
-        'robustness': json.dumps(_robustness_summary({'robustness': robustness, 'certified': certified}),
-                                 default=str),
+        'robustness': json.dumps(_robustness_summary(record), default=str),
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS_NAME, st_save(tensors, metadata=meta))
@@ -170,14 +170,13 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
     config = read_json(tmp_cfg)
     tmp_cfg.replace(folder / 'config.json')
     if robustness:
-        atomic_write_json(folder / 'robustness.json', {'robustness': robustness, 'certified': certified})
+        atomic_write_json(folder / 'robustness.json', record)
     if recipe:
         import yaml
         atomic_write_text(folder / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
     name = f'{arch}.{tag}' if tag else arch
-    atomic_write_text(folder / 'README.md', _card(name, config, meta, {'robustness': robustness,
-                                                                       'certified': certified},
-                                                  command, plot, load_as or f'local-dir:{folder}'))
+    atomic_write_text(folder / 'README.md', _card(name, config, meta, record, command, plot,
+                                                  load_as or f'local-dir:{folder}'))
     return folder
 
 
