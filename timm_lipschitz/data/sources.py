@@ -338,14 +338,10 @@ def _hf(dataset_id: str, split: str, root: Optional[Path], download: bool, chann
 def _check_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
     """Extra keyword arguments must be ones the source takes (data.kwargs in a recipe)."""
     import inspect
-    if name == 'imagefolder':
-        allowed = {'channels'}
-    elif name.startswith('hf:'):
-        allowed = {'channels', 'image_column', 'label_column'}
-    elif name in _SOURCES:
-        allowed = {p for p in inspect.signature(_SOURCES[name]).parameters if p not in ('split', 'root', 'download')}
-    else:
+    source = _imagefolder if name == 'imagefolder' else _hf if name.startswith('hf:') else _SOURCES.get(name)
+    if source is None:
         return
+    allowed = {p for p in inspect.signature(source).parameters if p not in ('dataset_id', 'split', 'root', 'download')}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise DataError(f'{name} does not take {unknown} (data.kwargs); it takes {sorted(allowed) or "none"}.')
