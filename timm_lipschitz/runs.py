@@ -33,9 +33,10 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from .fileio import read_json
 
 __all__ = ['latest_state', 'save_state', 'space_message', 'RunFolderError', 'StateSaveError', 'RunClaim', 'run_status',
-           'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'folder_size']
+           'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'STOPPED_NAME', 'folder_size']
 
 LOCK_NAME = 'run.lock'
+STOPPED_NAME = 'stopped.json'  # written by a run stopped by a signal at a saved step (resume it)
 RUN_MARKERS = ('recipe.yaml', 'metrics.jsonl', 'state', 'final.json', 'model.safetensors')
 
 

@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..runs import STOPPED_NAME
+
 __all__ = ['slurm_script', 'gpus_per_task', 'launcher', 'REQUEUE_MARKER']
 
-REQUEUE_MARKER = 'stopped.json'
+REQUEUE_MARKER = STOPPED_NAME  # the task requeues when its run stopped at a saved step
 
 
 def gpus_per_task(base_recipe: Dict[str, Any], gpus: Optional[int]) -> int:

@@ -27,8 +27,8 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..losses import create_loss
 from ..normalization import per_channel, unwrap_model
 from ..recipes import RecipeError, flatten, resolve_recipe
-from ..runs import (RunClaim, RunFolderError, StateSaveError, check_new_run, check_resume, latest_state,
-                   read_metrics, run_status, space_message)
+from ..runs import (STOPPED_NAME, RunClaim, RunFolderError, StateSaveError, check_new_run, check_resume,
+                   latest_state, read_metrics, run_status, space_message)
 from ..seeding import stream_seed
 from .loop import (EXIT_PREEMPTED, DivergenceGuard, Preempted, TrainingDiverged, TrainingLoop, TrainState,
                    optimizer_stepper, step_target, window_add as _window_add, window_means as _window_means)
@@ -350,7 +350,7 @@ def _apply_run_rules(out: Path, recipe: Dict[str, Any], resume: bool, claim: Run
                   flush=True)
     elif not resume:
         check_new_run(out)
-    for stale in ('final.json', 'diverged.json', 'stopped.json'):
+    for stale in ('final.json', 'diverged.json', STOPPED_NAME):
         (out / stale).unlink(missing_ok=True)
     return {'saved': saved, 'allowed': allowed}
 

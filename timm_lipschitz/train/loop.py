@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from ..fileio import atomic_write_json
-from ..runs import latest_state, save_state
+from ..runs import STOPPED_NAME, latest_state, save_state
 
 __all__ = ['TrainState', 'DivergenceGuard', 'TrainingDiverged', 'TrainingLoop', 'Preempted', 'EXIT_PREEMPTED',
            'STOP_SIGNALS', 'FOLD_EVERY', 'optimizer_stepper', 'step_target', 'window_add', 'window_means']
@@ -383,7 +383,7 @@ class TrainingLoop:
         msg = (f'stopped by {name} at step {self.state.global_step} (epoch {self.state.epoch}); the state {path} '
                f'is complete: continue with --resume (exit code {EXIT_PREEMPTED}, for schedulers to requeue on).')
         if self.accelerator.is_main_process:
-            atomic_write_json(self.out / 'stopped.json', {'signal': name, 'signal_at_step': self.stop.at_step,
+            atomic_write_json(self.out / STOPPED_NAME, {'signal': name, 'signal_at_step': self.stop.at_step,
                                                           'step': self.state.global_step, 'state': str(path),
                                                           'message': msg, 'exit_code': EXIT_PREEMPTED})
         raise Preempted(msg)
