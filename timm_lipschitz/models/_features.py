@@ -3,7 +3,7 @@
 Each model lists its feature levels as a sequence of stages (stage i's output is level i, as in its
 ``feature_info``) and names the module that closes ``forward_features`` (a PreResNet's final BN + ReLU). That
 closing module belongs to the last level only: with ``stop_early`` the returned tensor is the last stage that ran,
-unchanged, as timm's own models do.
+unchanged, as timm's own models do. Models inherit the method from :class:`StagedFeatures`.
 """
 from __future__ import annotations
 
@@ -39,3 +39,27 @@ def forward_intermediates(
         if i in take_indices:
             intermediates.append(x)
     return intermediates if intermediates_only else (x, intermediates)
+
+
+class StagedFeatures:
+    """timm's ``forward_intermediates`` for a model that lists its feature levels (``feature_stages``) and the module
+    that closes ``forward_features`` (``closing_stage``, None when nothing does)."""
+
+    def feature_stages(self) -> Sequence[Stage]:
+        raise NotImplementedError
+
+    def closing_stage(self) -> Optional[Stage]:
+        return None
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The feature levels picked by ``indices`` (timm's semantics), and the last output computed."""
+        return forward_intermediates(self.feature_stages(), x, indices, stop_early, output_fmt, intermediates_only,
+                                     final=self.closing_stage())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, create_classifier
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ._features import forward_intermediates
+from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
 __all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'CIFAR10_MEAN', 'CIFAR10_STD',
@@ -128,7 +128,7 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedFeatures, nn.Module):
     """CIFAR ResNet / PreResNet with 3 stages (16, 32, 64 channels) and global average pooling.
 
     Args:
@@ -241,19 +241,13 @@ class CifarResNet(nn.Module):
         self.global_pool.train(self.training)
         self.fc.train(self.training)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """timm's intermediate-feature API: stem output then each stage (4 levels; the last one through ``norm``,
-        as ``feature_info`` says)."""
-        return forward_intermediates((self._stem, self.layer1, self.layer2, self.layer3), x, indices, stop_early,
-                                     output_fmt, intermediates_only, final=self.norm)
+    def feature_stages(self):
+        """The four feature levels: the stem's output, then each stage (``forward_intermediates``)."""
+        return self._stem, self.layer1, self.layer2, self.layer3
+
+    def closing_stage(self):
+        """A PreResNet's final BN + ReLU (Identity for a ResNet): part of the last level, as ``feature_info`` says."""
+        return self.norm
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv1(x)))

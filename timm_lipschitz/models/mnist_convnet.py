@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
-from ._features import forward_intermediates
+from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
 __all__ = ['MnistConvNet', 'MNIST_MEAN', 'MNIST_STD']
@@ -25,7 +25,7 @@ MNIST_STD = (0.3081,)
 DIGIT_LABELS = tuple(str(i) for i in range(10))
 
 
-class MnistConvNet(nn.Module):
+class MnistConvNet(StagedFeatures, nn.Module):
     """conv(5x5) -> ReLU -> max-pool(2) -> flatten -> FC hidden -> ReLU -> [dropout] -> FC output.
 
     timm's conventions: ``forward_features`` returns the pooled conv map, so ``num_features`` is its channel count
@@ -97,18 +97,9 @@ class MnistConvNet(nn.Module):
         self.fc = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.fc.train(self.training)
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """timm's intermediate-feature API over the three feature levels (conv, ReLU, pooled map)."""
-        return forward_intermediates((self.conv1, self.act1, self.pool), x, indices, stop_early, output_fmt,
-                                     intermediates_only)
+    def feature_stages(self):
+        """The three feature levels: conv, its ReLU, the pooled map (``forward_intermediates``)."""
+        return self.conv1, self.act1, self.pool
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.act1(self.conv1(x)))
