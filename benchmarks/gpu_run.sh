@@ -13,7 +13,7 @@
 #             2 seeds, 4 at a time): about 4 min; then benchmarks/k_precision.py --device cuda (k(x) under bf16 /
 #             fp16 vs fp32 on the shipped weights, seconds). Both need Fashion-MNIST in $DATA_ROOT/fashion_mnist.
 # Try it first on a CPU at a tiny size: SCHEDULE_ARGS="--device cpu --images 512 --epochs 1" \
-#   PARITY_ARGS="--device cpu --steps 5 --seeds 0" STEPS="schedule parity" OUT=/tmp/g bash benchmarks/gpu_run.sh
+#   PARITY_ARGS="--device cpu --steps 5 --seeds 0" STEPS="schedule parity" OUT=runs/gpu_try bash benchmarks/gpu_run.sh
 #
 #   OUT=gpu_out bash benchmarks/gpu_run.sh
 #   STEPS="speed r20eval" OUT=gpu_out bash benchmarks/gpu_run.sh
