@@ -1,4 +1,5 @@
-"""Deferred imports of heavy modules (torch takes about 2 s to import, timm 3 s).
+"""Deferred imports of heavy modules (torch and timm take seconds to import: benchmarks/RESULTS.md, "Command-line
+answer time", has the measured figures).
 
 The command line reads recipes and the objectives' declared arguments without them, so ``--help`` and a recipe
 mistake are answered in well under a second. A module that needs torch only at call time writes

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Optional, Sequence
+
+from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UsageError, UserError
+from .robustness.protocol import PAPER_GRID, PRESETS, SEVERITIES
 
 __all__ = ['main', 'build_parser', 'add_train_arguments', 'add_eval_arguments', 'add_sweep_arguments']
 
@@ -34,8 +38,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--split', default='test', choices=('train', 'test'), help='which split to evaluate')
     p.add_argument('--sigmas', default=None,
                    help="'start:stop:step' (stop included), a comma list, or a preset: paper (0..0.5), mnist "
-                        "(0..1.0), cifar10c_gaussian (clipped, uint8-rounded); default 0:0.5:0.01")
-    p.add_argument('--preset', choices=('paper', 'mnist', 'cifar10c_gaussian'),
+                        f"(0..1.0), cifar10c_gaussian (clipped, uint8-rounded); default {PAPER_GRID}")
+    p.add_argument('--preset', choices=tuple(PRESETS),
                    help='same as --sigmas PRESET (kept for compatibility)')
     p.add_argument('--repeats', type=int, default=1, help='noise draws per image and sigma (mean ± std reported)')
     p.add_argument('--seed', type=int, default=0, help='seed of the evaluation noise (common random numbers)')
@@ -56,7 +60,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='the CIFAR-10-C corruptions, computed on the fly: all (the default when given alone), '
                         'benchmark (the 15), extra (the 4), a family (noise, blur, weather, digital) or a comma '
                         'list of names')
-    p.add_argument('--severities', default='1,2,3,4,5', help='corruption severities, a comma list of 1..5')
+    p.add_argument('--severities', default=','.join(map(str, SEVERITIES)),
+                   help=f'corruption severities, a comma list of {min(SEVERITIES)}..{max(SEVERITIES)}')
     p.add_argument('--attack', nargs='?', const='l2,linf', metavar='NORMS',
                    help='robust accuracy under adversarial attacks in [0,1] pixel space: l2, linf or l2,linf (the '
                         'default when given alone); needs pip install "timm-lipschitz[attacks]"')
@@ -127,9 +132,9 @@ def train_overrides(args: argparse.Namespace) -> list:
 
 def _run_train(args: argparse.Namespace) -> None:
     from .recipes import resolve_recipe
-    resolve_recipe(args.recipe, train_overrides(args))  # a recipe mistake is reported before torch loads
+    recipe = resolve_recipe(args.recipe, train_overrides(args))  # a recipe mistake is answered before torch loads
     from .train import train
-    train(args.recipe, train_overrides(args), resume=args.resume, progress=not args.no_progress)
+    train(recipe, resume=args.resume, progress=not args.no_progress)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
@@ -139,7 +144,7 @@ def _run_eval(args: argparse.Namespace) -> None:
 
 def _run_sweep(args: argparse.Namespace) -> None:
     if args.slurm and not args.emit_commands:
-        raise ValueError('--slurm FILE writes the commands of --emit-commands as a job array: add --emit-commands.')
+        raise UsageError('--slurm FILE writes the commands of --emit-commands as a job array: add --emit-commands.')
     from .sweep import run_from_args
     run_from_args(args)
 
@@ -174,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# The exceptions that are the user's mistake (or the machine's state) and deserve one line, not a traceback.
-USER_ERRORS = (ValueError, RuntimeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# What is the user's mistake or the machine's state gets one line and its own exit code; anything else is a bug or an
+# unexpected failure and keeps its traceback (exit code EXIT_INTERNAL_ERROR), so it can be reported and fixed.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -184,9 +190,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.func(args)
     except USER_ERRORS as e:
-        code = getattr(e, 'exit_code', 2)  # a run stopped by a signal exits with its own code (resume it)
-        print(f'{"error" if code == 2 else "stopped"}: {e}', file=sys.stderr)
+        code = getattr(e, 'exit_code', EXIT_USER_ERROR)  # a run stopped by a signal exits 75 (resume it)
+        print(f'{"error" if code == EXIT_USER_ERROR else "stopped"}: {e}', file=sys.stderr)
         return code
+    except Exception:  # noqa: BLE001 - shown whole: not a refusal but a failure to report
+        traceback.print_exc()
+        print(f'internal error (exit code {EXIT_INTERNAL_ERROR}): the traceback above is not a usage mistake; '
+              f'please report it with the command that produced it.', file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     return 0
 
 

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Union
 
+from .errors import UsageError
+
 __all__ = ['atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json']
 
 
@@ -54,4 +56,4 @@ def read_json(path: Union[str, Path]) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f'{path} is not valid JSON: {e}') from e
+        raise UsageError(f'{path} is not valid JSON: {e}') from e

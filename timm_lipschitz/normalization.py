@@ -18,6 +18,7 @@ import weakref
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ._lazy import lazy_module
+from .errors import UsageError
 
 torch = lazy_module('torch', __name__)
 nn = lazy_module('torch.nn', __name__)
@@ -43,20 +44,20 @@ def resolve_mean_std(model=None, mean: Optional[Sequence[float]] = None,
                      std: Optional[Sequence[float]] = None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """Mean/std given explicitly, else from the model's ``pretrained_cfg``; an error names what is missing."""
     if (mean is None) != (std is None):
-        raise ValueError(f'give both mean and std or neither (got mean={mean!r}, std={std!r}).')
+        raise UsageError(f'give both mean and std or neither (got mean={mean!r}, std={std!r}).')
     if mean is None:
         cfg = getattr(unwrap_model(model), 'pretrained_cfg', None) if model is not None else None
         if not cfg or cfg.get('mean') is None or cfg.get('std') is None:
             name = type(unwrap_model(model)).__name__ if model is not None else None
-            raise ValueError(
+            raise UsageError(
                 f'model {name} has no pretrained_cfg mean/std; pass mean=... and std=... (e.g. torchvision '
                 f'ImageNet models: mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)).')
         mean, std = cfg['mean'], cfg['std']
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if len(mean) != len(std):
-        raise ValueError(f'mean {mean} and std {std} have different lengths.')
+        raise UsageError(f'mean {mean} and std {std} have different lengths.')
     if any(not s > 0 for s in std):
-        raise ValueError(f'std {std} must be > 0 in every channel.')
+        raise UsageError(f'std {std} must be > 0 in every channel.')
     return mean, std
 
 
@@ -69,7 +70,7 @@ def per_channel(values: Tuple[float, ...], channels: int, what: str) -> Tuple[fl
     if channels == 1:
         # A 3-channel config on 1-channel data (e.g. CIFAR cfg, grayscale input): use the channel average.
         return (sum(values) / len(values),)
-    raise ValueError(f'{what} has {len(values)} channels but the images have {channels}.')
+    raise UsageError(f'{what} has {len(values)} channels but the images have {channels}.')
 
 
 def _mean_std_tensors(mean: Sequence[float], std: Sequence[float], channels: int, dtype, device):
@@ -83,7 +84,7 @@ def check_pixels(images, where: str = 'images'):
     if not torch.is_tensor(images):
         raise TypeError(f'{where} must be a torch.Tensor of [0,1] pixels, got {type(images).__name__}.')
     if not images.is_floating_point():
-        raise ValueError(f'{where} are {images.dtype}; objectives and evaluation take float pixels in [0, 1] '
+        raise UsageError(f'{where} are {images.dtype}; objectives and evaluation take float pixels in [0, 1] '
                          f'(convert uint8 images with images.float() / 255, before any normalization).')
     return images
 
@@ -120,7 +121,7 @@ class Normalizer:
 
     def __init__(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
         if (mean is None) != (std is None):
-            raise ValueError(f'give both mean and std or neither (got mean={mean!r}, std={std!r}).')
+            raise UsageError(f'give both mean and std or neither (got mean={mean!r}, std={std!r}).')
         self.mean = tuple(mean) if mean is not None else None
         self.std = tuple(std) if std is not None else None
         self._tensors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

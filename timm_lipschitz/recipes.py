@@ -11,15 +11,24 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from .errors import UsageError
+from .robustness.protocol import PAPER_GRID
+
 __all__ = ['DEFAULTS', 'SCHEMA', 'load_recipe', 'resolve_recipe', 'apply_overrides', 'validate_recipe',
            'RecipeError', 'deep_merge', 'set_dotted', 'get_dotted', 'RECIPES_DIR', 'TRACKERS', 'RESUME_SAFE',
-           'recipe_differences', 'flatten', 'import_plugins']
+           'recipe_differences', 'flatten', 'import_plugins', 'ResolvedRecipe']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 
 
-class RecipeError(ValueError):
+class RecipeError(UsageError):
     """A recipe key is unknown, mistyped or inconsistent; the message gives its dotted path."""
+
+
+class ResolvedRecipe(dict):
+    """What :func:`resolve_recipe` returns: defaults merged, overrides applied, validated, plugins imported in this
+    process. The trainer takes it as it is instead of resolving it a second time (the command line resolves first,
+    so a mistake is answered before torch loads); anything else it resolves itself."""
 
 
 NUM = (int, float)
@@ -80,7 +89,7 @@ DEFAULTS: Dict[str, Any] = {
     'compile': False,
     'compile_mode': 'default',
     'ema': {'enabled': False, 'decay': 0.999},
-    'eval': {'sigmas': '0:0.5:0.01', 'repeats': 1, 'seed': 0, 'clip': False, 'at_end': True, 'every_epochs': 1,
+    'eval': {'sigmas': PAPER_GRID, 'repeats': 1, 'seed': 0, 'clip': False, 'at_end': True, 'every_epochs': 1,
              'batch_size': 256, 'max_images': None},
     'checkpoint': {'every_steps': 0, 'every_epochs': 1, 'keep': 2},
     'sync_batchnorm': False,
@@ -361,4 +370,4 @@ def resolve_recipe(source: Union[str, Path, Dict[str, Any]], overrides: Sequence
     recipe = deep_merge(DEFAULTS, apply_overrides(raw, overrides))
     validate_recipe(recipe)
     recipe['output_dir'] = recipe['output_dir'].format(name=recipe['name'])
-    return recipe
+    return ResolvedRecipe(recipe)

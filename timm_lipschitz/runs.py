@@ -21,6 +21,7 @@ Rules (the README's "What happens when..."):
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -28,23 +29,29 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+from .errors import UserError
 from .fileio import read_json
 
 __all__ = ['latest_state', 'save_state', 'space_message', 'RunFolderError', 'StateSaveError', 'RunClaim', 'run_status',
-           'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'STOPPED_NAME', 'folder_size']
+           'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'STOPPED_NAME', 'FINAL_NAME', 'DIVERGED_NAME',
+           'METRICS_NAME',
+           'folder_size', 'finished_summary', 'require_finished', 'open_run_folder', 'apply_run_rules']
 
 LOCK_NAME = 'run.lock'
+FINAL_NAME = 'final.json'      # the run's summary, written last: the finished marker
 STOPPED_NAME = 'stopped.json'  # written by a run stopped by a signal at a saved step (resume it)
-RUN_MARKERS = ('recipe.yaml', 'metrics.jsonl', 'state', 'final.json', 'model.safetensors')
+DIVERGED_NAME = 'diverged.json'  # written when the loss became NaN/inf
+METRICS_NAME = 'metrics.jsonl'  # one JSON line per log call
+RUN_MARKERS = ('recipe.yaml', METRICS_NAME, 'state', FINAL_NAME, 'model.safetensors')
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """The run folder cannot be used as asked; the message names the folder and the ways out."""
 
 
-class StateSaveError(RuntimeError):
+class StateSaveError(UserError, RuntimeError):
     """A training state could not be written (disk full, folder not writable); the previous state is intact."""
 
 
@@ -123,11 +130,25 @@ def run_status(out: Path) -> Optional[str]:
     out = Path(out)
     if not any((out / m).exists() for m in RUN_MARKERS):
         return None
-    if (out / 'final.json').is_file():
+    if (out / FINAL_NAME).is_file():
         return 'a finished run'
     state = latest_state(out)
     return f'an unfinished run (last state: step {int(state.name.split("_")[1])})' if state else \
         'an unfinished run (no saved state)'
+
+
+def finished_summary(folder: Union[str, Path]) -> Optional[Dict[str, Any]]:
+    """The summary a finished run wrote last (its ``final.json``), or None while the run is not finished."""
+    path = Path(folder) / FINAL_NAME
+    return read_json(path) if path.is_file() else None
+
+
+def require_finished(folder: Union[str, Path], error: type = None) -> Dict[str, Any]:
+    """The finished run's summary; ``error`` (default :class:`RunFolderError`) names the folder when it is not one."""
+    summary = finished_summary(folder)
+    if summary is None:
+        raise (error or RunFolderError)(f'{folder} is not a finished training run (no {FINAL_NAME}).')
+    return summary
 
 
 def check_new_run(out: Path) -> None:
@@ -241,6 +262,52 @@ class RunClaim:
                     self.path.unlink()
             except (OSError, ValueError):
                 pass
+
+
+# ---- opening a run folder ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def open_run_folder(accelerator, out: Path, recipe: Dict[str, Any], resume: bool) -> Iterator[Dict[str, Any]]:
+    """Claim the run folder for this run and apply the rules above (module doc), on the main process; its
+    answer, or its error, reaches every process. Yields what resuming needs; releases the claim at the end."""
+    from accelerate.utils import broadcast_object_list
+    claim = RunClaim(out)
+    answer: List[Any] = [None, None]
+    if accelerator.is_main_process:
+        try:
+            answer = [apply_run_rules(out, recipe, resume, claim), None]
+        except (UserError, OSError) as e:
+            answer = [None, e]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(answer, from_process=0)
+    try:
+        if answer[1] is not None:
+            raise answer[1]
+        yield answer[0]
+    finally:
+        claim.release()
+
+
+def apply_run_rules(out: Path, recipe: Dict[str, Any], resume: bool, claim: RunClaim) -> Dict[str, Any]:
+    """Claim the folder, then: a resume checks the recipe and repairs ``metrics.jsonl``; a new run needs a folder
+    without a run. The markers of an earlier end (finished, diverged, stopped) are cleared."""
+    claim.acquire()
+    if claim.notice:
+        print(claim.notice, flush=True)
+    saved = None
+    allowed: List[str] = []
+    if resume and run_status(out):
+        allowed = check_resume(out, recipe)
+        import yaml
+        saved = yaml.safe_load((out / 'recipe.yaml').read_text()) if (out / 'recipe.yaml').is_file() else {}
+        _, broken = read_metrics(out / METRICS_NAME, repair=True)
+        if broken:
+            print(f'warning: {out / METRICS_NAME}: dropped {broken} broken line(s) (a kill mid-write).',
+                  flush=True)
+    elif not resume:
+        check_new_run(out)
+    for stale in (FINAL_NAME, DIVERGED_NAME, STOPPED_NAME):
+        (out / stale).unlink(missing_ok=True)
+    return {'saved': saved, 'allowed': allowed}
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------------

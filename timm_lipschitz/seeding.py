@@ -2,19 +2,24 @@
 
     stream_seed(stream, seed, k1, k2, ...) = (((seed * m1) + k1) * m2 + k2) ...
 
-a polynomial fold of the keys with the stream's multipliers (fixed primes). The streams, their keys and their
-multipliers are listed once, in :data:`STREAMS`; the multipliers are those of timm-lipschitz 0.1.0, so every stream
+a polynomial fold of the keys with the stream's multipliers (fixed primes; 1 where a key only offsets the seed, as
+the attacks' per-norm starts do). The streams, their keys and their multipliers are listed once, in
+:data:`STREAMS`, and no module adds its own offset to a stream's seed; the multipliers are those of timm-lipschitz 0.1.0, so every stream
 is bit-identical to what 0.1.0 drew. A generator seeded this way depends only on the keys named here: evaluation
 noise is the same whatever the batch size, grid, device or number of processes; the data order and the fast path's
 augmentation of an epoch are the same on resume.
 
 Two streams are not generators of their own: model initialization and the standard (DataLoader) path's per-item
 augmentation draw from torch's global RNG, seeded once per run with ``stream_seed('global', seed)`` (Accelerate's
-``set_seed``) and saved in the training state, so a resumed run continues them.
+``set_seed``) and saved in the training state, so a resumed run continues them. Not a run's streams at all: the
+fixed 80/20 splits of the built-in datasets (``SPLIT_SEED`` in :mod:`timm_lipschitz.data.sources`), which are part
+of the data and the same for every run and seed.
 """
 from __future__ import annotations
 
 from typing import Dict, NamedTuple, Tuple
+
+from .errors import UsageError
 
 __all__ = ['STREAMS', 'Stream', 'stream_seed']
 
@@ -39,17 +44,19 @@ STREAMS: Dict[str, Stream] = {
                          doc='the random parts of one corruption of one test image at one severity'),
     'synthetic_data': Stream(('split',), (1,), doc='the synthetic dataset: split 0 templates, 1 train, 2 test'),
     'smoothing_noise': Stream((), (), doc="randomized smoothing's Monte Carlo noise"),
-    'attack_start': Stream((), (), doc='random starts of the PGD lower bound and of adversarial attacks'),
+    'attack_start': Stream(('norm_index',), (1,),
+                           doc='random starts of the PGD lower bound (norm_index 0) and of the attacks on each '
+                               'requested norm (its position in the request)'),
 }
 
 
 def stream_seed(stream: str, seed: int, *keys: int) -> int:
     """The seed of ``stream`` for the run seed ``seed`` and the stream's keys (see :data:`STREAMS`)."""
     if stream not in STREAMS:
-        raise ValueError(f'unknown random stream {stream!r}; streams: {sorted(STREAMS)}.')
+        raise UsageError(f'unknown random stream {stream!r}; streams: {sorted(STREAMS)}.')
     spec = STREAMS[stream]
     if len(keys) != len(spec.keys):
-        raise ValueError(f'stream {stream!r} takes keys {spec.keys}, got {len(keys)} value(s).')
+        raise UsageError(f'stream {stream!r} takes keys {spec.keys}, got {len(keys)} value(s).')
     h = int(seed)
     for m, k in zip(spec.multipliers, spec.fixed + tuple(int(k) for k in keys)):
         h = h * m + k

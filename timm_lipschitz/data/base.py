@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
+
 __all__ = ['DatasetInfo', 'TensorImageDataset', 'DataError', 'adapt_images', 'check_labels', 'to_float']
 
 PAD_LIMIT = 8
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Data is missing, unreadable or inconsistent; the message says where and how to fix it."""
 
 
@@ -79,7 +81,7 @@ def adapt_images(images: torch.Tensor, input_size: Optional[Sequence[int]]) -> t
     if input_size is None:
         return images
     if len(input_size) != 3 or any(int(s) < 1 for s in input_size):
-        raise ValueError(f'input_size={tuple(input_size)!r} is not allowed; give (channels, height, width).')
+        raise UsageError(f'input_size={tuple(input_size)!r} is not allowed; give (channels, height, width).')
     c, h, w = (int(s) for s in input_size)
     return _adapt_channels(_adapt_spatial(images, h, w), c)
 
@@ -101,9 +103,9 @@ class TensorImageDataset(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo,
                  transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         if images.ndim != 4:
-            raise ValueError(f'images must be (N, C, H, W); got shape {tuple(images.shape)}.')
+            raise UsageError(f'images must be (N, C, H, W); got shape {tuple(images.shape)}.')
         if len(images) != len(labels):
-            raise ValueError(f'{len(images)} images but {len(labels)} labels.')
+            raise UsageError(f'{len(images)} images but {len(labels)} labels.')
         self.images = images
         self.labels = labels.long()
         self.info = info

@@ -7,6 +7,8 @@ from typing import Union
 
 import numpy as np
 
+from ..errors import UsageError
+
 __all__ = ['read_idx', 'write_idx']
 
 # idx type byte -> numpy big-endian dtype
@@ -25,17 +27,17 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
         with _open(path) as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(f'cannot read idx file {path}: {e}') from e
+        raise UsageError(f'cannot read idx file {path}: {e}') from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise ValueError(f'{path} is not an idx file (bad magic number {raw[:4].hex() or "<empty>"}).')
+        raise UsageError(f'{path} is not an idx file (bad magic number {raw[:4].hex() or "<empty>"}).')
     dtype, ndim = _DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f'{path} is truncated: its header needs {header} bytes, the file has {len(raw)}.')
+        raise UsageError(f'{path} is truncated: its header needs {header} bytes, the file has {len(raw)}.')
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(raw) != expected:
-        raise ValueError(f'{path} is truncated or corrupt: shape {shape} needs {expected} bytes, '
+        raise UsageError(f'{path} is truncated or corrupt: shape {shape} needs {expected} bytes, '
                          f'the file has {len(raw)}.')
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder('='))
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..seeding import stream_seed
 from .base import DataError, DatasetInfo, TensorImageDataset, adapt_images
 from .idx import read_idx
@@ -360,7 +361,7 @@ def create_dataset(name: str, split: str = 'train', root: Optional[Union[str, Pa
         raise DataError(f'create_dataset needs a dataset name, got {name!r}; known datasets: '
                         f'{", ".join(list_datasets())}.')
     if split not in SPLITS:
-        raise ValueError(f'split={split!r} is not allowed; choose one of {SPLITS}.')
+        raise UsageError(f'split={split!r} is not allowed; choose one of {SPLITS}.')
     _check_kwargs(name, kwargs)
     root_path = Path(root).expanduser() if root is not None else None
     if name.startswith('hf:') or name == 'imagefolder':
@@ -368,7 +369,7 @@ def create_dataset(name: str, split: str = 'train', root: Optional[Union[str, Pa
         channels = int(input_size[0]) if input_size else channels
         if name == 'imagefolder':
             if root_path is None:
-                raise ValueError('imagefolder needs root=<folder with one sub-folder per class>.')
+                raise UsageError('imagefolder needs root=<folder with one sub-folder per class>.')
             load, n, names, source = _imagefolder(split, root_path, channels)
         else:
             load, n, names, source = _hf(name[3:], split, root_path, download, channels, **kwargs)
@@ -380,7 +381,7 @@ def create_dataset(name: str, split: str = 'train', root: Optional[Union[str, Pa
         info = DatasetInfo(name, split, len(names), native, size, names, n, source)
         return LoadedDataset(LazyImageDataset(load, n, info), info)
     if name not in _SOURCES:
-        raise ValueError(f'unknown dataset {name!r}; known datasets: {", ".join(list_datasets())}.')
+        raise UsageError(f'unknown dataset {name!r}; known datasets: {", ".join(list_datasets())}.')
     images, labels, names, source = _SOURCES[name](split, root_path or default_root() / name, download, **kwargs)
     native = tuple(images.shape[1:])
     images = adapt_images(images, input_size)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from ..errors import UsageError
+
 __all__ = ['AUGMENTATIONS', 'train_transform', 'batch_augment', 'check_augmentation', 'CROP_PADDING']
 
 AUGMENTATIONS = ('none', 'crop', 'cifar')
@@ -20,7 +22,7 @@ CROP_PADDING = 4
 
 def check_augmentation(augmentation: str) -> str:
     if augmentation not in AUGMENTATIONS:
-        raise ValueError(f'augmentation={augmentation!r} is not allowed; choose one of {AUGMENTATIONS}.')
+        raise UsageError(f'augmentation={augmentation!r} is not allowed; choose one of {AUGMENTATIONS}.')
     return augmentation
 
 

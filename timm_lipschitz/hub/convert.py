@@ -8,6 +8,7 @@ from typing import Dict, Tuple, Union
 
 import torch
 
+from ..errors import UsageError
 from .files import CheckpointError, save_pretrained
 
 __all__ = ['convert_checkpoint', 'CONVERTER_SOURCES']
@@ -63,7 +64,7 @@ def convert_checkpoint(path: Union[str, Path], out_dir: Union[str, Path], source
     """
     import timm
     if source not in CONVERTER_SOURCES:
-        raise ValueError(f'source={source!r} is not allowed; choose one of {CONVERTER_SOURCES}.')
+        raise UsageError(f'source={source!r} is not allowed; choose one of {CONVERTER_SOURCES}.')
     path = Path(path)
     state = _load_foreign(path)
     found = _detect_source(state)

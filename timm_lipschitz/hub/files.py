@@ -17,13 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch.nn as nn
 
+from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ..normalization import unwrap_model
-from ..robustness.protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid
+from ..runs import finished_summary
+from ..robustness.protocol import SUMMARY_KEYS
+from .card import render_card
 
 __all__ = ['save_pretrained', 'read_metadata', 'load_robustness', 'load_checkpoint', 'load_pretrained',
            'recipe_hash', 'CheckpointError', 'WEIGHTS_NAME', 'FORMAT_VERSION', 'resolve_source', 'record_evaluation']
@@ -32,7 +35,7 @@ FORMAT_VERSION = 2
 WEIGHTS_NAME = 'model.safetensors'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint is unreadable or does not fit the model; the message names the file and the mismatch."""
 
 
@@ -65,72 +68,6 @@ def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
     if attacks:
         out.update(attacks.get('reported', {}))
     return out
-
-
-def _card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
-    lines: List[str] = []
-    robustness = record.get('robustness')
-    if robustness:
-        s = robustness.get('summary', {})
-        lines += ['## Accuracy under additive Gaussian noise', '',
-                  f"Test accuracy (%) with noise N(0, sigma^2) added per pixel in [0,1] space before "
-                  f"normalization, {robustness.get('repeats')} draw(s) per image, {robustness.get('num_images')} "
-                  f"test images, grid {robustness['sigmas'][0]:g}..{robustness['sigmas'][-1]:g} "
-                  f"({len(robustness['sigmas'])} levels).", '',
-                  '| sigma_test | accuracy | std over draws |', '|---|---|---|']
-        step = max(1, len(robustness['sigmas']) // 10)
-        for i, (sg, a, sd) in enumerate(zip(robustness['sigmas'], robustness['accuracy'],
-                                            robustness['accuracy_std'])):
-            if i % step == 0 or i == len(robustness['sigmas']) - 1 or \
-                    any(index_on_grid([sg], t) is not None for t in TABLE_SIGMAS[1:]):
-                lines.append(f'| {sg:.2f} | {a:.2f} | {sd:.2f} |')
-        lines += ['', '| clean | sigma 0.3 | sigma 0.5 | grid mean |', '|---|---|---|---|',
-                  '| ' + ' | '.join('n/a' if s.get(k) is None else f'{s[k]:.2f}' for k in SUMMARY_KEYS) + ' |', '']
-    if plot:
-        lines += [f'![accuracy vs sigma]({plot})', '']
-    corruptions = record.get('corruptions')
-    if corruptions:
-        from ..robustness.report import corruption_table
-        lines += ['## Common corruptions (CIFAR-10-C)', '',
-                  f"Accuracy (%) under the corruptions of CIFAR-10-C, computed on the fly with its constants, mean over "
-                  f"severities {corruptions['severities']}, {corruptions['num_images']} test images. Mean corruption "
-                  f"accuracy: **{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).", '',
-                  corruption_table({'accuracy': corruptions}), '']
-    attacks = record.get('attacks')
-    if attacks:
-        from ..robustness.report import attack_table
-        lines += ['## Adversarial robustness', '', attack_table({'accuracy': attacks}), '']
-    return lines
-
-
-def _card(name: str, config: Dict[str, Any], meta: Dict[str, str], record: Dict[str, Any],
-          command: Optional[str], plot: Optional[str], load_as: str) -> str:
-    dataset = meta.get('dataset', '')
-    hp = json.loads(meta.get('hparams', '{}'))
-    lines = [
-        '---',
-        'tags:', '- image-classification', '- timm', '- timm-lipschitz', '- noise-robustness',
-        'library_name: timm',
-        f"license: {config.get('pretrained_cfg', {}).get('license', 'apache-2.0')}",
-    ]
-    if dataset:
-        lines += ['datasets:', f'- {dataset}']
-    lines += ['---', '', f'# Model card for {name}', '',
-              f"A `{meta.get('architecture')}` image classifier trained on `{dataset}` with the "
-              f"`{meta.get('objective')}` objective of timm-lipschitz "
-              f"(Usama & Chang, *Towards Robust Neural Networks with Lipschitz Continuity*).", '',
-              '## Model details', '',
-              f"- **Architecture:** {meta.get('architecture')} ({config.get('num_classes')} classes, input "
-              f"{tuple(config.get('pretrained_cfg', {}).get('input_size', ()))})",
-              f"- **Objective:** {meta.get('objective')} {hp}",
-              f"- **Recipe hash:** {meta.get('recipe_hash') or 'n/a'}; timm-lipschitz {meta.get('version')}", '',
-              '## Usage', '', '```python', 'import timm, timm_lipschitz',
-              f"model = timm.create_model('{load_as}', pretrained=True)",
-              'model.eval()  # inputs: [0,1] pixels normalized with pretrained_cfg mean/std', '```', '']
-    lines += _card_sections(record, plot)
-    if command:
-        lines += ['## Reproduce', '', '```bash', command, '```', '']
-    return '\n'.join(lines)
 
 
 def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional[str] = None,
@@ -175,8 +112,8 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
         import yaml
         atomic_write_text(folder / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
     name = f'{arch}.{tag}' if tag else arch
-    atomic_write_text(folder / 'README.md', _card(name, config, meta, record, command, plot,
-                                                  load_as or f'local-dir:{folder}'))
+    atomic_write_text(folder / 'README.md', render_card(name, config, meta, record, command, plot,
+                                                        load_as or f'local-dir:{folder}'))
     return folder
 
 
@@ -198,10 +135,11 @@ def record_evaluation(folder: Union[str, Path], load_as: Optional[str] = None, c
                                     default=str)
     atomic_write_bytes(folder / WEIGHTS_NAME, st_save(load_file(str(folder / WEIGHTS_NAME)), metadata=meta))
     config = read_json(folder / 'config.json')
-    final = read_json(folder / 'final.json') if (folder / 'final.json').is_file() else {}
+    final = finished_summary(folder) or {}
     name = f"{meta.get('architecture')}.{meta['tag']}" if meta.get('tag') else str(meta.get('architecture'))
     plot = 'robustness.png' if (folder / 'robustness.png').is_file() else None
-    card = _card(name, config, meta, record, command or final.get('command'), plot, load_as or f'local-dir:{folder}')
+    card = render_card(name, config, meta, record, command or final.get('command'), plot,
+                       load_as or f'local-dir:{folder}')
     atomic_write_text(folder / 'README.md', card)
     return folder
 

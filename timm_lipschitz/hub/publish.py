@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..runs import require_finished
 from .files import WEIGHTS_NAME, CheckpointError, load_pretrained, read_metadata, record_evaluation, save_pretrained
 
 __all__ = ['publish', 'place_in_cache', 'ship_pretrained']
@@ -17,8 +18,7 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
             private: bool = False) -> Path:
     """Build the hub folder of a finished training run and upload it (``dry_run``: build only)."""
     run_dir = Path(run_dir)
-    if not (run_dir / 'final.json').is_file():
-        raise CheckpointError(f'{run_dir} is not a finished training run (no final.json).')
+    require_finished(run_dir, CheckpointError)
     model = load_pretrained(run_dir)
     meta = read_metadata(run_dir)
     rob_file = run_dir / 'robustness.json'
@@ -86,8 +86,7 @@ def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, 
 
     from ..models._pretrained import INDEX, WEIGHTS_DIR
     run_dir = Path(run_dir)
-    if not (run_dir / 'final.json').is_file():
-        raise CheckpointError(f'{run_dir} is not a finished training run (no final.json).')
+    require_finished(run_dir, CheckpointError)
     meta = read_metadata(run_dir)
     config = read_json(run_dir / 'config.json')
     name = f"{meta['architecture']}.{meta['tag']}"

@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, NamedTuple, Tuple
 
+from ..errors import UsageError
 from ..losses import list_losses, loss_class
+from ..naming import TAG_CHARS, compact, safe_name
 
 __all__ = ['make_tag', 'parse_tag', 'ParsedTag', 'DATASET_TAGS', 'encode_number', 'decode_number', 'TagError']
 
@@ -25,7 +27,7 @@ DATASET_TAGS = {'fashion_mnist': 'fmnist', 'mnist_5k': 'mnist5k', 'digits': 'dig
                 'cifar10': 'c10', 'cifar100': 'c100', 'stl10': 'stl10'}
 
 
-class TagError(ValueError):
+class TagError(UsageError):
     """A tag or a value cannot be written or read in the tag scheme."""
 
 
@@ -64,10 +66,6 @@ def decode_number(text: str) -> float:
     return float(text)
 
 
-def _compact(name: str) -> str:
-    return name.replace('_', '')
-
-
 def _encode(value: Any, default: Any, what: str) -> str:
     if isinstance(value, bool):
         return '1' if value else '0'
@@ -76,9 +74,9 @@ def _encode(value: Any, default: Any, what: str) -> str:
     if isinstance(value, dict) and isinstance(value.get('name'), str):
         name = value['name']
         args = {k: v for k, v in value.items() if k != 'name'}
-        return _compact(name) + ''.join('-' + p for p in _setting(name, args, always=False))
+        return compact(name) + ''.join('-' + p for p in _setting(name, args, always=False))
     if isinstance(value, str) and value in list_losses():
-        return _compact(value)
+        return compact(value)
     if isinstance(value, str) and re.fullmatch(r'[a-z0-9]+', value):
         return value
     raise TagError(f'{what}={value!r} cannot be written in a tag (numbers, booleans, loss names and lower-case '
@@ -94,7 +92,7 @@ def _decode(text: str, default: Any) -> Any:
         v = decode_number(text)
         return int(v) if isinstance(default, int) and v == int(v) else v
     name, *args = text.split('-')
-    by_compact = {_compact(n): n for n in list_losses()}
+    by_compact = {compact(n): n for n in list_losses()}
     if name in by_compact:
         loss = by_compact[name]
         if not args:
@@ -128,7 +126,7 @@ def _parse_setting(objective: str, parts: list) -> Dict[str, Any]:
 
 
 def dataset_code(dataset: str) -> str:
-    return DATASET_TAGS.get(dataset, re.sub(r'[^a-z0-9]+', '', dataset.lower()))
+    return DATASET_TAGS.get(dataset, safe_name(dataset.lower(), TAG_CHARS))
 
 
 def make_tag(objective: str, hparams: Dict[str, Any], dataset: str) -> str:

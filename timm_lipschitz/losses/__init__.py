@@ -7,6 +7,7 @@ torch: the command line reads the objectives' arguments to validate a recipe bef
 """
 from .base import HyperparameterError, LossOutput, Objective
 from .lipschitz import OUTPUTS, LipschitzHinge, build_task_loss, lipschitz_ratio, model_output
+from .noise import NoiseStream
 from .peers import Consistency, GaussianAugmentation, Stability
 from .registry import create_loss, list_losses, loss_arguments, loss_class, register_loss
 from .standard import BinaryCrossEntropyLoss, CrossEntropy, TaskLoss
@@ -14,4 +15,4 @@ from .standard import BinaryCrossEntropyLoss, CrossEntropy, TaskLoss
 __all__ = ['LossOutput', 'Objective', 'TaskLoss', 'HyperparameterError', 'create_loss', 'list_losses',
            'register_loss', 'loss_class', 'loss_arguments', 'CrossEntropy', 'BinaryCrossEntropyLoss',
            'LipschitzHinge', 'GaussianAugmentation', 'Stability', 'Consistency', 'lipschitz_ratio', 'model_output',
-           'build_task_loss', 'OUTPUTS']
+           'build_task_loss', 'OUTPUTS', 'NoiseStream']

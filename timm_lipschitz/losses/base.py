@@ -15,7 +15,11 @@ import inspect
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 from .._lazy import lazy_module
+from ..errors import UsageError
+from ..modes import eval_mode
+from ..naming import compact
 from ..normalization import Normalizer, check_pixels, warn_if_not_pixels
+from .noise import NoiseStream
 
 torch = lazy_module('torch', __name__)
 
@@ -32,7 +36,7 @@ class LossOutput(NamedTuple):
     parts: Dict[str, Any]
 
 
-class HyperparameterError(ValueError):
+class HyperparameterError(UsageError):
     """An objective's argument is out of range; ``name`` is the argument, so callers can name their own key
     (a recipe reports ``loss.sigma=-0.5``)."""
 
@@ -77,9 +81,9 @@ class Objective:
 
     ``images`` are float pixels in [0,1]; the objective adds noise there, normalizes with the model's mean/std
     (or ``mean``/``std`` given here, for models without a timm ``pretrained_cfg``) and runs the model. Noise
-    comes from a generator the objective owns, created lazily on the images' device and seeded by ``seed``
-    (drawn from torch's global RNG when not given, so ``accelerate.utils.set_seed`` makes it reproducible).
-    ``state_dict``/``load_state_dict`` carry the generator, so a resumed run continues the same noise stream.
+    comes from the objective's :class:`~timm_lipschitz.losses.noise.NoiseStream` (``self.noise``, seeded by
+    ``seed``); ``noise_like`` draws from it, and ``state_dict``/``load_state_dict`` carry its generator, so a resumed
+    run continues the same noise stream.
 
     Subclasses store each hyperparameter under its argument name (``self.sigma``), so :meth:`hparams` is the
     signature read back.
@@ -93,11 +97,7 @@ class Objective:
     def __init__(self, *, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  seed: Optional[int] = None):
         self.normalizer = Normalizer(mean, std)
-        self.seed = int(torch.randint(0, 2 ** 62, ()).item()) if seed is None else int(seed)
-        self._generator = None
-        self._pending_state = None
-        self._pending_device: Optional[str] = None
-        self.num_shards, self.shard_index = 1, 0
+        self.noise = NoiseStream(seed)
         self._range_checked = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -137,7 +137,7 @@ class Objective:
     @classmethod
     def short_names(cls) -> Dict[str, str]:
         """Every hyperparameter's short name: ``abbrev``, else the name without underscores."""
-        return {k: cls.abbrev.get(k, k.replace('_', '')) for k in cls.defaults()}
+        return {k: cls.abbrev.get(k, compact(k)) for k in cls.defaults()}
 
     @classmethod
     def label(cls) -> str:
@@ -161,59 +161,31 @@ class Objective:
         args = ', '.join(f'{k}={v!r}' for k, v in self.hparams().items())
         return f'{type(self).__name__}({args})'
 
-    # -- noise -----------------------------------------------------------------------------------------------
+    # -- noise (the objective's NoiseStream) --------------------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        return self.noise.seed
+
     def reseed(self, seed: int) -> None:
-        """Restart the noise stream from ``seed`` (every process uses the same seed; see :meth:`set_shard`)."""
-        self.seed = int(seed)
-        self._generator = None
-        self._pending_state = None
+        """Restart the noise stream from ``seed``."""
+        self.noise.reseed(seed)
 
     def set_shard(self, num_shards: int, index: int) -> None:
-        """Draw noise for the global batch and keep this process's slice.
-
-        Every process seeds the same stream, draws noise for all ``num_shards`` equal slices of the global batch
-        and keeps slice ``index`` (the slice its data loader gives it), so an N-process run adds exactly the
-        noise of a 1-process run with the same global batch, and one saved generator state serves all ranks.
-        """
-        if not 0 <= index < num_shards:
-            raise ValueError(f'shard index {index} is not in [0, {num_shards}).')
-        self.num_shards, self.shard_index = int(num_shards), int(index)
+        """Draw noise for the global batch and keep this process's slice (:meth:`NoiseStream.set_shard`)."""
+        self.noise.set_shard(num_shards, index)
 
     def generator(self, device):
-        device = torch.device(device)
-        gen = self._generator
-        if gen is None or gen.device.type != device.type:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
-            if self._pending_state is not None:
-                if self._pending_device not in (None, device.type):
-                    raise ValueError(
-                        f'the saved noise generator state is for a {self._pending_device} generator but the images '
-                        f'are on {device.type}; resume on the same device type or call reseed().')
-                gen.set_state(self._pending_state)
-                self._pending_state = None
-            self._generator = gen
-        return gen
+        return self.noise.generator(device)
 
     def noise_like(self, images, sigma: float):
-        """sigma * N(0, 1) noise, drawn in float32 from the objective's generator."""
-        b = images.shape[0]
-        shape = (b * self.num_shards, *images.shape[1:])
-        z = torch.randn(shape, generator=self.generator(images.device), device=images.device, dtype=torch.float32)
-        if self.num_shards > 1:
-            z = z[self.shard_index * b:(self.shard_index + 1) * b]
-        return (z * sigma).to(images.dtype)
+        """sigma * N(0, 1) noise, drawn in float32 from the objective's generator (the plugin API)."""
+        return self.noise.noise_like(images, sigma)
 
     def state_dict(self) -> Dict[str, Any]:
-        state = self._generator.get_state() if self._generator is not None else self._pending_state
-        return {'seed': self.seed, 'generator': state,
-                'device': self._generator.device.type if self._generator is not None else None}
+        return self.noise.state_dict()
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.seed = int(state['seed'])
-        self._generator = None
-        self._pending_state = state.get('generator')
-        self._pending_device = state.get('device')
+        self.noise.load_state_dict(state)
 
     # -- model calls -----------------------------------------------------------------------------------------
     def forward_model(self, model, images):
@@ -226,13 +198,8 @@ class Objective:
         Runs without autograd and with BatchNorm in eval mode, so the training signal and the BN running
         statistics stay exactly those of the method (noisy inputs only).
         """
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return self.forward_model(model, images).detach()
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            return self.forward_model(model, images).detach()
 
     def __call__(self, model, images, targets) -> LossOutput:
         raise NotImplementedError

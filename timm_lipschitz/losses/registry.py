@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Type, TypeVar
 
+from ..errors import UsageError
+
 __all__ = ['register_loss', 'create_loss', 'list_losses', 'loss_class', 'loss_arguments']
 
 _LOSSES: Dict[str, type] = {}
@@ -15,13 +17,13 @@ def _check_abbrev(name: str, cls: type) -> None:
     params = cls.defaults()
     for key in [*cls.abbrev, *cls.tag_always]:
         if key not in params:
-            raise ValueError(f'loss {name!r}: {key!r} in abbrev/tag_always is not an argument of {cls.__qualname__}.')
+            raise UsageError(f'loss {name!r}: {key!r} in abbrev/tag_always is not an argument of {cls.__qualname__}.')
     short = cls.short_names()
     values = list(short.values())
     for a in values:
         if not a.isalnum() or not a[0].isalpha() or any(b != a and b.startswith(a) for b in values) \
                 or values.count(a) > 1:
-            raise ValueError(f'loss {name!r}: short names {short} must be alphanumeric, start with a letter, be '
+            raise UsageError(f'loss {name!r}: short names {short} must be alphanumeric, start with a letter, be '
                              f'distinct and none a prefix of another.')
 
 
@@ -29,7 +31,7 @@ def register_loss(name: str) -> Callable[[T], T]:
     """Class decorator: make ``create_loss(name, **kwargs)`` build this objective."""
     def wrap(cls: T) -> T:
         if name in _LOSSES and _LOSSES[name] is not cls:
-            raise ValueError(f'loss {name!r} is already registered by {_LOSSES[name].__qualname__}.')
+            raise UsageError(f'loss {name!r} is already registered by {_LOSSES[name].__qualname__}.')
         cls.loss_name = name
         _check_abbrev(name, cls)
         _LOSSES[name] = cls
@@ -44,7 +46,7 @@ def list_losses() -> List[str]:
 
 def loss_class(name: str) -> Type[Any]:
     if name not in _LOSSES:
-        raise ValueError(f'unknown loss {name!r}; registered losses: {", ".join(list_losses())}.')
+        raise UsageError(f'unknown loss {name!r}; registered losses: {", ".join(list_losses())}.')
     return _LOSSES[name]
 
 
@@ -61,5 +63,5 @@ def create_loss(name: str, **kwargs: Any) -> Any:
     allowed = loss_arguments(name)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ValueError(f'unknown argument(s) {unknown} for loss {name!r}; allowed: {sorted(allowed)}.')
+        raise UsageError(f'unknown argument(s) {unknown} for loss {name!r}; allowed: {sorted(allowed)}.')
     return loss_class(name)(**kwargs)

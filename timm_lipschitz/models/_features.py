@@ -11,6 +11,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..errors import UsageError
+
 Stage = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -26,7 +28,7 @@ def forward_intermediates(
     """The outputs of the stages picked by ``indices`` (timm's semantics) and the last output computed."""
     from timm.models._features import feature_take_indices
     if output_fmt != 'NCHW':
-        raise ValueError(f"output_fmt={output_fmt!r} is not supported; only 'NCHW' is.")
+        raise UsageError(f"output_fmt={output_fmt!r} is not supported; only 'NCHW' is.")
     take_indices, max_index = feature_take_indices(len(stages), indices)
     last = len(stages) - 1
     intermediates = []

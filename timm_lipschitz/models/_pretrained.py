@@ -14,8 +14,14 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict
 
+from ..errors import UserError
+
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
 INDEX = WEIGHTS_DIR / 'index.json'
+
+
+class WeightsUnavailable(UserError, RuntimeError):
+    """A tag's weights are neither bundled nor in the Hugging Face cache, and the Hub cannot be reached."""
 
 
 def shipped() -> Dict[str, Dict[str, Any]]:
@@ -64,7 +70,7 @@ def build(model_cls: type, variant: str, pretrained: bool, **kwargs: Any):
                 not isinstance(e, FileNotFoundError):
             raise
         tag = f'{variant}.{cfg.tag}' if getattr(cfg, 'tag', None) else variant
-        raise RuntimeError(
+        raise WeightsUnavailable(
             f'pretrained weights of {tag} live in the Hugging Face Hub repo {hub_id!r} and are not in the local '
             f'cache (offline or unreachable: {type(e).__name__}). Place them locally with '
             f'timm_lipschitz.hub.place_in_cache("<folder with model.safetensors>", "{hub_id}"), run '

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, create_classifier
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
+from ..errors import UsageError
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
@@ -122,7 +123,7 @@ class PreActBasicBlock(nn.Module):
 def blocks_per_stage(depth: int) -> int:
     """Blocks per stage for a CIFAR ResNet of ``depth`` layers; depth must be 6n + 2 with n >= 1."""
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
+        raise UsageError(
             f'depth={depth!r} is not allowed for a CIFAR ResNet: depth must be 6n+2 with n >= 1 '
             f'(e.g. 20, 32, 44, 56, 110, 1202).')
     return (depth - 2) // 6
@@ -166,7 +167,7 @@ class CifarResNet(StagedFeatures, nn.Module):
         dd = {'device': device, 'dtype': dtype}
         shortcut = str(shortcut).upper()
         if shortcut not in SHORTCUT_OPTIONS:
-            raise ValueError(f'shortcut={shortcut!r} is not allowed; choose one of {SHORTCUT_OPTIONS}.')
+            raise UsageError(f'shortcut={shortcut!r} is not allowed; choose one of {SHORTCUT_OPTIONS}.')
         n = blocks_per_stage(depth)
         self.depth = depth
         self.preact = preact

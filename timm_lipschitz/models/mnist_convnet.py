@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
+from ..errors import UsageError
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
@@ -51,7 +52,7 @@ class MnistConvNet(StagedFeatures, nn.Module):
         dd = {'device': device, 'dtype': dtype}
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if h < 2 or w < 2:
-            raise ValueError(f'img_size={img_size!r} is too small; height and width must be >= 2.')
+            raise UsageError(f'img_size={img_size!r} is too small; height and width must be >= 2.')
         self._check_pool(global_pool)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -71,7 +72,7 @@ class MnistConvNet(StagedFeatures, nn.Module):
     @staticmethod
     def _check_pool(global_pool: str) -> None:
         if global_pool not in ('flatten', ''):
-            raise ValueError(f"global_pool={global_pool!r} is not allowed for mnist_convnet; use 'flatten' or ''.")
+            raise UsageError(f"global_pool={global_pool!r} is not allowed for mnist_convnet; use 'flatten' or ''.")
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:

@@ -25,16 +25,18 @@ from __future__ import annotations
 
 import contextlib
 from fractions import Fraction
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import UsageError
+from ..modes import eval_mode
 from ..normalization import Normalizer
 from ..seeding import stream_seed
 
-__all__ = ['attack_sweep', 'PixelModel', 'NORMS', 'METHODS', 'default_eps', 'reported_eps', 'parse_eps',
+__all__ = ['attack_sweep', 'check_request', 'require_art', 'PixelModel', 'NORMS', 'METHODS', 'default_eps', 'reported_eps', 'parse_eps',
            'AttackError', 'SANITY_EPS', 'eps_key']
 
 NORMS = ('linf', 'l2')
@@ -46,11 +48,12 @@ SANITY_EPS = {'linf': 0.5, 'l2': None}  # l2: half the image's diagonal, sqrt(d)
 MASKING_TOLERANCE = 2.0  # accuracy points by which a larger epsilon or a black-box attack may "win" before a flag
 
 
-class AttackError(ValueError):
+class AttackError(UsageError):
     """A bad attack request (norm, epsilon, method) or a missing attack library; the message says what to do."""
 
 
-def _require_art():
+def require_art() -> None:
+    """ART is an extra: without it, one line that says how to install it."""
     try:
         import art  # noqa: F401
     except ImportError:
@@ -156,6 +159,30 @@ def _gather(data, max_images: int) -> Tuple[np.ndarray, np.ndarray]:
     return x.float().numpy(), y.long().numpy()
 
 
+def check_request(norms: Union[str, Sequence[str]], method: str, steps: Any, max_images: Any = 1,
+                  names: Optional[Dict[str, str]] = None) -> List[str]:
+    """The one check of an attack request, before any model or data loads; returns the norms as a list.
+
+    ``norms`` is a list or a comma list; ``names`` maps ``norms`` / ``method`` / ``steps`` / ``max_images`` to how the
+    caller names them (the command line: ``--attack``, ``--attack-method``, ...), so the error names the user's key.
+    """
+    names = {'norms': 'norms', 'method': 'attack method', 'steps': 'steps', 'max_images': 'max_images',
+             **(names or {})}
+    listed = [n.strip() for n in norms.split(',')] if isinstance(norms, str) else list(norms)
+    listed = [n for n in listed if n]
+    bad = [n for n in listed if n not in NORMS]
+    if bad or not listed:
+        raise AttackError(f'{names["norms"]} {norms!r}: norms {bad or listed!r} are not allowed; choose from '
+                          f'{NORMS}.')
+    if method not in METHODS:
+        raise AttackError(f'{names["method"]} {method!r} is not allowed; choose one of {METHODS}.')
+    for key, value in (('steps', steps), ('max_images', max_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AttackError(f'{names[key]}={value!r} is not allowed; give an integer >= 1.')
+    require_art()
+    return listed
+
+
 def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
                  eps: Optional[Dict[str, Sequence[float]]] = None, method: str = 'pgd', steps: int = 20,
                  max_images: int = 200, seed: int = 0, batch_size: int = 128, mean=None, std=None,
@@ -167,22 +194,21 @@ def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
     "linf": {...}, "clean": acc, "num_images": n, "steps": s, "sanity": {...}, "square": {...} (black_box),
     "warnings": [...], "reported": {"<method>_<norm>@<eps>": acc}}`` (accuracies in %).
     """
-    _require_art()
-    norms = list(norms)
-    bad = [n for n in norms if n not in NORMS]
-    if bad or not norms:
-        raise AttackError(f'norms {bad or norms!r} are not allowed; choose from {NORMS}.')
-    if method not in METHODS:
-        raise AttackError(f'attack method {method!r} is not allowed; choose one of {METHODS}.')
-    if not isinstance(steps, int) or steps < 1:
-        raise AttackError(f'steps={steps!r} is not allowed; give an integer >= 1.')
+    norms = check_request(norms, method, steps, max_images)
     x, y = _gather(data, max_images)
     if len(x) == 0:
         raise AttackError('the evaluation data is empty.')
     device = device or next(model.parameters()).device
-    pixel_model = PixelModel(model, mean, std).to(device).eval()
-    num_classes = int(getattr(model, 'num_classes', 0) or int(y.max()) + 1)
-    estimator = _estimator(pixel_model, x.shape[1:], num_classes, device)
+    with eval_mode(model):
+        pixel_model = PixelModel(model, mean, std).to(device)
+        num_classes = int(getattr(model, 'num_classes', 0) or int(y.max()) + 1)
+        return _sweep(_estimator(pixel_model, x.shape[1:], num_classes, device), x, y, norms, eps, method, steps,
+                      seed, batch_size, black_box)
+
+
+def _sweep(estimator, x: np.ndarray, y: np.ndarray, norms: List[str], eps: Optional[Dict[str, Sequence[float]]],
+           method: str, steps: int, seed: int, batch_size: int, black_box: bool) -> Dict[str, Any]:
+    """Every norm and epsilon of the request against one ART estimator (the model in eval mode)."""
     clean = 100.0 * float((estimator.predict(x, batch_size=batch_size).argmax(1) == y).mean())
     grids = {n: sorted((eps or {}).get(n) or (eps or {}).get('*') or default_eps(n, x.shape[1:])) for n in norms}
     out: Dict[str, Any] = {'attack': method, 'method': _describe(method, steps), 'clean': clean,
@@ -193,16 +219,16 @@ def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
         out[norm] = {}
         for e in grids[norm]:
             acc, adv = _robust(method, estimator, x, y, norm, e, steps, batch_size,
-                               stream_seed('attack_start', seed) + k)
+                               stream_seed('attack_start', seed, k))
             _check_ball(adv, x, norm, e)
             out[norm][eps_key(e)] = acc
         large = SANITY_EPS[norm] or float(np.sqrt(d)) / 2
         out['sanity'][norm] = {eps_key(large): _robust(method, estimator, x, y, norm, large, steps, batch_size,
-                                                       stream_seed('attack_start', seed) + k)[0]}
+                                                       stream_seed('attack_start', seed, k))[0]}
         if black_box:
             out.setdefault('square', {})[norm] = {
                 eps_key(e): _robust('square', estimator, x, y, norm, e, steps, batch_size,
-                                    stream_seed('attack_start', seed) + k)[0] for e in grids[norm]}
+                                    stream_seed('attack_start', seed, k))[0] for e in grids[norm]}
         rep = reported_eps(norm, grids[norm], x.shape[1:])
         out['reported'][f'{method}_{norm}@{eps_key(rep)}'] = out[norm][eps_key(rep)]
     out['warnings'] = masking_warnings(out)

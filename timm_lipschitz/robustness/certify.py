@@ -1,5 +1,5 @@
 """Certificates side by side: randomized smoothing (Cohen et al. 2019), the Lipschitz margin certificate, and the
-seed paper's Theorem 1 radius (conditional), plus the paper's Table 1 demo image grid.
+seed paper's Theorem 1 radius (conditional).
 
 Randomized smoothing follows locuslab/smoothing ``core.py``: ``predict`` returns the top class of n noisy
 samples unless a two-sided binomial test cannot separate it from the runner-up; ``certify`` picks the class with
@@ -9,21 +9,22 @@ alpha, and certifies l2 radius sigma * Phi^-1(p_A) when p_A > 1/2 (abstains othe
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ..errors import UsageError
+from ..modes import eval_mode
 from ..normalization import Normalizer
 from ..seeding import stream_seed
+from .protocol import CERT_RADII
 
 __all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'max_certified_radius', 'theorem1_radius',
-           'demo_grid', 'ABSTAIN', 'CERT_RADII']
+           'ABSTAIN', 'CERT_RADII']
 
 ABSTAIN = -1
-CERT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
@@ -45,23 +46,23 @@ class Smooth:
 
     def __init__(self, model: nn.Module, num_classes: int, sigma: float, mean=None, std=None, seed: int = 0):
         if not sigma > 0:
-            raise ValueError(f'sigma={sigma!r} is not allowed; the smoothing sigma must be > 0.')
+            raise UsageError(f'sigma={sigma!r} is not allowed; the smoothing sigma must be > 0.')
         self.model, self.num_classes, self.sigma = model, num_classes, sigma
         self.norm = Normalizer(mean, std)
         self.generator = torch.Generator().manual_seed(stream_seed('smoothing_noise', seed))
 
     @torch.no_grad()
     def _counts(self, x: torch.Tensor, num: int, batch_size: int) -> torch.Tensor:
-        self.model.eval()
         counts = torch.zeros(self.num_classes, dtype=torch.long)
         remaining = num
-        while remaining > 0:
-            b = min(batch_size, remaining)
-            remaining -= b
-            batch = x.unsqueeze(0).expand(b, *x.shape)
-            noise = torch.randn(batch.shape, generator=self.generator) * self.sigma
-            pred = self.model(self.norm(self.model, batch + noise.to(x.device))).argmax(1).cpu()
-            counts += torch.bincount(pred, minlength=self.num_classes)
+        with eval_mode(self.model):
+            while remaining > 0:
+                b = min(batch_size, remaining)
+                remaining -= b
+                batch = x.unsqueeze(0).expand(b, *x.shape)
+                noise = torch.randn(batch.shape, generator=self.generator) * self.sigma
+                pred = self.model(self.norm(self.model, batch + noise.to(x.device))).argmax(1).cpu()
+                counts += torch.bincount(pred, minlength=self.num_classes)
         return counts
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int = 256) -> int:
@@ -108,40 +109,3 @@ def theorem1_radius(lipschitz_target: float, output: str = 'probs') -> Optional[
     """rho / L_n with rho = sqrt(2)/2 (half the distance between one-hot labels). Conditional: it holds only if
     f really is L_n-Lipschitz in that output space; for logits there is no fixed rho (use the margin form)."""
     return (math.sqrt(2) / 2) / lipschitz_target if output == 'probs' else None
-
-
-@torch.no_grad()
-def demo_grid(models: Dict[str, nn.Module], image: torch.Tensor, label: int, path: str | Path,
-              sigmas: Sequence[float] = (0.0, 0.2, 0.4, 0.6), class_names: Optional[Sequence[str]] = None,
-              seed: int = 0, mean=None, std=None) -> List[Dict[str, Any]]:
-    """The paper's Table 1: one test image at increasing noise, each model's prediction and confidence in the
-    true class, as an image grid (same noise draw z for every sigma and model)."""
-    from .noise import unit_noise
-    from .report import _pyplot
-    plt = _pyplot()
-    z = unit_noise(image.shape, seed, 0, 0)
-    rows = []
-    fig, axes = plt.subplots(1 + len(models), len(sigmas), figsize=(2.2 * len(sigmas), 2.2 * (1 + len(models))),
-                             dpi=100, squeeze=False)
-    name = (lambda c: class_names[c] if class_names and c < len(class_names) else str(c))
-    for j, s in enumerate(sigmas):
-        noisy = image + s * z
-        shown = noisy.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
-        axes[0][j].imshow(shown, cmap='gray' if image.shape[0] == 1 else None, vmin=0, vmax=1)
-        axes[0][j].set_title(f'σ = {s:g}', fontsize=9)
-        axes[0][j].axis('off')
-        for i, (label_m, model) in enumerate(models.items(), start=1):
-            model.eval()
-            probs = torch.softmax(model(Normalizer(mean, std)(model, noisy.unsqueeze(0))), 1)[0]
-            pred = int(probs.argmax())
-            rows.append({'model': label_m, 'sigma': s, 'prediction': name(pred), 'true': name(label),
-                         'confidence_true': float(probs[label])})
-            ax = axes[i][j]
-            ax.axis('off')
-            ax.text(0.5, 0.5, f'{label_m}\npred: {name(pred)}\np(true) = {float(probs[label]):.4f}',
-                    ha='center', va='center', fontsize=8, color='green' if pred == label else 'red',
-                    transform=ax.transAxes)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return rows

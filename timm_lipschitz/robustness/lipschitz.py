@@ -18,9 +18,11 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..losses.lipschitz import lipschitz_ratio
+from ..modes import eval_mode
 from ..normalization import Normalizer, per_channel, resolve_mean_std, unwrap_model
 from ..seeding import stream_seed
 from .noise import IndexedDataset, batch_unit_noise
+from .protocol import CERT_RADII
 
 __all__ = ['sampled_k', 'pgd_lower_bound', 'spectral_upper_bound', 'conv_operator_norm', 'bn_scale',
            'margin_certificate']
@@ -31,14 +33,14 @@ def sampled_k(model: nn.Module, data: Dataset, sigma: float, output: str = 'logi
               batch_size: int = 256, mean=None, std=None) -> Dict[str, float]:
     """The paper's k(x) at ``sigma`` for every image (noise keyed by image index, as in the noise sweep)."""
     norm = Normalizer(mean, std)
-    model.eval()
-    ks = []
-    for images, _, index in DataLoader(IndexedDataset(data), batch_size=batch_size):
-        delta = sigma * batch_unit_noise(images.shape[1:], seed, index.tolist(), 0)
-        ks.append(lipschitz_ratio(model(norm(model, images)), model(norm(model, images + delta)), delta, output))
-    k = torch.cat(ks)
-    return {'sigma': sigma, 'output': output, 'mean': k.mean().item(), 'p95': torch.quantile(k, 0.95).item(),
-            'max': k.max().item(), 'num_images': len(k)}
+    with eval_mode(model):
+        ks = []
+        for images, _, index in DataLoader(IndexedDataset(data), batch_size=batch_size):
+            delta = sigma * batch_unit_noise(images.shape[1:], seed, index.tolist(), 0)
+            ks.append(lipschitz_ratio(model(norm(model, images)), model(norm(model, images + delta)), delta, output))
+        k = torch.cat(ks)
+        return {'sigma': sigma, 'output': output, 'mean': k.mean().item(), 'p95': torch.quantile(k, 0.95).item(),
+                'max': k.max().item(), 'num_images': len(k)}
 
 
 def pgd_lower_bound(model: nn.Module, data: Dataset, radius: float = 0.5, steps: int = 20, step_size: float = 0.25,
@@ -50,33 +52,33 @@ def pgd_lower_bound(model: nn.Module, data: Dataset, radius: float = 0.5, steps:
     Lipschitz constant at those images and of the global one.
     """
     norm = Normalizer(mean, std)
-    model.eval()
-    g = torch.Generator().manual_seed(stream_seed('attack_start', seed))
-    ratios = []
-    seen = 0
-    for images, _ in DataLoader(data, batch_size=batch_size):
-        if max_images is not None and seen >= max_images:
-            break
-        images = images[:max_images - seen] if max_images is not None else images
-        seen += len(images)
-        with torch.no_grad():
-            f0 = model(norm(model, images))
-        d = torch.randn(images.shape, generator=g)
-        d = radius * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        best = torch.zeros(len(images))
-        for _ in range(steps + 1):
-            d.requires_grad_(True)
-            ratio = lipschitz_ratio(f0, model(norm(model, images + d)), d, output)
-            best = torch.maximum(best, ratio.detach())
-            grad, = torch.autograd.grad(ratio.sum(), d)
+    with eval_mode(model):
+        g = torch.Generator().manual_seed(stream_seed('attack_start', seed, 0))
+        ratios = []
+        seen = 0
+        for images, _ in DataLoader(data, batch_size=batch_size):
+            if max_images is not None and seen >= max_images:
+                break
+            images = images[:max_images - seen] if max_images is not None else images
+            seen += len(images)
             with torch.no_grad():
-                gn = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                d = d + step_size * radius * grad / gn
-                d = radius * d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        ratios.append(best)
-    r = torch.cat(ratios)
-    return {'radius': radius, 'steps': steps, 'output': output, 'max': r.max().item(), 'mean': r.mean().item(),
-            'num_images': len(r)}
+                f0 = model(norm(model, images))
+            d = torch.randn(images.shape, generator=g)
+            d = radius * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            best = torch.zeros(len(images))
+            for _ in range(steps + 1):
+                d.requires_grad_(True)
+                ratio = lipschitz_ratio(f0, model(norm(model, images + d)), d, output)
+                best = torch.maximum(best, ratio.detach())
+                grad, = torch.autograd.grad(ratio.sum(), d)
+                with torch.no_grad():
+                    gn = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                    d = d + step_size * radius * grad / gn
+                    d = radius * d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            ratios.append(best)
+        r = torch.cat(ratios)
+        return {'radius': radius, 'steps': steps, 'output': output, 'max': r.max().item(), 'mean': r.mean().item(),
+                'num_images': len(r)}
 
 
 # ---- sound upper bound -----------------------------------------------------------------------------------------
@@ -135,14 +137,14 @@ def _block_bound(block: nn.Module, hw: Tuple[int, int]) -> Tuple[float, Tuple[in
 
 def spectral_upper_bound(model: nn.Module, input_size: Optional[Sequence[int]] = None, mean=None,
                          std=None) -> Dict[str, Any]:
-    """A sound upper bound of the l2 Lipschitz constant of the logits w.r.t. [0,1] pixels (eval mode).
+    """A sound upper bound of the l2 Lipschitz constant of the logits w.r.t. [0,1] pixels (of the eval-mode model).
 
     Supported: this package's CIFAR ResNet / PreResNet and ``mnist_convnet``; other models raise
     ``NotImplementedError`` naming the layer type.
     """
     from ..models.cifar_resnet import CifarResNet
     from ..models.mnist_convnet import MnistConvNet
-    m = unwrap_model(model).eval()
+    m = unwrap_model(model)  # weights and BN running statistics only: the model's mode is left as it is
     size = tuple(input_size or m.pretrained_cfg['input_size'])
     mu, sd = resolve_mean_std(m, mean, std)
     factors: List[Tuple[str, float]] = [('normalize', 1.0 / min(per_channel(sd, size[0], 'std')))]
@@ -182,20 +184,20 @@ def spectral_upper_bound(model: nn.Module, input_size: Optional[Sequence[int]] =
 
 @torch.no_grad()
 def margin_certificate(model: nn.Module, data: Dataset, lipschitz_bound: float, batch_size: int = 256,
-                       radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), mean=None, std=None) -> Dict[str, Any]:
+                       radii: Sequence[float] = CERT_RADII, mean=None, std=None) -> Dict[str, Any]:
     """Certified radius margin / (sqrt(2) L) per correctly classified image, from a global upper bound L of the
     logits' Lipschitz constant (each logit difference is sqrt(2) L-Lipschitz)."""
     norm = Normalizer(mean, std)
-    model.eval()
-    radius = []
-    for images, labels in DataLoader(data, batch_size=batch_size):
-        logits = model(norm(model, images))
-        top2 = logits.topk(2, dim=1)
-        margin = top2.values[:, 0] - top2.values[:, 1]
-        correct = top2.indices[:, 0] == labels
-        radius.append(torch.where(correct, margin / (2 ** 0.5 * lipschitz_bound), torch.full_like(margin, -1.0)))
-    r = torch.cat(radius)
-    return {'lipschitz_bound': lipschitz_bound, 'radii': list(radii),
-            'certified_accuracy': [100.0 * (r >= t).float().mean().item() if t > 0 else
-                                   100.0 * (r >= 0).float().mean().item() for t in radii],
-            'mean_radius': r.clamp_min(0).mean().item()}
+    with eval_mode(model):
+        radius = []
+        for images, labels in DataLoader(data, batch_size=batch_size):
+            logits = model(norm(model, images))
+            top2 = logits.topk(2, dim=1)
+            margin = top2.values[:, 0] - top2.values[:, 1]
+            correct = top2.indices[:, 0] == labels
+            radius.append(torch.where(correct, margin / (2 ** 0.5 * lipschitz_bound), torch.full_like(margin, -1.0)))
+        r = torch.cat(radius)
+        return {'lipschitz_bound': lipschitz_bound, 'radii': list(radii),
+                'certified_accuracy': [100.0 * (r >= t).float().mean().item() if t > 0 else
+                                       100.0 * (r >= 0).float().mean().item() for t in radii],
+                'mean_radius': r.clamp_min(0).mean().item()}

@@ -8,14 +8,15 @@ once; every sigma reuses the batch in memory.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import UsageError
+from ..modes import eval_mode
 from ..normalization import Normalizer, warn_if_not_pixels
 from ..seeding import stream_seed
 from .protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, SigmaSpec, mean_std,
@@ -65,17 +66,6 @@ def indexed_batches(data: Union[Dataset, Tuple[torch.Tensor, ...]], batch_size: 
         loader = tqdm(loader, desc=desc, leave=False,
                       disable=accelerator is not None and not accelerator.is_main_process)
     return loader
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """BatchNorm and dropout in eval mode for the block; the model's own mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 @dataclass
@@ -134,7 +124,7 @@ def noise_sweep(model: nn.Module, data: Union[Dataset, Tuple[torch.Tensor, torch
     protocol = resolve_protocol(sigmas, clip=clip)
     sigmas, clip, quantize = list(protocol.sigmas), protocol.clip, protocol.quantize or quantize
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-        raise ValueError(f'repeats={repeats!r} is not allowed; it must be an integer >= 1.')
+        raise UsageError(f'repeats={repeats!r} is not allowed; it must be an integer >= 1.')
     normalizer = Normalizer(mean, std)
     batches = indexed_batches(data, batch_size, f'noise sweep ({len(sigmas)} sigmas x {repeats})', progress,
                               accelerator)
@@ -157,7 +147,7 @@ def noise_sweep(model: nn.Module, data: Union[Dataset, Tuple[torch.Tensor, torch
             correct += hits.sum(2).double().cpu()
             total += hits.shape[2]
     if total == 0:
-        raise ValueError('the evaluation data is empty.')
+        raise UsageError('the evaluation data is empty.')
     acc = (correct / total * 100).tolist()
     cells = [mean_std([a[j] for a in acc]) for j in range(len(sigmas))]
     return SweepResult(sigmas, [c[0] for c in cells], [c[1] for c in cells], acc, total, repeats, seed, clip,

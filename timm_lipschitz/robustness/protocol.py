@@ -1,6 +1,8 @@
 """The evaluation protocol, in one place: sigma grids and presets, the lookup of a value on a grid, the summary
-columns, and the mean ± std convention. Recipes (``eval.sigmas``), the eval command line, the noise sweep, the
-tables, the model cards and the checkpoint metadata all read these; nothing else defines them. Torch-free.
+columns and their labels, the corruption severities, the certified-accuracy radii, and the mean ± std convention.
+Recipes (``eval.sigmas``), the eval command line, the noise sweep, the corruptions, the certificates, the tables,
+the model cards and the checkpoint metadata all read these; ``tests/test_structure.py`` checks that no other module
+restates them. Torch-free, so the command line can show them in its help.
 
 - Grids: the paper's CIFAR grid sigma_test = 0.00 ... 0.50 (step 0.01), the MNIST grid 0.00 ... 1.00, the paper's
   table columns 0 / 0.3 / 0.5.
@@ -20,14 +22,19 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
-__all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
-           'NoiseProtocol', 'parse_sigmas', 'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key',
-           'SUMMARY_KEYS', 'summarize', 'mean_std', 'format_cell', 'to_uint8_levels', 'wilson_interval']
+from ..errors import UsageError
 
-PAPER_SIGMAS = tuple(round(0.01 * i, 2) for i in range(51))           # 0.00 ... 0.50, the paper's CIFAR grid
-MNIST_SIGMAS = tuple(round(0.01 * i, 2) for i in range(101))          # 0.00 ... 1.00
+__all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
+           'PAPER_GRID', 'MNIST_GRID', 'SEVERITIES', 'CERT_RADII', 'NoiseProtocol', 'parse_sigmas',
+           'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key', 'summary_label', 'SUMMARY_KEYS',
+           'summarize', 'mean_std', 'format_cell', 'to_uint8_levels', 'wilson_interval']
+
+PAPER_GRID = '0:0.5:0.01'                                             # the paper's CIFAR grid, 0.00 ... 0.50
+MNIST_GRID = '0:1.0:0.01'                                             # its MNIST grid, 0.00 ... 1.00
 TABLE_SIGMAS = (0.0, 0.3, 0.5)                                        # the paper's table columns
-CIFAR10C_GAUSSIAN = (0.04, 0.06, 0.08, 0.09, 0.10)                    # CIFAR-10-C severities 1..5
+CIFAR10C_GAUSSIAN = (0.04, 0.06, 0.08, 0.09, 0.10)                    # CIFAR-10-C Gaussian noise, severities 1..5
+SEVERITIES = (1, 2, 3, 4, 5)                                          # CIFAR-10-C's corruption severities
+CERT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)                              # l2 radii of certified-accuracy tables
 TOLERANCE = 1e-9
 
 
@@ -40,18 +47,7 @@ class NoiseProtocol:
     name: str = ''
 
 
-PRESETS: Dict[str, NoiseProtocol] = {
-    'paper': NoiseProtocol(PAPER_SIGMAS, name='paper'),
-    'mnist': NoiseProtocol(MNIST_SIGMAS, name='mnist'),
-    'cifar10c_gaussian': NoiseProtocol(CIFAR10C_GAUSSIAN, clip=True, quantize=True, name='cifar10c_gaussian'),
-}
-
 SigmaSpec = Union[str, Sequence[float], None]
-
-
-def parse_sigmas(spec: SigmaSpec, default: Sequence[float] = PAPER_SIGMAS) -> List[float]:
-    """A list of sigmas from a list, ``'start:stop:step'`` (stop included), a comma list or a preset name."""
-    return list(resolve_protocol(spec, default=default).sigmas)
 
 
 def _grid_from_text(spec: str) -> List[float]:
@@ -65,8 +61,22 @@ def _grid_from_text(spec: str) -> List[float]:
             return [round(start + i * step, 10) for i in range(max(n, 0))]
         return [float(p) for p in spec.split(',') if p.strip()]
     except ValueError:
-        raise ValueError(f"sigmas={spec!r} is not allowed; give a list, 'start:stop:step' with step > 0 (stop "
+        raise UsageError(f"sigmas={spec!r} is not allowed; give a list, 'start:stop:step' with step > 0 (stop "
                          f"included), comma-separated values or a preset ({', '.join(PRESETS)}).") from None
+
+
+PAPER_SIGMAS = tuple(_grid_from_text(PAPER_GRID))
+MNIST_SIGMAS = tuple(_grid_from_text(MNIST_GRID))
+PRESETS: Dict[str, NoiseProtocol] = {
+    'paper': NoiseProtocol(PAPER_SIGMAS, name='paper'),
+    'mnist': NoiseProtocol(MNIST_SIGMAS, name='mnist'),
+    'cifar10c_gaussian': NoiseProtocol(CIFAR10C_GAUSSIAN, clip=True, quantize=True, name='cifar10c_gaussian'),
+}
+
+
+def parse_sigmas(spec: SigmaSpec, default: Sequence[float] = PAPER_SIGMAS) -> List[float]:
+    """A list of sigmas from a list, ``'start:stop:step'`` (stop included), a comma list or a preset name."""
+    return list(resolve_protocol(spec, default=default).sigmas)
 
 
 def resolve_protocol(spec: SigmaSpec, clip: bool = False, default: Sequence[float] = PAPER_SIGMAS) -> NoiseProtocol:
@@ -79,10 +89,10 @@ def resolve_protocol(spec: SigmaSpec, clip: bool = False, default: Sequence[floa
         return NoiseProtocol(p.sigmas, clip=p.clip or clip, quantize=p.quantize, name=p.name)
     values = _grid_from_text(spec) if isinstance(spec, str) else [float(s) for s in spec]
     if not values:
-        raise ValueError(f'sigmas={spec!r} gives an empty grid; give at least one sigma >= 0.')
+        raise UsageError(f'sigmas={spec!r} gives an empty grid; give at least one sigma >= 0.')
     bad = [s for s in values if not s >= 0]
     if bad:
-        raise ValueError(f'sigma values {bad} are not allowed; every sigma must be >= 0.')
+        raise UsageError(f'sigma values {bad} are not allowed; every sigma must be >= 0.')
     return NoiseProtocol(tuple(values), clip=clip)
 
 
@@ -111,6 +121,14 @@ def summary_key(sigma: float) -> str:
     return f'acc@{float(sigma):g}'
 
 
+def summary_label(key: str) -> str:
+    """The column header of a summary key in cards and tables: ``clean``, ``sigma 0.3``, ``grid mean``."""
+    if key == 'grid_mean':
+        return 'grid mean'
+    sigma = float(key.split('@', 1)[1])
+    return 'clean' if sigma == 0 else f'sigma {sigma:g}'
+
+
 SUMMARY_KEYS = tuple(summary_key(s) for s in TABLE_SIGMAS) + ('grid_mean',)
 
 
@@ -125,7 +143,7 @@ def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
     """(mean, sample std with n - 1 in the denominator, n); the std of one value is 0."""
     n = len(values)
     if n == 0:
-        raise ValueError('mean_std of no values.')
+        raise UsageError('mean_std of no values.')
     m = sum(values) / n
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return m, sd, n

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
 
 from .noise import SweepResult
 from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key
 
 __all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label',
-           'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks']
+           'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks',
+           'demo_grid', 'pyplot', 'lipschitz_markdown', 'certificate_markdown']
 
 
 def unique_label(label: str, taken: Mapping[str, object]) -> str:
@@ -53,7 +57,8 @@ def summary_table(results: Mapping[str, Union[SweepResult, Mapping]]) -> str:
     return '\n'.join(lines)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend (loaded on first use: importing it takes a while)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -74,14 +79,14 @@ def save_figure(fig, ax, path: Union[str, Path], xlabel: str, ylabel: str, title
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plot_sweeps(results: Mapping[str, Union[SweepResult, Mapping]], path: Union[str, Path],
                 title: str = 'Accuracy under Gaussian noise') -> Path:
     """Accuracy vs sigma_test, one curve per model, with a +-std band over noise draws."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for name, r in results.items():
         r = _as_result(r)
@@ -95,7 +100,7 @@ def plot_sweeps(results: Mapping[str, Union[SweepResult, Mapping]], path: Union[
 
 def plot_certified(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Union[str, Path]) -> Path:
     """Certified accuracy vs l2 radius, one curve per model (``{'radii': [...], 'accuracy': [...]}``)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for name, c in curves.items():
         ax.plot(c['radii'], c['accuracy'], marker='o', label=name)
@@ -129,7 +134,7 @@ def corruption_table(results: Mapping[str, Mapping]) -> str:
 def plot_corruption_heatmap(result: Mapping, path: Union[str, Path], title: str) -> Path:
     """Accuracy per corruption (rows) and severity (columns) of one model, with the values written in the cells."""
     from .corruptions import corruption_names
-    plt = _pyplot()
+    plt = pyplot()
     names = corruption_names(result)
     sev = [str(s) for s in result['severities']]
     values = [[result[n][s] for s in sev] for n in names]
@@ -147,7 +152,7 @@ def plot_corruption_heatmap(result: Mapping, path: Union[str, Path], title: str)
 def plot_corruption_families(results: Mapping[str, Mapping], path: Union[str, Path]) -> Path:
     """Mean accuracy per corruption family (and clean), one bar per model."""
     from .corruptions import FAMILIES
-    plt = _pyplot()
+    plt = pyplot()
     groups = ['clean'] + [f for f in FAMILIES if any(f in r.get('by_family', {}) for r in results.values())]
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
     width = 0.8 / max(len(results), 1)
@@ -196,7 +201,7 @@ def attack_table(results: Mapping[str, Mapping]) -> str:
 
 def plot_attacks(results: Mapping[str, Mapping], path: Union[str, Path], norm: str) -> Path:
     """Robust accuracy vs epsilon for one norm, one curve per model (clean accuracy at epsilon 0)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for label, r in results.items():
         if norm in r:
@@ -204,3 +209,80 @@ def plot_attacks(results: Mapping[str, Mapping], path: Union[str, Path], norm: s
             ax.plot(xs, [r['clean']] + list(r[norm].values()), marker='o', label=f"{label} ({r['attack']})")
     method = next(iter(results.values()))['attack']
     return save_figure(fig, ax, path, f'ε ({norm})', 'robust accuracy (%)', f'{method} attacks, {norm}')
+
+
+@torch.no_grad()
+def demo_grid(models: Dict[str, nn.Module], image: torch.Tensor, label: int, path: str | Path,
+              sigmas: Sequence[float] = (0.0, 0.2, 0.4, 0.6), class_names: Optional[Sequence[str]] = None,
+              seed: int = 0, mean=None, std=None) -> List[Dict[str, Any]]:
+    """The paper's Table 1: one test image at increasing noise, each model's prediction and confidence in the
+    true class, as an image grid (same noise draw z for every sigma and model)."""
+    from ..modes import eval_mode
+    from ..normalization import Normalizer
+    from .noise import unit_noise
+    plt = pyplot()
+    z = unit_noise(image.shape, seed, 0, 0)
+    rows = []
+    fig, axes = plt.subplots(1 + len(models), len(sigmas), figsize=(2.2 * len(sigmas), 2.2 * (1 + len(models))),
+                             dpi=100, squeeze=False)
+    name = (lambda c: class_names[c] if class_names and c < len(class_names) else str(c))
+    for j, s in enumerate(sigmas):
+        noisy = image + s * z
+        shown = noisy.clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+        axes[0][j].imshow(shown, cmap='gray' if image.shape[0] == 1 else None, vmin=0, vmax=1)
+        axes[0][j].set_title(f'σ = {s:g}', fontsize=9)
+        axes[0][j].axis('off')
+        for i, (label_m, model) in enumerate(models.items(), start=1):
+            with eval_mode(model):
+                probs = torch.softmax(model(Normalizer(mean, std)(model, noisy.unsqueeze(0))), 1)[0]
+            pred = int(probs.argmax())
+            rows.append({'model': label_m, 'sigma': s, 'prediction': name(pred), 'true': name(label),
+                         'confidence_true': float(probs[label])})
+            ax = axes[i][j]
+            ax.axis('off')
+            ax.text(0.5, 0.5, f'{label_m}\npred: {name(pred)}\np(true) = {float(probs[label]):.4f}',
+                    ha='center', va='center', fontsize=8, color='green' if pred == label else 'red',
+                    transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return rows
+
+
+def lipschitz_markdown(lipschitz: Dict[str, Any]) -> str:
+    """The Lipschitz section of ``eval.md``: sampled k(x), the PGD lower bound and the sound upper bound."""
+    k_key = next(k for k in lipschitz if k.startswith('k_sigma_'))
+    k, lo, upper = lipschitz[k_key], lipschitz['pgd_lower_bound']['max'], lipschitz['upper_bound']
+    hi = upper['bound']
+    return '\n'.join([
+        '| quantity | value |', '|---|---|',
+        f"| sampled k(x) at σ {k['sigma']:g}: mean / p95 / max | {k['mean']:.3f} / {k['p95']:.3f} / {k['max']:.3f} |",
+        f'| PGD lower bound (max over images) | {lo:.3f} |',
+        f"| upper bound ({upper['method'][:60]}...) | {'n/a' if hi is None else f'{hi:.4g}'} |"])
+
+
+def certificate_markdown(smooth: Dict[str, Any], margin: Optional[Dict[str, Any]] = None,
+                         theorem1: Optional[Dict[str, Any]] = None) -> str:
+    """The certificates section of ``eval.md``: randomized smoothing and the Lipschitz margin certificate at the
+    same radii, with smoothing's reach and the conditional Theorem 1 radius spelled out."""
+    radii = smooth['radii']
+    lines = ['| certificate | ' + ' | '.join(f'r = {r:g}' for r in radii) + ' | mean radius |',
+             '|---|' + '---|' * (len(radii) + 1),
+             f"| randomized smoothing σ {smooth['sigma']:g} (n0 {smooth['n0']}, n {smooth['n']}, α "
+             f"{smooth['alpha']:g}, {smooth['num_images']} images) | " +
+             ' | '.join(f'{v:.1f}' if r <= smooth['max_radius'] else '–'
+                        for r, v in zip(radii, smooth['certified_accuracy'])) +
+             f" | {smooth['average_certified_radius']:.3f} |"]
+    if margin is not None:
+        lines.append('| Lipschitz margin (global upper bound) | ' +
+                     ' | '.join(f'{v:.1f}' for v in margin['certified_accuracy']) + f" | {margin['mean_radius']:.2e} |")
+    if smooth['max_radius'] < max(radii):
+        lines += ['', f"–: beyond randomized smoothing's reach with these settings: no radius above σ Φ⁻¹(α^(1/n)) "
+                      f"= {smooth['max_radius']:.3f} can be certified, however robust the model (raise n or σ)."]
+    if theorem1 is not None:
+        lo, ln, holds = theorem1['measured_lower_bound_probs'], theorem1['lipschitz_target'], theorem1['holds']
+        lines += ['', f"Theorem 1 (conditional): ρ/L_n = {theorem1['radius']:.2f} with ρ = √2/2 and L_n = {ln:g}, valid "
+                      f"only if the softmax output is L_n-Lipschitz. Measured lower bound of its Lipschitz constant: "
+                      f"{lo:.3f} ({'consistent with' if holds else 'exceeds'} "
+                      f"L_n{'' if holds else ': the condition fails, no radius is certified'})."]
+    return '\n'.join(lines)

@@ -31,8 +31,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from ..errors import UsageError, UserError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
 from ..recipes import SCHEMA, RecipeError, load_recipe, resolve_recipe
+from ..runs import finished_summary
 from .points import RECIPE_SHORT, point_name
 
 __all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'GridError', 'RECIPE_SHORT',
@@ -41,7 +43,11 @@ __all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_resul
 GRID_KEYS = {'name', 'description', 'base', 'output_dir', 'set', 'axes', 'include', 'seeds', 'table', 'sensitivity'}
 
 
-class GridError(ValueError):
+class SweepPointsFailed(UserError, RuntimeError):
+    """Some points of a sweep exited with an error; each point's run folder and output say why."""
+
+
+class GridError(UsageError):
     """A grid file is invalid; raised before any point runs."""
 
 
@@ -143,7 +149,7 @@ def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_
     if names is not None:
         points = [p for p in points if point_name(p) in set(names)]
     out_root = Path(grid['output_dir'])
-    todo = [p for p in points if not (out_root / point_name(p) / 'final.json').is_file()]
+    todo = [p for p in points if finished_summary(out_root / point_name(p)) is None]
     if slurm:
         from .slurm import gpus_per_task, launcher, slurm_script
         resources = dict(slurm)
@@ -200,7 +206,7 @@ def _run_parallel(grid: Dict[str, Any], todo: List[Dict[str, Any]], jobs: int) -
                 failed += [name] if proc.returncode else []
                 print(f'{name}: {"failed" if proc.returncode else "done"}', flush=True)
     if failed:
-        raise RuntimeError(f'sweep points failed: {failed}')
+        raise SweepPointsFailed(f'sweep points failed: {failed}')
 
 
 def collect_results(grid: Dict[str, Any], points: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
@@ -210,9 +216,9 @@ def collect_results(grid: Dict[str, Any], points: Optional[List[Dict[str, Any]]]
     rows = []
     for p in points:
         folder = out_root / point_name(p)
-        if not (folder / 'final.json').is_file():
+        final = finished_summary(folder)
+        if final is None:
             continue
-        final = read_json(folder / 'final.json')
         recipe = yaml.safe_load((folder / 'recipe.yaml').read_text())
         rob = read_json(folder / 'robustness.json')['robustness'] if (folder / 'robustness.json').is_file() else None
         rows.append({'point': point_name(p), 'axes': p, 'recipe': recipe, 'final': final, 'robustness': rob})

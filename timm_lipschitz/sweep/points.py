@@ -2,14 +2,14 @@
 own short names (``loss.sigma`` -> ``s``) and a few of the recipe's (:data:`RECIPE_SHORT`)."""
 from __future__ import annotations
 
-import re
 from typing import Any, Dict, Optional
 
 from ..losses import list_losses, loss_class
+from ..naming import POINT_CHARS, safe_name
 
 __all__ = ['point_name', 'RECIPE_SHORT', 'format_value']
 
-RECIPE_SHORT = {'train_fraction': 'frac', 'learning_rate': 'lr'}   # short names of recipe keys in point names
+RECIPE_SHORT = {'train_fraction': 'frac'}   # short names of recipe keys in point names
 
 
 def _short(key: str, loss_name: Optional[str]) -> str:
@@ -31,7 +31,7 @@ def format_value(v: Any, key: str = '') -> str:
             f'{_short(f"loss.{k}" if loss_name else k, loss_name)}{format_value(x)}' for k, x in v.items() if k != 'name'])
     if isinstance(v, float):
         return f'{v:g}'
-    return re.sub(r'[^A-Za-z0-9.\-]+', '', str(v))
+    return safe_name(v, POINT_CHARS)
 
 
 def point_name(point: Dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..runs import STOPPED_NAME
+from ..runs import FINAL_NAME, STOPPED_NAME
 
 __all__ = ['slurm_script', 'gpus_per_task', 'launcher', 'REQUEUE_MARKER']
 
@@ -69,7 +69,7 @@ def slurm_script(grid: Dict[str, Any], commands: List[str], names: List[str], gp
               "trap 'kill -TERM -- -$child 2>/dev/null' USR1 TERM",
               'wait $child; rc=$?',
               'while kill -0 $child 2>/dev/null; do wait $child; rc=$?; done  # a trapped signal interrupts wait',
-              f'if [ -f "$run/{REQUEUE_MARKER}" ] && [ ! -f "$run/final.json" ]; then',
+              f'if [ -f "$run/{REQUEUE_MARKER}" ] && [ ! -f "$run/{FINAL_NAME}" ]; then',
               '  echo "stopped at a saved step: requeueing ${SLURM_ARRAY_JOB_ID:-job}_$task"',
               '  scontrol requeue "${SLURM_ARRAY_JOB_ID:-0}_$task"',
               '  exit 0',

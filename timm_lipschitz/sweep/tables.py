@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..fileio import atomic_write_text
 from ..losses import loss_class
 from ..recipes import get_dotted
-from ..robustness.protocol import format_cell, mean_std, summary_key, value_at
+from ..robustness.protocol import TABLE_SIGMAS, format_cell, mean_std, summary_key, value_at
 from .points import format_value
 
 __all__ = ['paper_tables', 'objective_table', 'sensitivity', 'fraction_study', 'render', 'is_standard']
@@ -59,7 +59,7 @@ def _bold(text: str, value: Optional[float], best: Optional[float]) -> str:
 
 
 def paper_tables(results: Dict[str, Any], group: str = 'loss.sigma', rows: str = 'loss.lipschitz_target',
-                 cols: str = 'loss.beta', sigmas: Sequence[float] = (0.0, 0.3, 0.5)) -> str:
+                 cols: str = 'loss.beta', sigmas: Sequence[float] = TABLE_SIGMAS) -> str:
     """Markdown tables in the paper's layout: one table per ``group`` value; standard row on top; rows ``rows``,
     columns ``cols`` for each sigma_test; mean ± std over seeds; best entry per column in bold."""
     allrows = results['rows']
@@ -129,7 +129,7 @@ def _row_label(row: Dict[str, Any]) -> str:
     return ', '.join([_loss_label(row)] + extra)
 
 
-def objective_table(results: Dict[str, Any], sigmas: Sequence[float] = (0.0, 0.3, 0.5)) -> str:
+def objective_table(results: Dict[str, Any], sigmas: Sequence[float] = TABLE_SIGMAS) -> str:
     """Markdown: one row per training objective and setting (seeds pooled: mean ± std), σ_test columns plus the
     grid mean; best entry per column in bold. Used for comparisons with the peers."""
     groups: Dict[str, List[Dict[str, Any]]] = {}
@@ -170,8 +170,8 @@ def sensitivity(results: Dict[str, Any], nominal: Dict[str, float], deltas: Dict
 
 def fraction_study(results: Dict[str, Any], path: str | Path, sigmas: Sequence[float] = (0.0, 0.5)) -> Path:
     """Accuracy vs training-data fraction (the paper's Fig. 1), one curve per objective and sigma_test."""
-    from ..robustness.report import _pyplot, save_figure
-    plt = _pyplot()
+    from ..robustness.report import pyplot, save_figure
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     by_obj: Dict[str, Dict[float, List[Dict[str, Any]]]] = {}
     for r in results['rows']:
@@ -192,7 +192,7 @@ def render(grid: Dict[str, Any], results: Dict[str, Any]) -> Path:
     out = Path(grid['output_dir'])
     t = grid.get('table') or {}
     kw = {k: t[k] for k in ('group', 'rows', 'cols') if k in t}
-    sig = t.get('sigmas', (0.0, 0.3, 0.5))
+    sig = t.get('sigmas', TABLE_SIGMAS)
     md = [f'# {grid["name"]}', '', '## By objective', '', objective_table(results, sig), '',
           '## Paper layout (Lipschitz hinge grid)', '', paper_tables(results, sigmas=sig, **kw)]
     group = kw.get('group', 'loss.sigma')

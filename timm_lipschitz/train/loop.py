@@ -2,9 +2,10 @@
 
 :class:`TrainingLoop` owns what is not the method: the step and epoch counters (saved with every state), which
 batches an epoch yields (fast device path or DataLoader, skipping the batches a resumed run already trained on),
-the log window, the divergence guard, periodic state saves and their timing, the progress bar, and stopping on a
-signal (SIGTERM / SIGUSR1: the current step finishes - with several processes, the steps up to the next log line -
-a state is saved, and the run exits with :data:`EXIT_PREEMPTED`).
+the divergence guard, and periodic state saves and their timing. Two parts it holds by composition:
+:class:`StepLog` (the log window, the log line and the progress bar) and :class:`StopSignals` (SIGTERM / SIGUSR1:
+the current step finishes - with several processes, the steps up to the next log line - a state is saved, and the
+run exits with :data:`EXIT_PREEMPTED`).
 """
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
+from ..errors import UserError
 from ..fileio import atomic_write_json
-from ..runs import STOPPED_NAME, latest_state, save_state
+from ..runs import DIVERGED_NAME, STOPPED_NAME, latest_state, save_state
 
-__all__ = ['TrainState', 'DivergenceGuard', 'TrainingDiverged', 'TrainingLoop', 'Preempted', 'EXIT_PREEMPTED',
+__all__ = ['TrainState', 'DivergenceGuard', 'TrainingDiverged', 'TrainingLoop', 'StepLog', 'StopSignals', 'Preempted',
+           'EXIT_PREEMPTED',
            'STOP_SIGNALS', 'FOLD_EVERY', 'optimizer_stepper', 'step_target', 'window_add', 'window_means']
 
 FOLD_EVERY = 1024  # per-step device tensors kept at most before they are reduced, so memory stays bounded
@@ -26,11 +29,11 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again" - what a scheduler requeues on (
 STOP_SIGNALS = tuple(s for s in (getattr(signal, 'SIGTERM', None), getattr(signal, 'SIGUSR1', None)) if s)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN/inf; the last good state is kept and named in the message."""
 
 
-class Preempted(RuntimeError):
+class Preempted(UserError, RuntimeError):
     """A stop signal arrived; the run saved a complete state at the step it finished and can be resumed."""
 
     exit_code = EXIT_PREEMPTED
@@ -137,7 +140,7 @@ class DivergenceGuard:
                f'{latest if latest else "none (no state was saved yet)"}: lower the learning rate or change '
                f'precision, then --resume.')
         if accelerator.is_main_process:
-            atomic_write_json(out / 'diverged.json', {'message': msg, 'step': step})
+            atomic_write_json(out / DIVERGED_NAME, {'message': msg, 'step': step})
         raise TrainingDiverged(msg)
 
 
@@ -154,10 +157,10 @@ def optimizer_stepper(accelerator, optimizer) -> Callable[[], None]:
 def step_target(accelerator, optimizer):
     """The optimizer to step: the one Accelerate wraps, where the wrapper has nothing to do.
 
-    Accelerate's optimizer wrapper (1.15) looks up the optional ``lomo_optim`` package with an uncached
-    ``importlib`` search twice per step and inspects ``zero_grad``'s signature every call: about 0.5 ms of host
-    time a step, which a launch-bound GPU turns into lost throughput on small models. It is kept where it works:
-    an fp16 GradScaler, XLA, and DeepSpeed or other specialised wrappers (subclasses).
+    Accelerate's optimizer wrapper looks up the optional ``lomo_optim`` package with an uncached ``importlib``
+    search and inspects ``zero_grad``'s signature on every step: host time that a launch-bound GPU turns into lost
+    throughput on small models (measured in benchmarks/RESULTS.md, "Speed ratios (GPU: NVIDIA H200)", item 3). It is kept where it works: an fp16 GradScaler, XLA, and DeepSpeed or other specialised wrappers
+    (subclasses).
     """
     from accelerate.optimizer import AcceleratedOptimizer
     from accelerate.utils import DistributedType
@@ -167,11 +170,17 @@ def step_target(accelerator, optimizer):
     return optimizer.optimizer
 
 
-class _StopFlag:
-    """Set by SIGTERM / SIGUSR1 (first signal: stop after this step; later ones are noted and ignored, so a second
-    signal cannot interrupt the state save)."""
+class StopSignals:
+    """Stopping on SIGTERM / SIGUSR1 at a saved step.
 
-    def __init__(self, step: Callable[[], int]) -> None:
+    The first signal is noted (stop after this step); later ones are noted and ignored, so a second signal cannot
+    interrupt the state save. With one process the flag is a Python attribute checked every step; with several the
+    processes agree at log lines on the earliest step a signal arrived (a collective per step would sync the host
+    with the GPU every step).
+    """
+
+    def __init__(self, accelerator, step: Callable[[], int]) -> None:
+        self.accelerator = accelerator
         self.signum: Optional[int] = None
         self.at_step: Optional[int] = None  # the optimizer steps finished when the signal arrived
         self._step = step
@@ -193,20 +202,91 @@ class _StopFlag:
             signal.signal(s, h)
         self._previous = {}
 
-    def ignore_further(self) -> None:
-        """From the stop on, further stop signals are ignored by the OS (Python's own handlers are reset while the
-        interpreter exits, when another SIGTERM would otherwise kill the process and lose its exit code)."""
-        if self._previous:
-            for s in STOP_SIGNALS:
+    def requested(self, agree_now: bool = True) -> bool:
+        """Whether to stop now: with one process, whether a signal arrived; with several, only where they agree
+        (``agree_now``: a log line or an epoch end), whether a signal reached any of them (then every process takes
+        the earliest step it arrived)."""
+        if self.accelerator.num_processes == 1:
+            return self.signum is not None
+        if not agree_now:
+            return False
+        mine = torch.tensor([float(self.at_step if self.signum is not None else -1)],
+                            device=self.accelerator.device)
+        steps = [int(s) for s in self.accelerator.gather(mine).tolist() if s >= 0]
+        if steps and self.at_step is None:
+            self.at_step = min(steps)
+        return bool(steps)
+
+    def stop(self, save: Callable[[], Path], state: 'TrainState', out: Path) -> None:
+        """Save a complete state at this step, record why the run stopped, and raise :class:`Preempted`."""
+        if self._previous:  # from here on the OS ignores stop signals (Python's handlers are reset while the
+            for s in STOP_SIGNALS:  # interpreter exits, when another SIGTERM would kill it and lose its exit code)
                 signal.signal(s, signal.SIG_IGN)
+        name = signal.Signals(self.signum).name if self.signum else 'a signal on another process'
+        path = save()
+        msg = (f'stopped by {name} at step {state.global_step} (epoch {state.epoch}); the state {path} is complete: '
+               f'continue with --resume (exit code {EXIT_PREEMPTED}, for schedulers to requeue on).')
+        if self.accelerator.is_main_process:
+            atomic_write_json(out / STOPPED_NAME, {'signal': name, 'signal_at_step': self.at_step,
+                                                    'step': state.global_step, 'state': str(path), 'message': msg,
+                                                    'exit_code': EXIT_PREEMPTED})
+        raise Preempted(msg)
+
+
+class StepLog:
+    """The log window (per-step metrics kept on the device), the log line (one host sync per line) and the progress
+    bar (main process only)."""
+
+    def __init__(self, accelerator, progress: bool = True) -> None:
+        self.accelerator = accelerator
+        self.progress = progress
+        self.bar = None
+        self._window: Dict[str, List[Any]] = {}
+        self._n = self._images = 0
+        self._t = time.time()
+
+    def start(self, total: int, initial: int, desc: str) -> None:
+        from tqdm.auto import tqdm
+        self._t = time.time()
+        self.bar = tqdm(total=total, initial=initial, desc=desc,
+                        disable=not (self.progress and self.accelerator.is_main_process), dynamic_ncols=True)
+
+    def add(self, output, images: torch.Tensor, targets: torch.Tensor, n_images: int) -> None:
+        """One micro-batch's loss, accuracy and parts: references to device tensors (a few small kernels a step,
+        no host sync), reduced at the next log line."""
+        self._images += n_images
+        acc = (output.logits.argmax(1) == targets).float().mean()
+        for k, v in {'loss': output.loss, 'acc': acc, **output.parts}.items():
+            window_add(self._window, k, v)
+        self._n += 1
+
+    def line(self, step: int, epoch: int, lr: float) -> Dict[str, float]:
+        """Log the means since the last line (with lr, images/s and epoch) and start a new window."""
+        elapsed = max(time.time() - self._t, 1e-9)
+        logs = {f'train/{k}': v for k, v in window_means(self._window, self._n).items()}
+        logs.update({'train/lr': lr, 'train/images_per_s': self._images / elapsed, 'train/epoch': epoch})
+        self.accelerator.log(logs, step=step)
+        self.bar.set_postfix({k.split('/')[1]: f'{v:.3g}' for k, v in logs.items() if k != 'train/epoch'},
+                             refresh=False)
+        self._window, self._n, self._images, self._t = {}, 0, 0, time.time()
+        return logs
+
+    def write(self, text: str) -> None:
+        """A line above the progress bar (main process only, when progress is shown)."""
+        if self.accelerator.is_main_process and self.progress:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class TrainingLoop:
-    """Counters, batches, logging, guard, saves and stop signals of one training run (module doc)."""
+    """Counters, batches, guard and saves of one training run, with its :class:`StepLog` and
+    :class:`StopSignals` (module doc)."""
 
     def __init__(self, accelerator, recipe: Dict[str, Any], out: Path, train_loader, total_steps: int,
                  progress: bool = True):
-        from tqdm.auto import tqdm
         self.accelerator, self.recipe, self.out = accelerator, recipe, out
         self.train_loader, self.total_steps = train_loader, total_steps
         self.world = accelerator.num_processes
@@ -220,16 +300,10 @@ class TrainingLoop:
         self.skip = 0
         self.save_s = 0.0
         self.resumed_from: Optional[int] = None
-        self._window: Dict[str, List[Any]] = {}
-        self._window_n = self._window_images = 0
-        self._window_t = time.time()
         self._t0 = time.time()
         self._time_before = 0.0
-        self._images_before = 0
-        self._progress = progress
-        self._tqdm = tqdm
-        self.bar = None
-        self.stop = _StopFlag(lambda: self.state.global_step)
+        self.log = StepLog(accelerator, progress)
+        self.signals = StopSignals(accelerator, lambda: self.state.global_step)
         self.optimizer = None
 
     # -- resuming and the run's extent ------------------------------------------------------------------------------
@@ -254,12 +328,10 @@ class TrainingLoop:
     def start(self, optimizer) -> None:
         """Start the clock, the progress bar and the stop-signal handlers."""
         self.optimizer = optimizer
-        self._time_before, self._images_before = self.state.train_time_s, self.state.images_seen
-        self._t0 = self._window_t = time.time()
-        self.bar = self._tqdm(total=self.total_steps, initial=self.state.global_step, desc=self.recipe['name'],
-                              disable=not (self._progress and self.accelerator.is_main_process),
-                              dynamic_ncols=True)
-        self.stop.install()
+        self._time_before = self.state.train_time_s
+        self._t0 = time.time()
+        self.log.start(self.total_steps, self.state.global_step, self.recipe['name'])
+        self.signals.install()
 
     # -- batches -------------------------------------------------------------------------------------------------------
     def epochs(self) -> Iterator[int]:
@@ -294,12 +366,7 @@ class TrainingLoop:
         self.state.batch_in_epoch += 1
         n_img = images.shape[0] * self.world
         self.state.images_seen += n_img
-        self._window_images += n_img
-        # kept on the device and reduced at the log line: a few small kernels a step, no host sync
-        acc = (output.logits.argmax(1) == targets).float().mean()
-        for k, v in {'loss': output.loss, 'acc': acc, **output.parts}.items():
-            window_add(self._window, k, v)
-        self._window_n += 1
+        self.log.add(output, images, targets, n_img)
         if not self.accelerator.sync_gradients:
             return False
         self.state.global_step += 1
@@ -309,28 +376,15 @@ class TrainingLoop:
         """Progress, the log line, periodic saves, and a stop signal (after the scheduler and EMA updates, so a
         state saved here is whole)."""
         step = self.state.global_step
-        self.bar.update(1)
+        self.log.bar.update(1)
         log_line = step % self.log_every == 0 or step == self.total_steps
         if log_line:
-            self._log_line()
-        # one process: a Python flag, checked every step; several: agreed at log lines (a collective per step
-        # would sync the host with the GPU every step)
-        if (self.world == 1 or log_line) and self._stop_requested():
-            self._stop()
+            self.guard.check(self.accelerator, self.state, self.out)
+            self.log.line(step, self.state.epoch, self.optimizer.param_groups[0]['lr'])
+        if self.signals.requested(agree_now=log_line):
+            self.signals.stop(self.save, self.state, self.out)
         if self.every_steps and step % self.every_steps == 0 and step < self.total_steps:
             self.save()
-
-    def _log_line(self) -> None:
-        self.guard.check(self.accelerator, self.state, self.out)
-        elapsed = max(time.time() - self._window_t, 1e-9)
-        logs = {f'train/{k}': v for k, v in window_means(self._window, self._window_n).items()}
-        logs['train/lr'] = self.optimizer.param_groups[0]['lr']
-        logs['train/images_per_s'] = self._window_images / elapsed
-        logs['train/epoch'] = self.state.epoch
-        self.accelerator.log(logs, step=self.state.global_step)
-        self.bar.set_postfix({k.split('/')[1]: f'{v:.3g}' for k, v in logs.items() if k != 'train/epoch'},
-                             refresh=False)
-        self._window, self._window_n, self._window_images, self._window_t = {}, 0, 0, time.time()
 
     def end_epoch(self) -> None:
         """Advance the epoch counter when the epoch was trained to its end (not when the run ended inside it)."""
@@ -341,17 +395,16 @@ class TrainingLoop:
     def after_epoch(self) -> None:
         """The epoch-end state save (``checkpoint.every_epochs``); always checks the losses first."""
         self.guard.check(self.accelerator, self.state, self.out)
-        if self._stop_requested():
-            self._stop()
+        if self.signals.requested():
+            self.signals.stop(self.save, self.state, self.out)
         if self.every_epochs and (self.state.epoch % self.every_epochs == 0 or self.done):
             self.save()
 
     def write(self, text: str) -> None:
         """A line above the progress bar (main process only, when progress is shown)."""
-        if self.accelerator.is_main_process and self._progress:
-            self.bar.write(text)
+        self.log.write(text)
 
-    # -- states, time, stopping ---------------------------------------------------------------------------------------
+    # -- states and time -----------------------------------------------------------------------------------------------
     def _update_clock(self) -> None:
         self.state.train_time_s = self._time_before + (time.time() - self._t0)
 
@@ -363,36 +416,10 @@ class TrainingLoop:
         self.save_s += time.time() - t
         return path
 
-    def _stop_requested(self) -> bool:
-        """Whether a stop signal reached any process (then every process agrees on the earliest step it arrived)."""
-        if self.world == 1:
-            return self.stop.signum is not None
-        mine = torch.tensor([float(self.stop.at_step if self.stop.signum is not None else -1)],
-                            device=self.accelerator.device)
-        steps = [int(s) for s in self.accelerator.gather(mine).tolist() if s >= 0]
-        if steps and self.stop.at_step is None:
-            self.stop.at_step = min(steps)
-        return bool(steps)
-
-    def _stop(self) -> None:
-        """Save a complete state at this step, record why the run stopped, and raise :class:`Preempted`."""
-        signum = self.stop.signum
-        self.stop.ignore_further()
-        name = signal.Signals(signum).name if signum else 'a signal on another process'
-        path = self.save()
-        msg = (f'stopped by {name} at step {self.state.global_step} (epoch {self.state.epoch}); the state {path} '
-               f'is complete: continue with --resume (exit code {EXIT_PREEMPTED}, for schedulers to requeue on).')
-        if self.accelerator.is_main_process:
-            atomic_write_json(self.out / STOPPED_NAME, {'signal': name, 'signal_at_step': self.stop.at_step,
-                                                          'step': self.state.global_step, 'state': str(path),
-                                                          'message': msg, 'exit_code': EXIT_PREEMPTED})
-        raise Preempted(msg)
-
     def finish(self) -> Dict[str, Any]:
         """Close the bar and the signal handlers; the run's extent and speed, over every part of a resumed run."""
-        if self.bar is not None:
-            self.bar.close()
-        self.stop.restore()
+        self.log.close()
+        self.signals.restore()
         self._update_clock()
         s = self.state
         out = {'steps': s.global_step, 'epochs': s.epoch, 'train_time_s': round(s.train_time_s, 2),

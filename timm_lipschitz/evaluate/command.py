@@ -1,0 +1,94 @@
+"""``timm-lipschitz eval`` (arguments: :func:`timm_lipschitz.cli.add_eval_arguments`): every flag is checked once,
+before any model or data loads, so a mistake costs no waiting and is named by its flag."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..errors import UsageError
+from ..robustness.protocol import SEVERITIES
+
+__all__ = ['run_from_args', 'attack_request', 'corruption_request']
+
+
+def _floats(text: Optional[str], flag: str) -> Optional[List[float]]:
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(',')]
+    except ValueError:
+        raise UsageError(f'{flag} {text!r} is not a comma list of numbers (e.g. {flag} 0.5,0.5,0.5).') from None
+
+
+def _ints(text: Optional[str], flag: str, count: Optional[int]) -> Optional[List[int]]:
+    if not text:
+        return None
+    try:
+        values = [int(x) for x in text.split(',')]
+    except ValueError:
+        values = []
+    if count is not None and (len(values) != count or any(v < 1 for v in values)):
+        raise UsageError(f'{flag} {text!r} is not allowed; give {count} positive integers (C,H,W), e.g. 1,32,32.')
+    if count is None and not values:
+        raise UsageError(f'{flag} {text!r} is not allowed; give a comma list of integers, e.g. 1,3,5.')
+    return values
+
+
+def attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """--attack and its flags as attack_sweep's keyword arguments, checked by the attack module's one check."""
+    if args.attack is None:
+        return None
+    from ..robustness.attacks import check_request, parse_eps
+    from .loading import resolve_device
+    method = args.attack_method
+    if method == 'auto':
+        method = 'autoattack' if resolve_device(args.device).type == 'cuda' else 'pgd'
+    eps: Dict[str, List[float]] = {}
+    for text in args.eps or []:
+        eps.update(parse_eps(text))
+    norms = check_request(args.attack, method, args.attack_steps, args.attack_images,
+                          names={'norms': '--attack', 'method': '--attack-method', 'steps': '--attack-steps',
+                                 'max_images': '--attack-images'})
+    return {'norms': norms, 'eps': eps or None, 'method': method, 'steps': args.attack_steps,
+            'max_images': args.attack_images, 'black_box': args.black_box, 'batch_size': args.batch_size}
+
+
+def corruption_request(args: argparse.Namespace) -> Sequence[int]:
+    """The severities of ``--corruptions`` (checked with the corruption table's own check)."""
+    severities = _ints(args.severities, '--severities', None) or SEVERITIES
+    if args.corruptions is not None:
+        from ..robustness.corruptions import check_severity, resolve_corruptions
+        resolve_corruptions(args.corruptions)
+        for s in severities:
+            check_severity(s)
+    return severities
+
+
+def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    from .loading import load_model, resolve_device
+    from .run import check_out_dir, evaluate
+    resolve_device(args.device)  # a bad --device fails before any model or data is loaded
+    severities = corruption_request(args)
+    out = check_out_dir(Path(args.out))
+    mean, std = _floats(args.mean, '--mean'), _floats(args.std, '--std')
+    if (mean is None) != (std is None):
+        raise UsageError('--mean and --std go together: give both or neither.')
+    size = _ints(args.input_size, '--input-size', 3)
+    attacks = attack_request(args)  # a bad attack request fails before any model or data is loaded
+    models = [load_model(s) for s in args.sources]
+    if args.model:
+        models.append(load_model(model_name=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained))
+    if not models:
+        raise UsageError('nothing to evaluate: give run folders, or --model NAME with --checkpoint/--pretrained.')
+    results = evaluate(models, args.out, data=args.data, root=args.data_root, input_size=size, split=args.split,
+                       sigmas=args.preset or args.sigmas, repeats=args.repeats, seed=args.seed, clip=args.clip,
+                       batch_size=args.batch_size, max_images=args.max_images, mean=mean, std=std,
+                       lipschitz=args.lipschitz, certify=args.certify,
+                       certify_args=dict(sigma=args.certify_sigma, n0=args.n0, n=args.n, alpha=args.alpha,
+                                         num_images=args.certify_images),
+                       demo=args.demo, progress=not args.no_progress, device=args.device,
+                       corruptions=args.corruptions, severities=severities, attacks=attacks)
+    print((out / 'eval.md').read_text())
+    print(f'wrote {out}/eval.json, eval.md, eval.png')
+    return results

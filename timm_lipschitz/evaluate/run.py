@@ -1,0 +1,272 @@
+"""The evaluation itself: every requested measurement for each model, then ``eval.json``, ``eval.md`` and the plots,
+and (for run and checkpoint folders) the folder's own record. The measurements are
+:mod:`timm_lipschitz.robustness`; their tables and plots are :mod:`timm_lipschitz.robustness.report`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from ..errors import UsageError
+from ..fileio import atomic_write_json, atomic_write_text, read_json
+from ..modes import eval_mode
+from ..naming import FILE_CHARS, safe_name
+from ..robustness.protocol import SEVERITIES
+from .loading import data_for, device_name, resolve_device
+
+__all__ = ['evaluate', 'extra_evaluations', 'read_eval', 'check_out_dir', 'EVAL_FORMAT_VERSION',
+           'SMOOTHING_SETTINGS']
+
+EVAL_FORMAT_VERSION = 2
+SMOOTHING_SETTINGS = ('sigma', 'n0', 'n', 'alpha', 'num_images')  # certify_args keys that reach certify_dataset
+K_SIGMA = 0.25            # the sigma of the sampled k(x) statistics (the paper's middle training sigma)
+LIPSCHITZ_IMAGES = 1000   # images (spread over the split) of the Lipschitz estimates and the margin certificate
+PGD_BOUND_IMAGES = 128    # of those, images searched by the PGD lower bound
+
+
+def read_eval(path) -> Dict[str, Any]:
+    """The per-model entries of an ``eval.json`` (format 2, or 0.1.0's flat format 1)."""
+    data = read_json(path)
+    return data['models'] if 'format_version' in data else data
+
+
+def check_out_dir(out: Path) -> Path:
+    """The output folder of an evaluation: a folder (created), never a file."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f'--out {out} is a file; give a folder for eval.json, eval.md and the plots.')
+    return out
+
+
+# ---- extra measurements ------------------------------------------------------------------------------------------
+def _spread_subset(data: Dataset, n: int) -> Dataset:
+    import torch
+    if len(data) <= n:
+        return data
+    return torch.utils.data.Subset(data, list(range(0, len(data), len(data) // n))[:n])
+
+
+def _smoothing(model: nn.Module, data: Dataset, certify_args: Dict[str, Any], mean, std, seed: int,
+               radii: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+    """Randomized-smoothing certificates with the settings ``certify_args`` gives (certify_dataset's defaults for
+    the others), at ``radii`` (default :data:`~timm_lipschitz.robustness.protocol.CERT_RADII`)."""
+    from ..robustness.certify import CERT_RADII, certify_dataset
+    settings = {k: certify_args[k] for k in SMOOTHING_SETTINGS if certify_args.get(k) is not None}
+    return certify_dataset(model, data, model.num_classes, radii=CERT_RADII if radii is None else radii, mean=mean,
+                           std=std, seed=seed, **settings)
+
+
+def _lipschitz(model: nn.Module, subset: Dataset, mean, std, seed: int) -> Dict[str, Any]:
+    from ..robustness.lipschitz import pgd_lower_bound, sampled_k, spectral_upper_bound
+    try:
+        upper = spectral_upper_bound(model, mean=mean, std=std)
+    except NotImplementedError as e:
+        upper = {'bound': None, 'method': str(e)}
+    return {f'k_sigma_{K_SIGMA:g}': sampled_k(model, subset, K_SIGMA, seed=seed, mean=mean, std=std),
+            'pgd_lower_bound': pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std,
+                                               max_images=PGD_BOUND_IMAGES),
+            'upper_bound': upper}
+
+
+def _theorem1(model: nn.Module, subset: Dataset, lipschitz_target: float, mean, std, seed: int) -> Dict[str, Any]:
+    """The paper's Theorem 1 radius, with the measured lower bound of the softmax's constant that conditions it."""
+    from ..robustness.certify import theorem1_radius
+    from ..robustness.lipschitz import pgd_lower_bound
+    lower = pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std, max_images=PGD_BOUND_IMAGES,
+                            output='probs')['max']
+    return {'lipschitz_target': lipschitz_target, 'radius': theorem1_radius(lipschitz_target, 'probs'),
+            'measured_lower_bound_probs': lower, 'holds': lower <= lipschitz_target}
+
+
+def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify: bool,
+                      certify_args: Dict[str, Any], mean=None, std=None, seed: int = 0,
+                      lipschitz_target: Optional[float] = None) -> Dict[str, Any]:
+    """Lipschitz estimates and bounds, and certificates (randomized smoothing, the Lipschitz margin and, for a model
+    trained with a target L_n, the paper's conditional Theorem 1 radius): the measurements and their markdown."""
+    from ..robustness.lipschitz import margin_certificate
+    from ..robustness.report import certificate_markdown, lipschitz_markdown
+    res: Dict[str, Any] = {}
+    subset = _spread_subset(data, LIPSCHITZ_IMAGES)
+    if lipschitz or certify:
+        res['lipschitz'] = _lipschitz(model, subset, mean, std, seed)
+        res['lipschitz_md'] = {'title': 'Lipschitz constant of the logits w.r.t. [0,1] pixels',
+                               'table': lipschitz_markdown(res['lipschitz'])}
+    if certify:
+        smooth = res['smoothing'] = _smoothing(model, data, certify_args, mean, std, seed)
+        res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
+        bound = res['lipschitz']['upper_bound']['bound']
+        if bound:
+            res['margin_certificate'] = margin_certificate(model, subset, bound, mean=mean, std=std)
+        if lipschitz_target:
+            res['theorem1'] = _theorem1(model, subset, lipschitz_target, mean, std, seed)
+        res['certify_md'] = {'title': 'certified accuracy (%) at l2 radius', 'table': certificate_markdown(
+            smooth, res.get('margin_certificate'), res.get('theorem1'))}
+    return res
+
+
+def _attacks(model: nn.Module, data: Dataset, attacks: Dict[str, Any], certify_args: Dict[str, Any], mean, std,
+             seed: int) -> Dict[str, Any]:
+    """The attack sweep, and randomized smoothing's certified accuracy at the L2 radii attacked."""
+    from ..robustness.attacks import attack_sweep
+    attacks = dict(attacks)
+    smoothing = attacks.pop('smoothing', True)
+    result = attack_sweep(model, data, seed=seed, mean=mean, std=std, **attacks)
+    if 'l2' in result and smoothing:
+        radii = [0.0] + [float(e) for e in result['l2']]
+        smooth = _smoothing(model.cpu(), data, certify_args, mean, std, seed, radii)
+        reach = smooth['max_radius']  # beyond it no image can be certified: None there, not a measured 0
+        result['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
+                               'num_images': smooth['num_images'], 'clean': smooth['certified_accuracy'][0],
+                               'max_radius': reach,
+                               'l2': {e: acc if float(e) <= reach else None
+                                      for e, acc in zip(result['l2'], smooth['certified_accuracy'][1:])}}
+    return result
+
+
+# ---- the evaluation ------------------------------------------------------------------------------------------------
+def _lipschitz_target(info: Dict[str, Any]) -> Optional[float]:
+    """The L_n a model was trained with (its checkpoint metadata's hyperparameters), if any."""
+    hparams = json.loads(info['metadata'].get('hparams', '{}') or '{}')
+    return hparams.get('lipschitz_target')
+
+
+def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str, s: Dict[str, Any]):
+    """Every requested measurement of one model on its data: (eval.json entry, noise sweep)."""
+    from ..robustness import noise_sweep
+    device = resolve_device(s['device'])
+    sweep = noise_sweep(model.to(device), ds, s['sigmas'], s['repeats'], s['seed'], clip=s['clip'],
+                        quantize=s['quantize'], batch_size=s['batch_size'], mean=s['mean'], std=s['std'],
+                        progress=s['progress'])
+    entry: Dict[str, Any] = {'data': name, 'split': s['split'], 'device': device_name(device),
+                             'sweep': sweep.to_dict()}
+    if s['corruptions'] is not None:
+        from ..robustness.corruptions import corruption_sweep
+        entry['corruptions'] = corruption_sweep(model.to(device), ds, s['corruptions'], s['severities'], s['seed'],
+                                                batch_size=s['batch_size'], mean=s['mean'], std=s['std'],
+                                                progress=s['progress'])
+    if s['attacks'] is not None:
+        entry['attacks'] = _attacks(model.to(device), ds, s['attacks'], s['certify_args'], s['mean'], s['std'],
+                                    s['seed'])
+    model.cpu()
+    if s['lipschitz'] or s['certify']:
+        entry.update(extra_evaluations(model, ds, lipschitz=s['lipschitz'], certify=s['certify'],
+                                       certify_args=s['certify_args'], mean=s['mean'], std=s['std'], seed=s['seed'],
+                                       lipschitz_target=_lipschitz_target(info)))
+    return entry, sweep
+
+
+def _demo(models: Dict[str, nn.Module], data: Dataset, results: Dict[str, Any], out: Path, s: Dict[str, Any]) -> None:
+    """The paper's Table 1: one test image at sigma 0..0.6, every model's prediction and confidence."""
+    from ..robustness.report import demo_grid
+    x, y = data[0]
+    first = next(iter(models.values()))
+    rows = demo_grid(models, x, int(y), out / 'demo.png', class_names=first.pretrained_cfg.get('label_names'),
+                     seed=s['seed'], mean=s['mean'], std=s['std'])
+    for label in results:
+        results[label]['demo'] = [r for r in rows if r['model'] == label]
+
+
+def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data: Optional[str] = None,
+             root: Optional[str] = None, input_size: Optional[Sequence[int]] = None, split: str = 'test',
+             sigmas: Any = None, repeats: int = 1, seed: int = 0, clip: bool = False, quantize: bool = False,
+             batch_size: int = 256, max_images: Optional[int] = None, mean=None, std=None,
+             lipschitz: bool = False, certify: bool = False, certify_args: Optional[Dict[str, Any]] = None,
+             demo: bool = False, progress: bool = True, device: str = 'cpu', corruptions: Any = None,
+             severities: Sequence[int] = SEVERITIES, attacks: Optional[Dict[str, Any]] = None,
+             record: bool = True) -> Dict[str, Any]:
+    """Evaluate each model on its data; write ``eval.json``, ``eval.md``, ``eval.png`` (and more) in ``out_dir``.
+
+    ``sigmas`` is a grid or a preset of the evaluation protocol (a preset brings its clipping and rounding). The
+    noise sweep runs on ``device``; the optional extras (Lipschitz estimates, certificates, the demo grid) run on
+    the CPU, where their per-image loops are written to run. ``corruptions`` (``'all'``, a family, or names) adds
+    the CIFAR-10-C corruptions at ``severities``; ``attacks`` (the keyword arguments of
+    :func:`~timm_lipschitz.robustness.attacks.attack_sweep`) adds robust accuracy under L2 / L-inf attacks, with a
+    randomized-smoothing certified accuracy at the same L2 radii (``certify_args``) for comparison. With ``record``,
+    corruption and attack results of a run or checkpoint folder are also written into that folder (its
+    ``robustness.json``, metadata summary and model card).
+    """
+    from ..robustness import unique_label
+    settings = dict(locals())
+    settings['certify_args'] = certify_args or {}
+    resolve_device(device)
+    out = check_out_dir(Path(out_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    results: Dict[str, Any] = {}
+    sweeps: Dict[str, Any] = {}
+    evaluated: Dict[str, nn.Module] = {}
+    first_data = None
+    for model, info in models:
+        with eval_mode(model):
+            ds, name = data_for(model, info, data, root, input_size, split, max_images)
+            label = unique_label(info['label'], results)
+            results[label], sweeps[label] = _evaluate_one(model, info, ds, name, settings)
+        evaluated[label] = model
+        first_data = first_data if first_data is not None else ds
+    if demo:
+        _demo(evaluated, first_data, results, out, settings)
+    _write_outputs(out, results, sweeps)
+    if record:
+        _record_in_folders(models, results)
+    return results
+
+
+# ---- outputs -------------------------------------------------------------------------------------------------------
+def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any]) -> None:
+    from ..robustness import plot_certified, plot_sweeps, summary_table, sweep_table
+    atomic_write_json(out / 'eval.json', {'format_version': EVAL_FORMAT_VERSION, 'models': results})
+    md = ['# Robustness evaluation', '', summary_table(sweeps), '', sweep_table(sweeps), '']
+    md += _corruption_outputs(results, out)
+    md += _attack_outputs(results, out)
+    for label, entry in results.items():
+        for key in ('lipschitz_md', 'certify_md'):
+            if key in entry:
+                md += [f'## {label}: {entry[key]["title"]}', '', entry[key]['table'], '']
+    atomic_write_text(out / 'eval.md', '\n'.join(md))
+    plot_sweeps(sweeps, out / 'eval.png')
+    certified = {k: v['certified_curve'] for k, v in results.items() if 'certified_curve' in v}
+    if certified:
+        plot_certified(certified, out / 'certified.png')
+
+
+def _corruption_outputs(results: Dict[str, Any], out: Path) -> List[str]:
+    """The corruption table (markdown), a heatmap per model and the family bar chart across models."""
+    from ..robustness.report import corruption_table, plot_corruption_families, plot_corruption_heatmap
+    found = {label: e['corruptions'] for label, e in results.items() if 'corruptions' in e}
+    if not found:
+        return []
+    for label, c in found.items():
+        plot_corruption_heatmap(c, out / f'corruptions_{safe_name(label, FILE_CHARS, "_")}.png',
+                                f'{label}: accuracy (%)')
+    plot_corruption_families(found, out / 'corruption_families.png')
+    first = next(iter(found.values()))
+    return ['## Common corruptions (CIFAR-10-C constants, computed on the fly)', '',
+            f"Accuracy (%) averaged over severities {first['severities']}; {first['num_images']} images, seed "
+            f"{first['seed']}.", '', corruption_table(found), '', '![families](corruption_families.png)', '']
+
+
+def _attack_outputs(results: Dict[str, Any], out: Path) -> List[str]:
+    """The robust-accuracy table (markdown) and one accuracy-vs-epsilon plot per norm, models overlaid."""
+    from ..robustness.attacks import NORMS
+    from ..robustness.report import attack_table, plot_attacks
+    found = {label: e['attacks'] for label, e in results.items() if 'attacks' in e}
+    if not found:
+        return []
+    md = ['## Adversarial robustness', '', attack_table(found), '']
+    for norm in NORMS:
+        if any(norm in r for r in found.values()):
+            plot_attacks(found, out / f'attacks_{norm}.png', norm)
+            md += [f'![{norm}](attacks_{norm}.png)', '']
+    return md
+
+
+def _record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: Dict[str, Any]) -> None:
+    """Corruption and attack results of a run or checkpoint folder go into that folder's own files too."""
+    from ..hub import record_evaluation
+    for (model, info), (label, entry) in zip(models, results.items()):
+        folder = info.get('folder')
+        extra = {k: entry[k] for k in ('corruptions', 'attacks') if k in entry}
+        if folder is not None and extra:
+            record_evaluation(folder, **extra)
