@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import timm_lipschitz  # noqa: E402,F401
+from timm_lipschitz.robustness.subsets import evaluation_subset  # noqa: E402
 from timm_lipschitz.data import create_dataset  # noqa: E402
 from timm_lipschitz.normalization import Normalizer  # noqa: E402
 from timm_lipschitz.hub import load_robustness  # noqa: E402
@@ -82,7 +83,7 @@ def main() -> None:
         model = timm.create_model(tag, pretrained=True).to(device).eval()
         meta = load_robustness(tag)
         ds, _ = create_dataset(meta['dataset'], 'test', input_size=model.pretrained_cfg['input_size'])
-        ds = torch.utils.data.Subset(ds, range(min(args.images, len(ds))))
+        ds = evaluation_subset(ds, args.images)  # a stratified prefix, as timm-lipschitz eval --max-images takes
         ref = k_values(model, ds, args.sigma, device, None)
         target = float(meta['hparams'].get('lipschitz_target') or 0.01)  # the paper's L_n for a model without one
         for name, dtype, fp32_head in [(n, d, h) for n, d in dtypes.items() for h in (False, True)]:

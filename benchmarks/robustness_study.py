@@ -121,8 +121,9 @@ def autoattack_table(results: Dict[str, Any]) -> List[str]:
     if not labels:
         return []
     first = results[labels[0]]['autoattack']
-    lines = [f"AutoAttack: {first['method']}; against {first['pgd_method']}, on the first {first['num_images']} "
-             'test images (robust accuracy %, AutoAttack / PGD, [95% Wilson interval of AutoAttack])', '',
+    lines = [f"AutoAttack: {first['method']}; against {first['pgd_method']}, on {first['num_images']} test images (a "
+             'stratified prefix of the evaluation order; robust accuracy %, AutoAttack / PGD, [95% Wilson interval '
+             'of AutoAttack])', '',
              '| norm | ε | ' + ' | '.join(labels) + ' |', '|---|---|' + '---|' * len(labels)]
     for norm in ('linf', 'l2'):
         for e in first.get(norm, {}):

@@ -161,7 +161,8 @@ def test_eval_attack_on_a_run_folder_reports_everywhere(tmp_path, drawn, capsys)
                'optimizer': {'name': 'sgd', 'lr': 0.1}}, progress=False)
     assert main(['eval', s['output_dir'], '--attack', 'l2,linf', '--eps', 'l2=0.5,1', '--eps', 'linf=1/10',
                  '--attack-images', '20', '--attack-steps', '5', '--certify-images', '5', '--n', '50', '--n0', '10',
-                 '--sigmas', '0', '--out', str(tmp_path / 'ev'), '--device', 'cpu', '--no-progress']) == 0
+                 '--sigmas', '0', '--out', str(tmp_path / 'ev'), '--device', 'cpu', '--no-progress',
+                 '--record']) == 0  # not the full protocol (own epsilons, 20 images, 5 steps): recorded on request
     a = read_eval(tmp_path / 'ev' / 'eval.json')['a']['attacks']
     assert a['attack'] == 'pgd' and set(a['l2']) == {'0.5', '1'} and set(a['linf']) == {'0.1'}
     assert a['num_images'] == 20 and set(a['smoothing']['l2']) == {'0.5', '1'}
@@ -177,4 +178,7 @@ def test_eval_attack_on_a_run_folder_reports_everywhere(tmp_path, drawn, capsys)
     assert json.loads((run / 'robustness.json').read_text())['attacks']['l2'] == a['l2']
     scores = load_robustness(run)
     assert scores['pgd_l2@1'] == a['l2']['1'] and scores['pgd_linf@0.1'] == a['linf']['0.1']
-    assert '## Adversarial robustness' in (run / 'README.md').read_text()
+    card = (run / 'README.md').read_text()
+    assert '## Adversarial robustness' in card and '**Not the full protocol:** epsilons' in card
+    assert '20 images attacked (the protocol: 200); 5 steps (the protocol: 20)' in card
+    assert scores['attack_split'] == 'test' and scores['attack_full_protocol'] is False

@@ -161,9 +161,14 @@ def test_eval_corruptions_on_a_run_folder_reports_everywhere(tmp_path, drawn):
                'batch_size': 32, 'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
                'log_with': [], 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'output_dir': str(tmp_path / 'run'),
                'optimizer': {'name': 'sgd', 'lr': 0.05}}, progress=False)
-    rc = main(['eval', s['output_dir'], '--corruptions', 'noise,contrast', '--severities', '1,5', '--max-images', '30',
-               '--sigmas', '0', '--out', str(tmp_path / 'ev'), '--device', 'cpu', '--no-progress'])
-    assert rc == 0
+    run = tmp_path / 'run'
+    card_before = (run / 'README.md').read_text()
+    argv = ['eval', s['output_dir'], '--corruptions', 'noise,contrast', '--severities', '1,5', '--max-images', '30',
+            '--sigmas', '0', '--out', str(tmp_path / 'ev'), '--device', 'cpu', '--no-progress']
+    assert main(argv) == 0  # not the full protocol: measured and written to --out, the run's own record untouched
+    assert 'corruptions' not in json.loads((run / 'robustness.json').read_text())
+    assert (run / 'README.md').read_text() == card_before and 'corruption_mean' not in load_robustness(run)
+    assert main(argv + ['--record']) == 0  # recorded on request, the departure stated
     c = read_eval(tmp_path / 'ev' / 'eval.json')['c']['corruptions']
     assert {'gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise', 'contrast'} <= set(c)
     assert set(c['contrast']) == {'1', '5', 'mean'} and c['num_images'] == 30 and c['severities'] == [1, 5]
@@ -175,9 +180,10 @@ def test_eval_corruptions_on_a_run_folder_reports_everywhere(tmp_path, drawn):
     bars = drawn['corruption_families.png']['bars']['c']
     assert bars == [c['clean'], c['by_family']['noise'], c['by_family']['digital']]
     assert '| contrast | digital |' in (tmp_path / 'ev' / 'eval.md').read_text()
-    run = tmp_path / 'run'
     assert json.loads((run / 'robustness.json').read_text())['corruptions']['mean'] == c['mean']
     assert load_robustness(run)['corruption_mean'] == c['mean']
     card = (run / 'README.md').read_text()
     assert '## Common corruptions (CIFAR-10-C)' in card and f"{c['mean']:.2f}" in card
+    assert '**Not the full protocol:** --max-images 30 (the protocol: every image); severities [1, 5]' in card
+    assert '30 of 360 (stratified prefix' in card and load_robustness(run)['corruption_full_protocol'] is False
     assert timm.create_model(f'local-dir:{run}', pretrained=True)  # the rewritten weights still load

@@ -339,8 +339,12 @@ def test_the_card_and_final_json_commands_work(tmp_path, monkeypatch):
     run = Path(s['output_dir'])
     card = (run / 'README.md').read_text()
     usage = re.search(r"model = timm\.create_model\('([^']+)', pretrained=True\)", card).group(1)
-    assert usage == f'local-dir:{run}'
+    assert usage == f'local-dir:{run.resolve()}'  # absolute: the line works from any directory
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     loaded = timm.create_model(usage, pretrained=True).eval()
+    monkeypatch.chdir(tmp_path)
     weights = load_file(str(run / 'model.safetensors'))
     assert all(torch.equal(v, weights[k]) for k, v in loaded.state_dict().items())
     command = json.loads((run / 'final.json').read_text())['command']
@@ -350,7 +354,7 @@ def test_the_card_and_final_json_commands_work(tmp_path, monkeypatch):
                        text=True, cwd=tmp_path, env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(ROOT),
                                                      'OMP_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1'}, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    again = load_file(str(tmp_path / (str(run) + '_reproduced') / 'model.safetensors'))
+    again = load_file(str(run.resolve()) + '_reproduced/model.safetensors')
     for k in weights:
         torch.testing.assert_close(again[k], weights[k], rtol=0, atol=1e-6)
 

@@ -11,7 +11,7 @@ import traceback
 from typing import Optional, Sequence
 
 from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UsageError, UserError
-from .robustness.protocol import PAPER_GRID, PRESETS, SEVERITIES
+from .robustness.protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, PAPER_GRID, PRESETS, SEVERITIES, SMOOTHING
 
 __all__ = ['main', 'build_parser', 'add_train_arguments', 'add_eval_arguments', 'add_sweep_arguments']
 
@@ -35,7 +35,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--data', help='dataset name (default: the one the run or tag was trained on)')
     p.add_argument('--data-root', help='where the dataset files are (default: the dataset\'s own default)')
     p.add_argument('--input-size', help="C,H,W (default: the model's pretrained_cfg input_size)")
-    p.add_argument('--split', default='test', choices=('train', 'test'), help='which split to evaluate')
+    p.add_argument('--split', default=EVAL_SPLIT, choices=('train', 'test'), help='which split to evaluate')
     p.add_argument('--sigmas', default=None,
                    help="'start:stop:step' (stop included), a comma list, or a preset: paper (0..0.5), mnist "
                         f"(0..1.0), cifar10c_gaussian (clipped, uint8-rounded); default {PAPER_GRID}")
@@ -45,16 +45,21 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0, help='seed of the evaluation noise (common random numbers)')
     p.add_argument('--clip', action='store_true', help='clip noisy images to [0,1]')
     p.add_argument('--batch-size', type=int, default=256, help='images per forward pass')
-    p.add_argument('--max-images', type=int, help='evaluate only the first N images of the split')
+    p.add_argument('--max-images', type=int, help='evaluate N images of the split: a prefix of its seeded, '
+                   'stratified evaluation order (not the first N, which can be a few classes)')
     p.add_argument('--mean', help='normalization mean for models without pretrained_cfg (comma list)')
     p.add_argument('--std', help='normalization std (comma list)')
     p.add_argument('--lipschitz', action='store_true', help='k(x) statistics, PGD lower bound, spectral upper bound')
     p.add_argument('--certify', action='store_true', help='randomized smoothing certificates (Cohen et al.)')
-    p.add_argument('--certify-sigma', type=float, default=0.25, help='noise level of the smoothed classifier')
-    p.add_argument('--n0', type=int, default=100, help='Monte Carlo samples to pick the class (certify)')
-    p.add_argument('--n', type=int, default=1000, help='Monte Carlo samples to bound its probability (certify)')
-    p.add_argument('--alpha', type=float, default=0.001, help='failure probability of a certificate')
-    p.add_argument('--certify-images', type=int, default=100, help='images certified, spread over the split')
+    p.add_argument('--certify-sigma', type=float, default=SMOOTHING['sigma'],
+                   help='noise level of the smoothed classifier')
+    p.add_argument('--n0', type=int, default=SMOOTHING['n0'], help='Monte Carlo samples to pick the class (certify)')
+    p.add_argument('--n', type=int, default=SMOOTHING['n'],
+                   help='Monte Carlo samples to bound its probability (certify)')
+    p.add_argument('--alpha', type=float, default=SMOOTHING['alpha'], help='failure probability of a certificate, '
+                   'in (0, 1)')
+    p.add_argument('--certify-images', type=int, default=SMOOTHING['num_images'],
+                   help='images certified (a prefix of the split\'s stratified evaluation order)')
     p.add_argument('--demo', action='store_true', help="the paper's Table 1: one image at sigma 0..0.6")
     p.add_argument('--corruptions', nargs='?', const='all', metavar='WHICH',
                    help='the CIFAR-10-C corruptions, computed on the fly: all (the default when given alone), '
@@ -72,10 +77,15 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help='epsilons instead of the defaults, e.g. --eps linf=1/255,8/255 --eps l2=0.5 (repeatable; '
                         'defaults: RGB linf 1,2,4,8/255 and l2 0.25,0.5,1; one-channel linf 0.1,0.2,0.3 and l2 '
                         '0.5,1,2)')
-    p.add_argument('--attack-images', type=int, default=200, help='images attacked (the first N of the split)')
-    p.add_argument('--attack-steps', type=int, default=20, help='PGD iterations (Square: 10x as many queries)')
+    p.add_argument('--attack-images', type=int, default=ATTACK_IMAGES,
+                   help='images attacked (a prefix of the split\'s stratified evaluation order)')
+    p.add_argument('--attack-steps', type=int, default=ATTACK_STEPS, help='PGD iterations (Square: 10x as many queries)')
     p.add_argument('--black-box', action='store_true',
                    help='also run the black-box Square attack and flag where it beats the gradient attack')
+    p.add_argument('--record', action='store_true',
+                   help='also write corruption and attack results that depart from the full protocol (another split, '
+                        '--max-images, other severities, epsilons or attack size) into the run\'s own card, '
+                        'metadata and robustness.json; the card then states the departure')
     p.add_argument('--out', default='eval_out', help='output folder')
     p.add_argument('--device', default='auto',
                    help='where the noise sweep runs: auto (CUDA if available), cpu, cuda or cuda:N; '

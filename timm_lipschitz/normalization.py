@@ -89,6 +89,9 @@ def check_pixels(images, where: str = 'images'):
     return images
 
 
+PIXEL_SLACK = 1e-3  # float error of a resize or a colour conversion; an already-normalized image goes far below 0
+
+
 def warn_if_not_pixels(images, where: str = 'images') -> None:
     """One warning when a float batch is clearly not [0,1] pixels (a host sync: called on a first batch only).
 
@@ -97,10 +100,12 @@ def warn_if_not_pixels(images, where: str = 'images') -> None:
     check_pixels(images, where)
     lo, hi = images.detach().aminmax()
     lo, hi = float(lo), float(hi)
-    if lo < -0.5 or hi > 1.5:
-        warnings.warn(f'{where} range over [{lo:.3g}, {hi:.3g}]: expected [0,1] pixels before normalization '
-                      f'(0-255 values or already-normalized images make the noise sigma and L_n mean something '
-                      f'else).', PixelRangeWarning, stacklevel=3)
+    if lo < -PIXEL_SLACK or hi > 1 + PIXEL_SLACK:
+        what = 'a negative value is never a pixel: these look already normalized' if lo < -PIXEL_SLACK else \
+            'values above 1 look like 0-255 pixels'
+        warnings.warn(f'{where} range over [{lo:.3g}, {hi:.3g}]; expected [0,1] pixels before normalization '
+                      f'({what}, which makes the noise sigma and L_n mean something else).', PixelRangeWarning,
+                      stacklevel=3)
 
 
 def normalize(images, mean: Sequence[float], std: Sequence[float]):

@@ -44,6 +44,8 @@ STREAMS: Dict[str, Stream] = {
                          doc='the random parts of one corruption of one test image at one severity'),
     'synthetic_data': Stream(('split',), (1,), doc='the synthetic dataset: split 0 templates, 1 train, 2 test'),
     'smoothing_noise': Stream((), (), doc="randomized smoothing's Monte Carlo noise"),
+    'evaluation_order': Stream((), (7_907,), (31,),
+                               doc='the stratified order of a split whose prefixes are the evaluation subsets'),
     'attack_start': Stream(('norm_index',), (1,),
                            doc='random starts of the PGD lower bound (norm_index 0) and of the attacks on each '
                                'requested norm (its position in the request)'),

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..errors import UsageError
 from ..robustness.protocol import SEVERITIES
 
-__all__ = ['run_from_args', 'attack_request', 'corruption_request']
+__all__ = ['run_from_args', 'attack_request', 'corruption_request', 'certify_request']
 
 
 def _floats(text: Optional[str], flag: str) -> Optional[List[float]]:
@@ -50,19 +50,38 @@ def attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     norms = check_request(args.attack, method, args.attack_steps, args.attack_images,
                           names={'norms': '--attack', 'method': '--attack-method', 'steps': '--attack-steps',
                                  'max_images': '--attack-images'})
+    unused = [n for n in eps if n != '*' and n not in norms]
+    if unused:
+        raise UsageError(f'--eps gives {", ".join(unused)} values, but --attack {args.attack} does not run '
+                         f'{"that norm" if len(unused) == 1 else "those norms"}: they would be unused. Add '
+                         f'{",".join(unused)} to --attack or drop those --eps values.')
     return {'norms': norms, 'eps': eps or None, 'method': method, 'steps': args.attack_steps,
             'max_images': args.attack_images, 'black_box': args.black_box, 'batch_size': args.batch_size}
 
 
 def corruption_request(args: argparse.Namespace) -> Sequence[int]:
-    """The severities of ``--corruptions`` (checked with the corruption table's own check)."""
+    """The severities of ``--corruptions``: CIFAR-10-C's 1..5 (the library's severity 0, the clean image, is for
+    tests, not a severity to report)."""
     severities = _ints(args.severities, '--severities', None) or SEVERITIES
+    bad = [s for s in severities if s not in SEVERITIES]
+    if bad:
+        raise UsageError(f'--severities {args.severities!r}: {bad} are not allowed; give severities from '
+                         f'{min(SEVERITIES)} to {max(SEVERITIES)}.')
     if args.corruptions is not None:
-        from ..robustness.corruptions import check_severity, resolve_corruptions
+        from ..robustness.corruptions import resolve_corruptions
         resolve_corruptions(args.corruptions)
-        for s in severities:
-            check_severity(s)
     return severities
+
+
+def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
+    """The randomized-smoothing settings (``--certify`` and the attacks' certified column), checked by the
+    certificate module's one check and named by their flags."""
+    settings = dict(sigma=args.certify_sigma, n0=args.n0, n=args.n, alpha=args.alpha, num_images=args.certify_images)
+    if args.certify or args.attack is not None:
+        from ..robustness.certify import check_settings
+        check_settings(**settings, names={'sigma': '--certify-sigma', 'n0': '--n0', 'n': '--n', 'alpha': '--alpha',
+                                          'num_images': '--certify-images'})
+    return settings
 
 
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
@@ -76,6 +95,7 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         raise UsageError('--mean and --std go together: give both or neither.')
     size = _ints(args.input_size, '--input-size', 3)
     attacks = attack_request(args)  # a bad attack request fails before any model or data is loaded
+    certify_args = certify_request(args)
     models = [load_model(s) for s in args.sources]
     if args.model:
         models.append(load_model(model_name=args.model, checkpoint=args.checkpoint, pretrained=args.pretrained))
@@ -85,10 +105,10 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
                        sigmas=args.preset or args.sigmas, repeats=args.repeats, seed=args.seed, clip=args.clip,
                        batch_size=args.batch_size, max_images=args.max_images, mean=mean, std=std,
                        lipschitz=args.lipschitz, certify=args.certify,
-                       certify_args=dict(sigma=args.certify_sigma, n0=args.n0, n=args.n, alpha=args.alpha,
-                                         num_images=args.certify_images),
+                       certify_args=certify_args,
                        demo=args.demo, progress=not args.no_progress, device=args.device,
-                       corruptions=args.corruptions, severities=severities, attacks=attacks)
+                       corruptions=args.corruptions, severities=severities, attacks=attacks,
+                       record_departures=args.record)
     print((out / 'eval.md').read_text())
     print(f'wrote {out}/eval.json, eval.md, eval.png')
     return results

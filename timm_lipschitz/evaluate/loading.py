@@ -13,11 +13,46 @@ from ..errors import UsageError
 from ..fileio import read_json
 from ..modes import eval_mode
 
-__all__ = ['load_model', 'resolve_device', 'device_name', 'data_for', 'ClassNamesWarning']
+__all__ = ['load_model', 'resolve_device', 'device_name', 'data_for', 'check_overrides', 'ClassNamesWarning',
+           'OverrideWarning']
 
 
 class ClassNamesWarning(UserWarning):
     """The model's class names differ from the evaluation data's: the accuracy compares unrelated labels."""
+
+
+class OverrideWarning(UserWarning):
+    """An evaluation override (input size, mean/std) departs from the model's own configuration."""
+
+
+def check_overrides(model: nn.Module, input_size: Optional[Sequence[int]], mean, std) -> Dict[str, Any]:
+    """What the evaluation changes of the model's own configuration, for the record; a warning for each departure
+    (a wrong size or normalization costs most of the accuracy without an error), and a refusal of statistics whose
+    channel count the model cannot take."""
+    from ..normalization import per_channel
+    cfg = model.pretrained_cfg
+    channels = int(cfg['input_size'][0])
+    overrides: Dict[str, Any] = {}
+    if input_size:
+        overrides['input_size'] = [int(v) for v in input_size]
+        if tuple(input_size) != tuple(cfg['input_size']):
+            warnings.warn(f'--input-size {",".join(map(str, input_size))} departs from the model\'s own input size '
+                          f'{tuple(cfg["input_size"])}: the images are resized to it.', OverrideWarning, stacklevel=3)
+    if mean is not None:
+        for flag, values in (('--mean', mean), ('--std', std)):
+            if len(values) not in (1, channels):
+                raise UsageError(f'{flag} has {len(values)} values but the model takes {channels} channel(s); give '
+                                 f'1 or {channels}.')
+        overrides.update(mean=list(mean), std=list(std))
+        own = (cfg.get('mean'), cfg.get('std'))
+        if own[0] is not None and (per_channel(tuple(mean), channels, 'mean') != per_channel(tuple(own[0]), channels,
+                                                                                             'mean') or
+                                   per_channel(tuple(std), channels, 'std') != per_channel(tuple(own[1]), channels,
+                                                                                           'std')):
+            warnings.warn(f'--mean {list(mean)} --std {list(std)} depart from the statistics the model was trained '
+                          f'with (mean {list(own[0])}, std {list(own[1])}): expect a far lower accuracy.',
+                          OverrideWarning, stacklevel=3)
+    return overrides
 
 
 def _unfinished_message(folder: Path) -> Optional[str]:
@@ -155,9 +190,11 @@ def _check_classes(model: nn.Module, name: str, dinfo) -> None:
 
 
 def data_for(model: nn.Module, info: Dict[str, Any], data: Optional[str], root: Optional[str],
-             input_size: Optional[Sequence[int]], split: str, max_images: Optional[int]):
+             input_size: Optional[Sequence[int]], split: str, max_images: Optional[int], seed: int = 0):
     """The evaluation split for one model (its own training data unless ``data`` names other data), checked against
-    the model's class count and names; returns ``(dataset, name)``."""
+    the model's class count and names; ``max_images`` takes a prefix of the split's evaluation order (stratified,
+    :mod:`timm_lipschitz.robustness.subsets`). Returns ``(dataset, name)``."""
+    from ..robustness.subsets import evaluation_subset
     from ..data import check_labels, create_dataset
     recipe_data = info['recipe'].get('data', {})
     name = data or recipe_data.get('name') or info['metadata'].get('dataset')
@@ -171,6 +208,4 @@ def data_for(model: nn.Module, info: Dict[str, Any], data: Optional[str], root: 
     _check_classes(model, name, dinfo)
     if hasattr(ds, 'labels'):
         check_labels(ds.labels, model.num_classes, f'{name}/{split}')
-    if max_images is not None and max_images < len(ds):
-        ds = torch.utils.data.Subset(ds, list(range(max_images)))
-    return ds, name
+    return evaluation_subset(ds, max_images, seed), name

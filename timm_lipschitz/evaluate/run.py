@@ -15,7 +15,9 @@ from ..fileio import atomic_write_json, atomic_write_text, read_json
 from ..modes import eval_mode
 from ..naming import FILE_CHARS, safe_name
 from ..robustness.protocol import SEVERITIES
-from .loading import data_for, device_name, resolve_device
+from ..robustness.subsets import evaluation_subset, subset_record
+from .loading import check_overrides, data_for, device_name, resolve_device
+from .record import record_in_folders
 
 __all__ = ['evaluate', 'extra_evaluations', 'read_eval', 'check_out_dir', 'EVAL_FORMAT_VERSION',
            'SMOOTHING_SETTINGS']
@@ -23,7 +25,7 @@ __all__ = ['evaluate', 'extra_evaluations', 'read_eval', 'check_out_dir', 'EVAL_
 EVAL_FORMAT_VERSION = 2
 SMOOTHING_SETTINGS = ('sigma', 'n0', 'n', 'alpha', 'num_images')  # certify_args keys that reach certify_dataset
 K_SIGMA = 0.25            # the sigma of the sampled k(x) statistics (the paper's middle training sigma)
-LIPSCHITZ_IMAGES = 1000   # images (spread over the split) of the Lipschitz estimates and the margin certificate
+LIPSCHITZ_IMAGES = 1000   # images (a prefix of the evaluation order) of the Lipschitz estimates and margin certificate
 PGD_BOUND_IMAGES = 128    # of those, images searched by the PGD lower bound
 
 
@@ -42,21 +44,14 @@ def check_out_dir(out: Path) -> Path:
 
 
 # ---- extra measurements ------------------------------------------------------------------------------------------
-def _spread_subset(data: Dataset, n: int) -> Dataset:
-    import torch
-    if len(data) <= n:
-        return data
-    return torch.utils.data.Subset(data, list(range(0, len(data), len(data) // n))[:n])
-
-
 def _smoothing(model: nn.Module, data: Dataset, certify_args: Dict[str, Any], mean, std, seed: int,
-               radii: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+               radii: Optional[Sequence[float]] = None, progress: bool = True) -> Dict[str, Any]:
     """Randomized-smoothing certificates with the settings ``certify_args`` gives (certify_dataset's defaults for
     the others), at ``radii`` (default :data:`~timm_lipschitz.robustness.protocol.CERT_RADII`)."""
     from ..robustness.certify import CERT_RADII, certify_dataset
     settings = {k: certify_args[k] for k in SMOOTHING_SETTINGS if certify_args.get(k) is not None}
     return certify_dataset(model, data, model.num_classes, radii=CERT_RADII if radii is None else radii, mean=mean,
-                           std=std, seed=seed, **settings)
+                           std=std, seed=seed, progress=progress, **settings)
 
 
 def _lipschitz(model: nn.Module, subset: Dataset, mean, std, seed: int) -> Dict[str, Any]:
@@ -83,19 +78,19 @@ def _theorem1(model: nn.Module, subset: Dataset, lipschitz_target: float, mean, 
 
 def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify: bool,
                       certify_args: Dict[str, Any], mean=None, std=None, seed: int = 0,
-                      lipschitz_target: Optional[float] = None) -> Dict[str, Any]:
+                      lipschitz_target: Optional[float] = None, progress: bool = True) -> Dict[str, Any]:
     """Lipschitz estimates and bounds, and certificates (randomized smoothing, the Lipschitz margin and, for a model
     trained with a target L_n, the paper's conditional Theorem 1 radius): the measurements and their markdown."""
     from ..robustness.lipschitz import margin_certificate
     from ..robustness.report import certificate_markdown, lipschitz_markdown
     res: Dict[str, Any] = {}
-    subset = _spread_subset(data, LIPSCHITZ_IMAGES)
+    subset = evaluation_subset(data, LIPSCHITZ_IMAGES, seed)
     if lipschitz or certify:
         res['lipschitz'] = _lipschitz(model, subset, mean, std, seed)
         res['lipschitz_md'] = {'title': 'Lipschitz constant of the logits w.r.t. [0,1] pixels',
                                'table': lipschitz_markdown(res['lipschitz'])}
     if certify:
-        smooth = res['smoothing'] = _smoothing(model, data, certify_args, mean, std, seed)
+        smooth = res['smoothing'] = _smoothing(model, data, certify_args, mean, std, seed, progress=progress)
         res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
         bound = res['lipschitz']['upper_bound']['bound']
         if bound:
@@ -108,15 +103,15 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
 
 
 def _attacks(model: nn.Module, data: Dataset, attacks: Dict[str, Any], certify_args: Dict[str, Any], mean, std,
-             seed: int) -> Dict[str, Any]:
+             seed: int, progress: bool = True) -> Dict[str, Any]:
     """The attack sweep, and randomized smoothing's certified accuracy at the L2 radii attacked."""
     from ..robustness.attacks import attack_sweep
     attacks = dict(attacks)
     smoothing = attacks.pop('smoothing', True)
-    result = attack_sweep(model, data, seed=seed, mean=mean, std=std, **attacks)
+    result = attack_sweep(model, data, seed=seed, mean=mean, std=std, progress=progress, **attacks)
     if 'l2' in result and smoothing:
         radii = [0.0] + [float(e) for e in result['l2']]
-        smooth = _smoothing(model.cpu(), data, certify_args, mean, std, seed, radii)
+        smooth = _smoothing(model.cpu(), data, certify_args, mean, std, seed, radii, progress)
         reach = smooth['max_radius']  # beyond it no image can be certified: None there, not a measured 0
         result['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
                                'num_images': smooth['num_images'], 'clean': smooth['certified_accuracy'][0],
@@ -137,10 +132,12 @@ def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str
     """Every requested measurement of one model on its data: (eval.json entry, noise sweep)."""
     from ..robustness import noise_sweep
     device = resolve_device(s['device'])
+    overrides = check_overrides(model, s['input_size'], s['mean'], s['std'])
     sweep = noise_sweep(model.to(device), ds, s['sigmas'], s['repeats'], s['seed'], clip=s['clip'],
                         quantize=s['quantize'], batch_size=s['batch_size'], mean=s['mean'], std=s['std'],
                         progress=s['progress'])
     entry: Dict[str, Any] = {'data': name, 'split': s['split'], 'device': device_name(device),
+                             'images': subset_record(ds), 'overrides': overrides,
                              'sweep': sweep.to_dict()}
     if s['corruptions'] is not None:
         from ..robustness.corruptions import corruption_sweep
@@ -149,12 +146,12 @@ def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str
                                                 progress=s['progress'])
     if s['attacks'] is not None:
         entry['attacks'] = _attacks(model.to(device), ds, s['attacks'], s['certify_args'], s['mean'], s['std'],
-                                    s['seed'])
+                                    s['seed'], s['progress'])
     model.cpu()
     if s['lipschitz'] or s['certify']:
         entry.update(extra_evaluations(model, ds, lipschitz=s['lipschitz'], certify=s['certify'],
                                        certify_args=s['certify_args'], mean=s['mean'], std=s['std'], seed=s['seed'],
-                                       lipschitz_target=_lipschitz_target(info)))
+                                       lipschitz_target=_lipschitz_target(info), progress=s['progress']))
     return entry, sweep
 
 
@@ -176,7 +173,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
              lipschitz: bool = False, certify: bool = False, certify_args: Optional[Dict[str, Any]] = None,
              demo: bool = False, progress: bool = True, device: str = 'cpu', corruptions: Any = None,
              severities: Sequence[int] = SEVERITIES, attacks: Optional[Dict[str, Any]] = None,
-             record: bool = True) -> Dict[str, Any]:
+             record: bool = True, record_departures: bool = False) -> Dict[str, Any]:
     """Evaluate each model on its data; write ``eval.json``, ``eval.md``, ``eval.png`` (and more) in ``out_dir``.
 
     ``sigmas`` is a grid or a preset of the evaluation protocol (a preset brings its clipping and rounding). The
@@ -185,8 +182,9 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     the CIFAR-10-C corruptions at ``severities``; ``attacks`` (the keyword arguments of
     :func:`~timm_lipschitz.robustness.attacks.attack_sweep`) adds robust accuracy under L2 / L-inf attacks, with a
     randomized-smoothing certified accuracy at the same L2 radii (``certify_args``) for comparison. With ``record``,
-    corruption and attack results of a run or checkpoint folder are also written into that folder (its
-    ``robustness.json``, metadata summary and model card).
+    corruption and attack results of a run or checkpoint folder measured under the full protocol are also written
+    into that folder (its ``robustness.json``, metadata summary and model card); ``record_departures`` writes the
+    others too, stating how they depart (:mod:`.record`).
     """
     from ..robustness import unique_label
     settings = dict(locals())
@@ -200,7 +198,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     first_data = None
     for model, info in models:
         with eval_mode(model):
-            ds, name = data_for(model, info, data, root, input_size, split, max_images)
+            ds, name = data_for(model, info, data, root, input_size, split, max_images, seed)
             label = unique_label(info['label'], results)
             results[label], sweeps[label] = _evaluate_one(model, info, ds, name, settings)
         evaluated[label] = model
@@ -209,7 +207,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         _demo(evaluated, first_data, results, out, settings)
     _write_outputs(out, results, sweeps)
     if record:
-        _record_in_folders(models, results)
+        record_in_folders(models, results, settings, record_departures)
     return results
 
 
@@ -217,7 +215,12 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
 def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any]) -> None:
     from ..robustness import plot_certified, plot_sweeps, summary_table, sweep_table
     atomic_write_json(out / 'eval.json', {'format_version': EVAL_FORMAT_VERSION, 'models': results})
-    md = ['# Robustness evaluation', '', summary_table(sweeps), '', sweep_table(sweeps), '']
+    md = ['# Robustness evaluation', '']
+    for label, entry in results.items():
+        if entry.get('overrides'):
+            md += [f"**{label}** evaluated with overrides of its own configuration: " +
+                   ', '.join(f'{k} {v}' for k, v in entry['overrides'].items()) + '.', '']
+    md += [summary_table(sweeps), '', sweep_table(sweeps), '']
     md += _corruption_outputs(results, out)
     md += _attack_outputs(results, out)
     for label, entry in results.items():
@@ -260,13 +263,3 @@ def _attack_outputs(results: Dict[str, Any], out: Path) -> List[str]:
             plot_attacks(found, out / f'attacks_{norm}.png', norm)
             md += [f'![{norm}](attacks_{norm}.png)', '']
     return md
-
-
-def _record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: Dict[str, Any]) -> None:
-    """Corruption and attack results of a run or checkpoint folder go into that folder's own files too."""
-    from ..hub import record_evaluation
-    for (model, info), (label, entry) in zip(models, results.items()):
-        folder = info.get('folder')
-        extra = {k: entry[k] for k in ('corruptions', 'attacks') if k in entry}
-        if folder is not None and extra:
-            record_evaluation(folder, **extra)

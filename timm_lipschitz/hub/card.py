@@ -12,6 +12,20 @@ from ..robustness.protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid, sum
 __all__ = ['render_card', 'card_sections']
 
 
+def _images(record: Optional[Dict[str, Any]], count: Any) -> str:
+    """``1000`` or ``500 of 10000 (stratified prefix ...)``: how many images a score measured, and which."""
+    if not record or record.get('num_images') == record.get('of'):
+        return str(count if not record else record['num_images'])
+    return f"{record['num_images']} of {record['of']} ({record['rule']}, seed {record.get('seed', 0)})"
+
+
+def _departures(protocol: Dict[str, Any]) -> List[str]:
+    """A recorded result that departs from the full protocol says so, first (timm-lipschitz eval --record)."""
+    if not protocol.get('departures'):
+        return []
+    return [f"**Not the full protocol:** {'; '.join(protocol['departures'])}.", '']
+
+
 def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
     """The card's result sections, from the folder's robustness record (what ``robustness.json`` holds)."""
     lines: List[str] = []
@@ -20,8 +34,9 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
         s = robustness.get('summary', {})
         lines += ['## Accuracy under additive Gaussian noise', '',
                   f"Test accuracy (%) with noise N(0, sigma^2) added per pixel in [0,1] space before "
-                  f"normalization, {robustness.get('repeats')} draw(s) per image, {robustness.get('num_images')} "
-                  f"test images, grid {robustness['sigmas'][0]:g}..{robustness['sigmas'][-1]:g} "
+                  f"normalization, {robustness.get('repeats')} draw(s) per image, "
+                  f"{_images(robustness.get('images'), robustness.get('num_images'))} test images, grid "
+                  f"{robustness['sigmas'][0]:g}..{robustness['sigmas'][-1]:g} "
                   f"({len(robustness['sigmas'])} levels).", '',
                   '| sigma_test | accuracy | std over draws |', '|---|---|---|']
         step = max(1, len(robustness['sigmas']) // 10)
@@ -37,15 +52,21 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
     corruptions = record.get('corruptions')
     if corruptions:
         from ..robustness.report import corruption_table
+        p = corruptions.get('protocol') or {}
         lines += ['## Common corruptions (CIFAR-10-C)', '',
                   f"Accuracy (%) under the corruptions of CIFAR-10-C, computed on the fly with its constants, mean over "
-                  f"severities {corruptions['severities']}, {corruptions['num_images']} test images. Mean corruption "
-                  f"accuracy: **{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).", '',
-                  corruption_table({'accuracy': corruptions}), '']
+                  f"severities {corruptions['severities']}, "
+                  f"{_images(p.get('images'), corruptions['num_images'])} {p.get('split', 'test')} images. Mean "
+                  f"corruption accuracy: **{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).", '',
+                  *_departures(p), corruption_table({'accuracy': corruptions}), '']
     attacks = record.get('attacks')
     if attacks:
         from ..robustness.report import attack_table
-        lines += ['## Adversarial robustness', '', attack_table({'accuracy': attacks}), '']
+        p = attacks.get('protocol') or {}
+        lines += ['## Adversarial robustness', '',
+                  f"Robust accuracy (%) under {attacks.get('method', attacks.get('attack'))}, "
+                  f"{_images(attacks.get('subset') or p.get('images'), attacks.get('num_images'))} "
+                  f"{p.get('split', 'test')} images.", '', *_departures(p), attack_table({'accuracy': attacks}), '']
     return lines
 
 

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Union
 import torch.nn as nn
 
 from ..errors import UsageError
-from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps, read_json
 from ..normalization import unwrap_model
 from ..runs import finished_summary
 from ..robustness.protocol import SUMMARY_KEYS
@@ -64,10 +64,23 @@ def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
     if corruptions:
         out['corruption_mean'] = corruptions['mean']
         out['corruption_images'] = corruptions['num_images']
+        out['corruption_severities'] = list(corruptions['severities'])
+        out.update(_protocol_summary('corruption', corruptions))
     attacks = record.get('attacks')
     if attacks:
         out.update(attacks.get('reported', {}))
+        out['attack_images'] = attacks.get('num_images')
+        out.update(_protocol_summary('attack', attacks))
     return out
+
+
+def _protocol_summary(prefix: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    """The split a recorded result was measured on and whether it follows the full protocol (results recorded
+    before this was stated say nothing of it)."""
+    protocol = result.get('protocol')
+    if not protocol:
+        return {}
+    return {f'{prefix}_split': protocol['split'], f'{prefix}_full_protocol': protocol['full_protocol']}
 
 
 def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional[str] = None,
@@ -79,8 +92,8 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
     """Write ``model.safetensors`` (with metadata), ``config.json``, ``robustness.json`` and ``README.md``.
 
     Every file is written atomically. ``robustness`` is a :class:`~timm_lipschitz.robustness.SweepResult` dict.
-    ``load_as`` is what the card's usage line passes to ``timm.create_model`` (default ``local-dir:<folder>``;
-    a published card names its ``hf-hub:`` repo).
+    ``load_as`` is what the card's usage line passes to ``timm.create_model`` (default ``local-dir:`` and the
+    folder's absolute path, so the line works from any directory; a published card names its ``hf-hub:`` repo).
     """
     from safetensors.torch import save as st_save
     from timm.models._hub import save_config_for_hf
@@ -96,7 +109,7 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
         'objective': objective or '', 'hparams': json.dumps(hparams or {}, sort_keys=True, default=str),
         'recipe_hash': recipe_hash(recipe), 'version': __version__,
         'num_classes': str(model.num_classes),
-        'robustness': json.dumps(_robustness_summary(record), default=str),
+        'robustness': dumps(_robustness_summary(record), default=str),
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS_NAME, st_save(tensors, metadata=meta))
@@ -113,7 +126,7 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
         atomic_write_text(folder / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
     name = f'{arch}.{tag}' if tag else arch
     atomic_write_text(folder / 'README.md', render_card(name, config, meta, record, command, plot,
-                                                        load_as or f'local-dir:{folder}'))
+                                                        load_as or f'local-dir:{folder.resolve()}'))
     return folder
 
 
@@ -131,7 +144,7 @@ def record_evaluation(folder: Union[str, Path], load_as: Optional[str] = None, c
     record.update({k: v for k, v in results.items() if v is not None})
     atomic_write_json(record_file, record)
     meta = read_metadata(folder)
-    meta['robustness'] = json.dumps({**json.loads(meta.get('robustness', '{}')), **_robustness_summary(record)},
+    meta['robustness'] = dumps({**json.loads(meta.get('robustness', '{}')), **_robustness_summary(record)},
                                     default=str)
     atomic_write_bytes(folder / WEIGHTS_NAME, st_save(load_file(str(folder / WEIGHTS_NAME)), metadata=meta))
     config = read_json(folder / 'config.json')
@@ -139,7 +152,7 @@ def record_evaluation(folder: Union[str, Path], load_as: Optional[str] = None, c
     name = f"{meta.get('architecture')}.{meta['tag']}" if meta.get('tag') else str(meta.get('architecture'))
     plot = 'robustness.png' if (folder / 'robustness.png').is_file() else None
     card = render_card(name, config, meta, record, command or final.get('command'), plot,
-                       load_as or f'local-dir:{folder}')
+                       load_as or f'local-dir:{folder.resolve()}')
     atomic_write_text(folder / 'README.md', card)
     return folder
 

@@ -15,6 +15,7 @@ Datasets have short names (:data:`DATASET_TAGS`); others are written lower-case 
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any, Dict, NamedTuple, Tuple
 
 from ..errors import UsageError
@@ -38,19 +39,25 @@ class ParsedTag(NamedTuple):
 
 
 def encode_number(v: float) -> str:
-    """0.5 -> '050', 0.01 -> '001', 1 -> '1', 10 -> '10', 1.5 -> '1p5', -1 -> 'm1', 0 -> '0'."""
+    """0.5 -> '050', 0.01 -> '001', 1 -> '1', 10 -> '10', 1.5 -> '1p5', -1 -> 'm1', 0 -> '0'.
+
+    Written from the shortest decimal that reads back as the same float (Python's ``repr``), so every finite value
+    has an exact tag (1e-11 -> ``000000000001``, not ``000``); a tag never names another value than the one trained.
+    """
     v = float(v)
     if v != v or v in (float('inf'), float('-inf')):
         raise TagError(f'{v} cannot be written in a tag.')
     if v < 0:
         return 'm' + encode_number(-v)
-    if v == int(v):
-        return str(int(v))
-    text = f'{v:.10f}'.rstrip('0')
-    whole, frac = text.split('.')
-    if whole == '0':
-        return '0' + (frac if len(frac) >= 2 else frac.ljust(2, '0'))
-    return f'{whole}p{frac}'
+    if v == int(v) and abs(v) < 1e16:
+        text = str(int(v))
+    else:
+        whole, _, frac = format(Decimal(repr(v)), 'f').partition('.')
+        frac = frac.rstrip('0')
+        text = '0' + frac.ljust(2, '0') if whole == '0' else f'{whole}p{frac}' if frac else whole
+    if decode_number(text) != v:  # a safety net: the scheme must read back exactly what was trained
+        raise TagError(f'{v!r} cannot be written exactly in a tag (it would read back as {decode_number(text)!r}).')
+    return text
 
 
 def decode_number(text: str) -> float:

@@ -35,6 +35,7 @@ from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer
 from ..seeding import stream_seed
+from .protocol import ATTACK_IMAGES, ATTACK_STEPS
 
 __all__ = ['attack_sweep', 'check_request', 'require_art', 'PixelModel', 'NORMS', 'METHODS', 'default_eps', 'reported_eps', 'parse_eps',
            'AttackError', 'SANITY_EPS', 'eps_key']
@@ -126,7 +127,7 @@ def _estimator(model: PixelModel, shape: Sequence[int], num_classes: int, device
                              device_type='gpu' if device.type == 'cuda' else 'cpu')
 
 
-def _attack(method: str, estimator, norm: str, eps: float, steps: int, batch_size: int):
+def _attack(method: str, estimator, norm: str, eps: float, steps: int, batch_size: int, progress: bool = False):
     from art.attacks.evasion import AutoAttack, ProjectedGradientDescent, SquareAttack
     art_norm = np.inf if norm == 'linf' else 2
     if method == 'pgd':
@@ -135,28 +136,35 @@ def _attack(method: str, estimator, norm: str, eps: float, steps: int, batch_siz
     if method == 'square':
         return SquareAttack(estimator, norm=art_norm, eps=eps, max_iter=10 * steps, nb_restarts=1,
                             batch_size=batch_size, verbose=False)
-    return AutoAttack(estimator, norm=art_norm, eps=eps, eps_step=2.5 * eps / steps, batch_size=batch_size)
+    attack = AutoAttack(estimator, norm=art_norm, eps=eps, eps_step=2.5 * eps / steps, batch_size=batch_size)
+    for member in attack.attacks:  # ART's AutoAttack takes no verbose flag; its members each have one
+        if hasattr(member, 'verbose'):
+            member.verbose = progress
+    return attack
 
 
 def _robust(method: str, estimator, x: np.ndarray, y: np.ndarray, norm: str, eps: float, steps: int,
-            batch_size: int, seed: int) -> Tuple[float, np.ndarray]:
+            batch_size: int, seed: int, progress: bool = False) -> Tuple[float, np.ndarray]:
     """Robust accuracy (%) of one attack: an image counts when its clean prediction is right and no adversarial image
     in the ball changes it; also returns the adversarial images (to check the ball and the box)."""
     with _numpy_seed(seed):
-        adv = _attack(method, estimator, norm, eps, steps, batch_size).generate(x=x, y=y)
+        adv = _attack(method, estimator, norm, eps, steps, batch_size, progress).generate(x=x, y=y)
     clean_ok = estimator.predict(x, batch_size=batch_size).argmax(1) == y
     adv_ok = estimator.predict(adv, batch_size=batch_size).argmax(1) == y
     return 100.0 * float((clean_ok & adv_ok).mean()), adv
 
 
-def _gather(data, max_images: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The first ``max_images`` images of a dataset (or tuple of tensors) as float32 arrays."""
-    if isinstance(data, tuple):
-        x, y = data[0][:max_images], data[1][:max_images]
-    else:
-        items = [data[i] for i in range(min(max_images, len(data)))]
-        x, y = torch.stack([torch.as_tensor(a) for a, _ in items]), torch.tensor([int(b) for _, b in items])
-    return x.float().numpy(), y.long().numpy()
+def _gather(data, max_images: int, seed: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
+    """``max_images`` images of a dataset (or tuple of tensors), a prefix of its evaluation order, as float32
+    arrays, with the record of which images they are."""
+    from .subsets import evaluation_subset, subset_record
+    whole = len(data[0]) if isinstance(data, tuple) else len(data)
+    subset = evaluation_subset(data, max_images, seed)
+    items = [subset[i] for i in range(len(subset))]
+    if not items:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int64), subset_record(subset, whole)
+    x, y = torch.stack([torch.as_tensor(a) for a, _ in items]), torch.tensor([int(b) for _, b in items])
+    return x.float().numpy(), y.long().numpy(), subset_record(subset, whole)
 
 
 def check_request(norms: Union[str, Sequence[str]], method: str, steps: Any, max_images: Any = 1,
@@ -184,10 +192,12 @@ def check_request(norms: Union[str, Sequence[str]], method: str, steps: Any, max
 
 
 def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
-                 eps: Optional[Dict[str, Sequence[float]]] = None, method: str = 'pgd', steps: int = 20,
-                 max_images: int = 200, seed: int = 0, batch_size: int = 128, mean=None, std=None,
-                 black_box: bool = False, device: Optional[torch.device] = None) -> Dict[str, Any]:
-    """Robust accuracy of ``model`` under ``method`` at each norm and epsilon, on the first ``max_images`` images.
+                 eps: Optional[Dict[str, Sequence[float]]] = None, method: str = 'pgd', steps: int = ATTACK_STEPS,
+                 max_images: int = ATTACK_IMAGES, seed: int = 0, batch_size: int = 128, mean=None, std=None,
+                 black_box: bool = False, device: Optional[torch.device] = None,
+                 progress: bool = True) -> Dict[str, Any]:
+    """Robust accuracy of ``model`` under ``method`` at each norm and epsilon, on ``max_images`` images (a prefix of the
+    split's evaluation order, :mod:`.subsets`).
 
     ``eps``: ``{norm: [eps, ...]}`` (``'*'`` for every norm); the defaults depend on the images (module doc).
     Returns the ``eval.json`` layout: ``{"attack": method, "method": <what ran>, "l2": {"0.25": acc, ...},
@@ -195,19 +205,21 @@ def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
     "warnings": [...], "reported": {"<method>_<norm>@<eps>": acc}}`` (accuracies in %).
     """
     norms = check_request(norms, method, steps, max_images)
-    x, y = _gather(data, max_images)
+    x, y, images = _gather(data, max_images, seed)
     if len(x) == 0:
         raise AttackError('the evaluation data is empty.')
     device = device or next(model.parameters()).device
     with eval_mode(model):
         pixel_model = PixelModel(model, mean, std).to(device)
         num_classes = int(getattr(model, 'num_classes', 0) or int(y.max()) + 1)
-        return _sweep(_estimator(pixel_model, x.shape[1:], num_classes, device), x, y, norms, eps, method, steps,
-                      seed, batch_size, black_box)
+        result = _sweep(_estimator(pixel_model, x.shape[1:], num_classes, device), x, y, norms, eps, method, steps,
+                        seed, batch_size, black_box, progress)
+    result['subset'] = images
+    return result
 
 
 def _sweep(estimator, x: np.ndarray, y: np.ndarray, norms: List[str], eps: Optional[Dict[str, Sequence[float]]],
-           method: str, steps: int, seed: int, batch_size: int, black_box: bool) -> Dict[str, Any]:
+           method: str, steps: int, seed: int, batch_size: int, black_box: bool, progress: bool) -> Dict[str, Any]:
     """Every norm and epsilon of the request against one ART estimator (the model in eval mode)."""
     clean = 100.0 * float((estimator.predict(x, batch_size=batch_size).argmax(1) == y).mean())
     grids = {n: sorted((eps or {}).get(n) or (eps or {}).get('*') or default_eps(n, x.shape[1:])) for n in norms}
@@ -219,12 +231,12 @@ def _sweep(estimator, x: np.ndarray, y: np.ndarray, norms: List[str], eps: Optio
         out[norm] = {}
         for e in grids[norm]:
             acc, adv = _robust(method, estimator, x, y, norm, e, steps, batch_size,
-                               stream_seed('attack_start', seed, k))
+                               stream_seed('attack_start', seed, k), progress)
             _check_ball(adv, x, norm, e)
             out[norm][eps_key(e)] = acc
         large = SANITY_EPS[norm] or float(np.sqrt(d)) / 2
         out['sanity'][norm] = {eps_key(large): _robust(method, estimator, x, y, norm, large, steps, batch_size,
-                                                       stream_seed('attack_start', seed, k))[0]}
+                                                       stream_seed('attack_start', seed, k), progress)[0]}
         if black_box:
             out.setdefault('square', {})[norm] = {
                 eps_key(e): _robust('square', estimator, x, y, norm, e, steps, batch_size,

@@ -19,9 +19,10 @@ from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer
 from ..seeding import stream_seed
-from .protocol import CERT_RADII
+from .protocol import CERT_RADII, SMOOTHING
+from .subsets import evaluation_subset, positions_in, subset_record
 
-__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'max_certified_radius', 'theorem1_radius',
+__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'check_settings', 'max_certified_radius', 'theorem1_radius',
            'ABSTAIN', 'CERT_RADII']
 
 ABSTAIN = -1
@@ -84,17 +85,36 @@ class Smooth:
         return c_a, float(self.sigma * norm.ppf(p_a))
 
 
-def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: float = 0.25, n0: int = 100,
-                    n: int = 1000, alpha: float = 0.001, num_images: int = 100, radii: Sequence[float] = CERT_RADII,
-                    mean=None, std=None, seed: int = 0, batch_size: int = 256) -> Dict[str, Any]:
-    """Certified accuracy at ``radii`` and the average certified radius (0 for wrong or abstained images) over the
-    first ``num_images`` images, spread evenly over the split."""
+def check_settings(sigma: Any, n0: Any, n: Any, alpha: Any, num_images: Any,
+                   names: Optional[Dict[str, str]] = None) -> None:
+    """The one check of certification settings (``names``: how the caller calls them, e.g. ``--n``): n0, n and the
+    image count are integers >= 1, alpha is in (0, 1), sigma > 0. Out of range they give NaN or no certificate."""
+    names = {k: k for k in ('sigma', 'n0', 'n', 'alpha', 'num_images')} | (names or {})
+    for key, value in (('n0', n0), ('n', n), ('num_images', num_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError(f'{names[key]}={value!r} is not allowed; give an integer >= 1.')
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise UsageError(f'{names["alpha"]}={alpha!r} is not allowed; the failure probability must be in (0, 1).')
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < float('inf'):
+        raise UsageError(f'{names["sigma"]}={sigma!r} is not allowed; the smoothing sigma must be a number > 0.')
+
+
+def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: float = SMOOTHING['sigma'],
+                    n0: int = SMOOTHING['n0'], n: int = SMOOTHING['n'], alpha: float = SMOOTHING['alpha'],
+                    num_images: int = SMOOTHING['num_images'], radii: Sequence[float] = CERT_RADII,
+                    mean=None, std=None, seed: int = 0, batch_size: int = 256, progress: bool = True) -> Dict[str, Any]:
+    """Certified accuracy at ``radii`` and the average certified radius (0 for wrong or abstained images) over
+    ``num_images`` images: a prefix of the split's evaluation order (:mod:`.subsets`), the images the other
+    evaluation kinds take too."""
     from tqdm.auto import tqdm
+    check_settings(sigma, n0, n, alpha, num_images)
+    if len(data) == 0:
+        raise UsageError('the evaluation data is empty: nothing to certify.')
     smooth = Smooth(model, num_classes, sigma, mean, std, seed)
-    step = max(1, len(data) // num_images)
-    idx = list(range(0, len(data), step))[:num_images]
+    subset = evaluation_subset(data, num_images, seed)
     rows = []
-    for i in tqdm(idx, desc=f'certify (sigma {sigma}, n {n})', leave=False):
+    for i in tqdm(positions_in(data, subset), desc=f'certify (sigma {sigma}, n {n})', leave=False,
+                  disable=not progress):
         x, y = data[i]
         c, r = smooth.certify(x, n0, n, alpha, batch_size)
         rows.append({'index': i, 'label': int(y), 'predicted': c, 'radius': r, 'correct': c == int(y)})
@@ -102,7 +122,7 @@ def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: fl
     acr = sum(r['radius'] for r in rows if r['correct']) / len(rows)
     return {'sigma': sigma, 'n0': n0, 'n': n, 'alpha': alpha, 'num_images': len(rows), 'radii': list(radii),
             'certified_accuracy': cert, 'average_certified_radius': acr, 'rows': rows,
-            'max_radius': max_certified_radius(sigma, n, alpha)}
+            'max_radius': max_certified_radius(sigma, n, alpha), 'subset': subset_record(subset, len(data))}
 
 
 def theorem1_radius(lipschitz_target: float, output: str = 'probs') -> Optional[float]:

@@ -25,7 +25,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 from ..errors import UsageError
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
-           'PAPER_GRID', 'MNIST_GRID', 'SEVERITIES', 'CERT_RADII', 'NoiseProtocol', 'parse_sigmas',
+           'PAPER_GRID', 'MNIST_GRID', 'SEVERITIES', 'CERT_RADII', 'EVAL_SPLIT', 'FULL_CORRUPTIONS', 'ATTACK_IMAGES',
+           'ATTACK_STEPS', 'SMOOTHING', 'NoiseProtocol', 'parse_sigmas',
            'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key', 'summary_label', 'SUMMARY_KEYS',
            'summarize', 'mean_std', 'format_cell', 'to_uint8_levels', 'wilson_interval']
 
@@ -36,6 +37,13 @@ CIFAR10C_GAUSSIAN = (0.04, 0.06, 0.08, 0.09, 0.10)                    # CIFAR-10
 SEVERITIES = (1, 2, 3, 4, 5)                                          # CIFAR-10-C's corruption severities
 CERT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)                              # l2 radii of certified-accuracy tables
 TOLERANCE = 1e-9
+# The full protocol: what a run's or checkpoint's own record (its robustness.json, metadata and card) holds unless
+# the user asks for a departure to be recorded (timm-lipschitz eval --record), which the card then states.
+EVAL_SPLIT = 'test'                                                   # every image of the test split
+FULL_CORRUPTIONS = 'benchmark'                                        # the 15 benchmark corruptions (as available)
+ATTACK_IMAGES = 200                                                   # images attacked (a prefix of the order)
+ATTACK_STEPS = 20                                                     # PGD iterations
+SMOOTHING = {'sigma': 0.25, 'n0': 100, 'n': 1000, 'alpha': 0.001, 'num_images': 100}  # randomized smoothing
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,9 @@ def resolve_protocol(spec: SigmaSpec, clip: bool = False, default: Sequence[floa
     values = _grid_from_text(spec) if isinstance(spec, str) else [float(s) for s in spec]
     if not values:
         raise UsageError(f'sigmas={spec!r} gives an empty grid; give at least one sigma >= 0.')
-    bad = [s for s in values if not s >= 0]
+    bad = [s for s in values if not 0 <= s < math.inf]
     if bad:
-        raise UsageError(f'sigma values {bad} are not allowed; every sigma must be >= 0.')
+        raise UsageError(f'sigma values {bad} are not allowed; every sigma must be a finite number >= 0.')
     return NoiseProtocol(tuple(values), clip=clip)
 
 

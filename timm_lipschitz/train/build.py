@@ -229,11 +229,11 @@ def build_train_loader(recipe: Dict[str, Any], train_ds, micro_batch: int, input
                            num_workers=d['num_workers'])
 
 
-def eval_subset(test_ds, max_images: Optional[int]):
-    """The test images the run evaluates (``eval.max_images``: the first N)."""
-    if max_images is None or max_images >= len(test_ds):
-        return test_ds
-    return torch.utils.data.Subset(test_ds, list(range(max_images)))
+def eval_subset(test_ds, max_images: Optional[int], seed: int = 0):
+    """The test images the run evaluates: all, or ``eval.max_images`` of them, a prefix of the split's stratified
+    evaluation order (:mod:`timm_lipschitz.robustness.subsets`), as ``timm-lipschitz eval --max-images`` takes."""
+    from ..robustness.subsets import evaluation_subset
+    return evaluation_subset(test_ds, max_images, seed)
 
 
 def make_accelerator(recipe: Dict[str, Any], out: Path):
@@ -309,7 +309,7 @@ def _loaders(recipe: Dict[str, Any], accelerator, train_ds, test_ds, input_size)
     if len(train_loader) < accum:
         raise RecipeError(f'the training split has {len(train_ds)} images: too few for one step of global '
                           f'batch {recipe["batch_size"]}.')
-    eval_ds = eval_subset(test_ds, recipe['eval']['max_images'])
+    eval_ds = eval_subset(test_ds, recipe['eval']['max_images'], recipe['eval']['seed'])
     return train_loader, eval_ds, torch.utils.data.DataLoader(eval_ds, batch_size=recipe['data']['eval_batch_size'])
 
 

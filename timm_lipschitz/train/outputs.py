@@ -3,7 +3,6 @@
 Every score comes from the weights that are saved (the EMA weights when EMA is on)."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -11,7 +10,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from accelerate.tracking import GeneralTracker
 
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text, dumps
 from ..modes import eval_mode
 from ..normalization import unwrap_model
 from ..recipes import flatten
@@ -42,7 +41,7 @@ class JsonlTracker(GeneralTracker):
     def log(self, values: Dict[str, Any], step: Optional[int] = None, **kwargs: Any) -> None:
         row = {'step': step, 'time': round(time.time(), 3), **{k: _scalar(v) for k, v in values.items()}}
         with open(self.path, 'a') as f:
-            f.write(json.dumps(row) + '\n')
+            f.write(dumps(row) + '\n')
 
 
 def _scalar(v: Any) -> Any:
@@ -55,8 +54,10 @@ def tracker_config(recipe: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def reproduce_command(out: Path) -> str:
-    """The command that trains the run again from its resolved recipe (which the folder keeps)."""
+    """The command that trains the run again from its resolved recipe (which the folder keeps), with absolute paths
+    so it works from any directory."""
     import shlex
+    out = Path(out).resolve()
     return (f'timm-lipschitz train --recipe {shlex.quote(str(out / "recipe.yaml"))} '
             f'--output-dir {shlex.quote(str(out) + "_reproduced")}')
 
@@ -94,14 +95,17 @@ def _final_robustness(run, model, progress: bool) -> Optional[Dict[str, Any]]:
     if not run.recipe['eval']['at_end']:
         return None
     from ..robustness import noise_sweep
+    from ..robustness.subsets import subset_record
     e = run.recipe['eval']
-    return noise_sweep(unwrap_model(model), run.eval_ds, e['sigmas'], e['repeats'], e['seed'], clip=e['clip'],
-                       batch_size=e['batch_size'], accelerator=run.accelerator, progress=progress,
-                       mean=run.objective.normalizer.mean, std=run.objective.normalizer.std).to_dict()
+    result = noise_sweep(unwrap_model(model), run.eval_ds, e['sigmas'], e['repeats'], e['seed'], clip=e['clip'],
+                         batch_size=e['batch_size'], accelerator=run.accelerator, progress=progress,
+                         mean=run.objective.normalizer.mean, std=run.objective.normalizer.std).to_dict()
+    return {**result, 'images': subset_record(run.eval_ds)}
 
 
 def finish_run(run, extent: Dict[str, Any], command: Optional[str], progress: bool) -> Dict[str, Any]:
     """Score the saved weights, write every output (``final.json`` last) and return the summary."""
+    from ..robustness.subsets import subset_record
     accelerator, recipe, out = run.accelerator, run.recipe, run.out
     final_model = run.ema.module if run.ema is not None else run.model
     clean_acc = run.history[-1]['clean_acc'] if run.history and run.ema is None else \
@@ -113,7 +117,7 @@ def finish_run(run, extent: Dict[str, Any], command: Optional[str], progress: bo
         'robustness': robustness['summary'] if robustness else None,
         'num_processes': accelerator.num_processes, 'distributed_type': accelerator.distributed_type.value,
         'objective': run.objective.loss_name, 'hparams': run.objective.hparams(), 'dataset': run.dataset,
-        'train_images': run.train_images, 'test_images': len(run.eval_ds),
+        'train_images': run.train_images, 'test_images': len(run.eval_ds), 'test_subset': subset_record(run.eval_ds),
         'command': command or reproduce_command(out),
     }
     if accelerator.is_main_process:
