@@ -314,13 +314,31 @@ def test_imagefolder_reads_its_splits_from_train_and_val_or_test(tmp_path, test_
 
 
 def test_imagefolder_without_split_folders_holds_out_a_test_split(tmp_path):
-    _image_folder(tmp_path, [''], per_class=10)
+    _image_folder(tmp_path, [''], per_class=40, size=(4, 4))
     train, info = create_dataset('imagefolder', 'train', root=tmp_path)
     test, test_info = create_dataset('imagefolder', 'test', root=tmp_path)
-    assert len(train) == 16 and len(test) == 4 and 'held out as the test split' in test_info.source
+    assert len(train) + len(test) == 80 and 8 <= len(test) <= 24 and 'held out as the test split' in test_info.source
     pixels = lambda ds: {float(ds[i][0].mean()) for i in range(len(ds))}  # noqa: E731 (each image is unique)
     assert not pixels(train) & pixels(test)
-    assert sorted(int(test[i][1]) for i in range(4)) == [0, 0, 1, 1]  # stratified
+    assert {int(test[i][1]) for i in range(len(test))} == {0, 1}  # both classes are held out
+
+
+def test_adding_images_never_moves_an_image_across_the_hold_out(tmp_path):
+    """0.2.0 held out a stratified 20% by rank: 3 more cat images moved 7 of 61 test images into training."""
+    from PIL import Image
+    from timm_lipschitz.data.sources import held_out_by_hash
+    _image_folder(tmp_path, [''], per_class=40, size=(4, 4))
+
+    def split_of():
+        return {p.relative_to(tmp_path).as_posix(): held_out_by_hash(p.relative_to(tmp_path))
+                for p in tmp_path.rglob('*.png')}
+    before = split_of()
+    for i in range(40, 43):
+        Image.fromarray(np.full((4, 4, 3), 200 + i, np.uint8)).save(tmp_path / 'cat' / f'{i}.png')
+    after = split_of()
+    assert {k: after[k] for k in before} == before and len(after) == len(before) + 3
+    test, _ = create_dataset('imagefolder', 'test', root=tmp_path)
+    assert len(test) == sum(after.values())
 
 
 def test_imagefolder_test_split_keeps_the_train_class_indices(tmp_path):

@@ -6,12 +6,14 @@ under a second, and the heavy modules load only when a command runs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import Optional, Sequence
 
 from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UsageError, UserError
 from .robustness.protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, PAPER_GRID, PRESETS, SEVERITIES, SMOOTHING
+from .sweep.slurm import MAX_REQUEUES
 
 __all__ = ['main', 'build_parser', 'add_train_arguments', 'add_eval_arguments', 'add_sweep_arguments']
 
@@ -23,6 +25,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--output-dir', help="run folder (default: the recipe's output_dir)")
     p.add_argument('--resume', action='store_true', help='continue from the newest saved state in the run folder')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.add_argument('--stop-at-step', type=int, metavar='N',
+                   help="save the state at step N and stop (the recipe's schedule unchanged; --resume continues)")
+    p.add_argument('--trust-local-plugins', action='store_true',
+                   help="allow the recipe's plugins to be imported from the current directory or the recipe's folder "
+                        '(importing runs their code; also TIMM_LIPSCHITZ_TRUST_LOCAL_PLUGINS=1)')
     return p
 
 
@@ -101,7 +108,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--emit-commands', action='store_true', help='print one accelerate launch command per point')
     p.add_argument('--progress', action='store_true', help='progress bars for each run')
     p.add_argument('--collect', action='store_true', help='only collect finished points and render the tables')
-    p.add_argument('--seeds', type=int, nargs='+', help='run only the points of these seeds')
+    p.add_argument('--seeds', type=int, nargs='+', help='run only the points of these seeds (the tables keep every '
+                   'finished point)')
+    p.add_argument('--rerun-stale', action='store_true',
+                   help='rerun points that finished with another recipe than the grid\'s today (their old runs are '
+                        'set aside as <point>.stale-<k>, never deleted)')
     slurm = p.add_argument_group('SLURM job array (with --emit-commands)')
     slurm.add_argument('--slurm', metavar='FILE', help='write a SLURM job-array script (one task per point, '
                                                       'requeued and resumed when preempted) instead of printing')
@@ -111,6 +122,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     slurm.add_argument('--mem', help='memory per point, e.g. 16G')
     slurm.add_argument('--time', help='time limit per run of a point, e.g. 04:00:00 (a longer point requeues)')
     slurm.add_argument('--partition', help='SLURM partition')
+    slurm.add_argument('--max-requeues', type=int, default=MAX_REQUEUES,
+                       help='a task stopped this often already fails instead of requeueing again (SLURM_RESTART_COUNT)')
     slurm.add_argument('--signal-lead', type=int, default=120,
                        help='seconds before the time limit at which the point saves its state and requeues')
     return p
@@ -141,10 +154,12 @@ def train_overrides(args: argparse.Namespace) -> list:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from .recipes import resolve_recipe
+    from .recipes import TRUST_LOCAL_PLUGINS, resolve_recipe
+    if args.trust_local_plugins:  # the user's decision, inherited by processes this one launches
+        os.environ[TRUST_LOCAL_PLUGINS] = '1'
     recipe = resolve_recipe(args.recipe, train_overrides(args))  # a recipe mistake is answered before torch loads
     from .train import train
-    train(recipe, resume=args.resume, progress=not args.no_progress)
+    train(recipe, resume=args.resume, progress=not args.no_progress, stop_at_step=args.stop_at_step)
 
 
 def _run_eval(args: argparse.Namespace) -> None:
@@ -194,6 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves: for a training run, its last complete state (states are renamed into place whole)."""
+    if getattr(args, 'command', None) != 'train':
+        return 'nothing was written after the last complete file.'
+    from .recipes import resolve_recipe
+    from .runs import latest_state
+    try:
+        out = resolve_recipe(args.recipe, train_overrides(args))['output_dir']
+    except UserError:
+        return 'no run was started.'
+    state = latest_state(out)
+    return (f'the last complete state is {state}; continue with --resume.' if state else
+            f'no state of {out} was saved yet; start it again (with --resume if its folder holds the run).')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
@@ -201,8 +234,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.func(args)
     except USER_ERRORS as e:
         code = getattr(e, 'exit_code', EXIT_USER_ERROR)  # a run stopped by a signal exits 75 (resume it)
-        print(f'{"error" if code == EXIT_USER_ERROR else "stopped"}: {e}', file=sys.stderr)
+        print(f'{"error" if code == EXIT_USER_ERROR else "stopped"}: {e}', file=sys.stderr if code else sys.stdout)
         return code
+    except KeyboardInterrupt:
+        print(f'interrupted: {_interrupted(args)}', file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception:  # noqa: BLE001 - shown whole: not a refusal but a failure to report
         traceback.print_exc()
         print(f'internal error (exit code {EXIT_INTERNAL_ERROR}): the traceback above is not a usage mistake; '

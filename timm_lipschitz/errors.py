@@ -9,10 +9,11 @@ Torch-free.
 """
 from __future__ import annotations
 
-__all__ = ['UserError', 'UsageError', 'EXIT_USER_ERROR', 'EXIT_INTERNAL_ERROR']
+__all__ = ['UserError', 'UsageError', 'EXIT_USER_ERROR', 'EXIT_INTERNAL_ERROR', 'EXIT_PREEMPTED']
 
 EXIT_USER_ERROR = 2      # a refusal: bad input, a folder in use, a missing file (argparse uses 2 as well)
 EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE: an unexpected exception, shown with its traceback
+EXIT_PREEMPTED = 75       # EX_TEMPFAIL: stopped by a signal at a saved step, "try again" (schedulers requeue on it)
 
 
 class UserError(Exception):

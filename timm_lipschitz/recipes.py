@@ -6,6 +6,8 @@ mistaken recipe in well under a second.
 from __future__ import annotations
 
 import copy
+import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -115,7 +117,8 @@ TRACKERS = {'tensorboard': ('tensorboard', 'tensorboardX'), 'wandb': ('wandb',),
             'swanlab': ('swanlab',), 'trackio': ('trackio',)}
 
 # Keys that may change when a run is resumed (recorded in metrics.jsonl); any other difference is refused: it would
-# train the rest of the run on something else than its start.
+# train the rest of the run on something else than its start. data.root may move only to the same data: the trainer
+# compares the training split's fingerprint with the one the run recorded at its start (runs.DATA_NAME).
 RESUME_SAFE = ('name', 'description', 'output_dir', 'epochs', 'steps', 'log_with', 'log_every_steps', 'eval',
                'checkpoint', 'data.root', 'data.download', 'data.num_workers', 'data.eval_batch_size', 'compile',
                'compile_mode', 'optimizer.foreach')
@@ -136,16 +139,60 @@ def deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]
     return out
 
 
-def _read_yaml(path: Path) -> Dict[str, Any]:
+MAX_RECIPE_BYTES = 2 ** 20  # a recipe is a page of settings; a larger file is a mistake (a 100 MB one parsed for minutes)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        lines: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == 'tag:yaml.org,2002:merge':
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f'duplicate key {key!r} at lines {lines[key]} and {line} (YAML would keep only the '
+                    f'last one silently); give it once', key_node.start_mark)
+            lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml_file(path: Path, what: str = 'recipe', error: type = RecipeError) -> Dict[str, Any]:
+    """A YAML mapping from a file, with an error that says what is wrong: a missing file, a directory, a binary or
+    oversized file, an empty file, invalid YAML, a duplicate key (with both lines), or not a mapping."""
+    if path.is_dir():
+        raise error(f'{what} file {path} is a directory; give the YAML file itself.')
     if not path.is_file():
-        raise RecipeError(f'recipe file {path} does not exist.')
+        raise error(f'{what} file {path} does not exist.')
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise error(f'{what} file {path} has {size:,} bytes; a {what} is at most {MAX_RECIPE_BYTES:,} bytes of YAML '
+                    f'settings (is it the right file?).')
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        if b'\x00' in raw:
+            raise UnicodeDecodeError('utf-8', raw, raw.index(b'\x00'), raw.index(b'\x00') + 1, 'NUL byte')
+        text = raw.decode('utf-8')
+    except UnicodeDecodeError:
+        raise error(f'{what} file {path} is a binary file, not YAML text.') from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise RecipeError(f'{path} is not valid YAML: {e}') from e
+        mark = getattr(e, 'problem_mark', None)
+        where = f' (line {mark.line + 1}, column {mark.column + 1})' if mark is not None else ''
+        raise error(f'{path} is not a valid {what}: {getattr(e, "problem", None) or e}{where}.') from None
+    if data is None:
+        raise error(f'{what} file {path} is empty; give at least one setting (see recipes/ for examples).')
     if not isinstance(data, dict):
-        raise RecipeError(f'{path} must hold a mapping of recipe keys, not {type(data).__name__}.')
+        raise error(f'{path} must hold a mapping of {what} keys, not {type(data).__name__}.')
     return data
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    return read_yaml_file(path)
 
 
 def load_recipe(path: Union[str, Path], _seen: Optional[List[Path]] = None) -> Dict[str, Any]:
@@ -254,6 +301,9 @@ def _check_numbers(recipe: Dict[str, Any]) -> None:
     for key in ('checkpoint.every_steps', 'checkpoint.every_epochs', 'eval.every_epochs', 'data.num_workers'):
         v = get_dotted(recipe, key)
         _require(v is None or v >= 0, key, v, 'it must be >= 0 (0 turns it off)')
+    for key in ('seed', 'eval.seed'):  # torch and numpy generators take seeds >= 0 (and below 2**63)
+        v = get_dotted(recipe, key)
+        _require(v is None or 0 <= v < 2 ** 63, key, v, 'it must be an integer from 0 to 2**63 - 1')
     v = recipe.get('max_grad_norm')
     _require(v is None or v > 0, 'max_grad_norm', v, 'it must be > 0, or null for no clipping')
     v = get_dotted(recipe, 'ema.decay')
@@ -344,18 +394,56 @@ def recipe_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List
     return [k for k in diff if k not in safe], safe
 
 
-def import_plugins(modules: List[Any]) -> None:
+TRUST_LOCAL_PLUGINS = 'TIMM_LIPSCHITZ_TRUST_LOCAL_PLUGINS'  # =1: plugins may come from the current or recipe folder
+
+
+def _local_dirs(recipe_dir: Optional[Path]) -> List[Path]:
+    return [Path.cwd().resolve()] + ([recipe_dir.resolve()] if recipe_dir is not None else [])
+
+
+def _plugin_origin(name: str, recipe_dir: Optional[Path]) -> Tuple[Optional[str], bool]:
+    """Where ``import name`` would load the plugin from, and whether that is the current directory or the recipe's
+    folder (``python -m`` puts the current directory first on the path, so a file there shadows any package). A
+    folder the user put on ``PYTHONPATH`` by name is their own choice, not a local one."""
+    import importlib.machinery
+    import importlib.util
+    top = name.split('.')[0]
+    local = _local_dirs(recipe_dir)
+    chosen = {Path(p).resolve() for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p}  # the user's own
+    is_local = lambda entry: Path(entry or '.').resolve() in local and (  # noqa: E731
+        not entry or Path(entry).resolve() not in chosen)
+    spec = importlib.util.find_spec(top)
+    trusted = importlib.machinery.PathFinder.find_spec(top, [p for p in sys.path if not is_local(p)])
+    origin = spec.origin if spec is not None else None
+    from_local = spec is not None and (trusted is None or trusted.origin != origin) and top not in sys.modules
+    return origin, from_local
+
+
+def import_plugins(modules: List[Any], recipe_dir: Optional[Path] = None) -> None:
     """Import the recipe's ``plugins`` (module names on the Python path) before anything is checked, so the
-    objectives, models and datasets they register can be named in the recipe."""
+    objectives, models and datasets they register can be named in the recipe. Importing runs the module's code: each
+    import says which file it runs, and a module found in the current directory or the recipe's folder (a recipe
+    downloaded next to a ``.py`` file) is refused unless the user trusts it (``--trust-local-plugins`` or
+    ``TIMM_LIPSCHITZ_TRUST_LOCAL_PLUGINS=1``)."""
     import importlib
     for name in modules:
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not name.replace('.', '').replace('_', '').isalnum():
             raise RecipeError(f'plugins: {name!r} is not a module name.')
+        if name in sys.modules:
+            continue
+        origin, local = _plugin_origin(name, recipe_dir)
+        if local and os.environ.get(TRUST_LOCAL_PLUGINS) != '1':
+            raise RecipeError(
+                f'plugins: {name!r} would be imported from {origin}, in the current directory or the recipe\'s '
+                f'folder, and importing runs its code. Refused unless you trust it: add --trust-local-plugins (or '
+                f'set {TRUST_LOCAL_PLUGINS}=1, which launched processes inherit), or install the module.')
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise RecipeError(f'plugins: cannot import {name!r} ({e}); it must be a module on the Python path '
                               f'(PYTHONPATH or an installed package).') from None
+        print(f'plugins: imported {name} from {getattr(sys.modules[name], "__file__", None) or origin}',
+              file=sys.stderr, flush=True)
 
 
 def resolve_recipe(source: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = ()) -> Dict[str, Any]:
@@ -364,7 +452,8 @@ def resolve_recipe(source: Union[str, Path, Dict[str, Any]], overrides: Sequence
     if isinstance(source, dict) and 'extends' in raw:
         raw = deep_merge(load_recipe(raw.pop('extends')), raw)
     _check(raw, SCHEMA, '')  # the user's own keys first, so typos are reported as written
-    import_plugins(apply_overrides(raw, overrides).get('plugins') or [])
+    import_plugins(apply_overrides(raw, overrides).get('plugins') or [],
+                   Path(source).parent if not isinstance(source, dict) else None)
     # defaults last, under the recipe and its overrides: an override that replaces a whole section (``model={...}``
     # from a grid's include) keeps the defaults of the keys it does not name
     recipe = deep_merge(DEFAULTS, apply_overrides(raw, overrides))

@@ -37,12 +37,16 @@ from .fileio import read_json
 __all__ = ['latest_state', 'save_state', 'space_message', 'RunFolderError', 'StateSaveError', 'RunClaim', 'run_status',
            'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'STOPPED_NAME', 'FINAL_NAME', 'DIVERGED_NAME',
            'METRICS_NAME',
-           'folder_size', 'finished_summary', 'require_finished', 'open_run_folder', 'apply_run_rules']
+           'folder_size', 'finished_summary', 'require_finished', 'open_run_folder', 'apply_run_rules',
+           'check_not_foreign', 'discard_fresh_run', 'segments', 'archive_segment', 'SEGMENTS_NAME',
+           'check_not_shorter', 'WEIGHT_NEUTRAL', 'DATA_NAME', 'check_same_data']
 
 LOCK_NAME = 'run.lock'
 FINAL_NAME = 'final.json'      # the run's summary, written last: the finished marker
 STOPPED_NAME = 'stopped.json'  # written by a run stopped by a signal at a saved step (resume it)
 DIVERGED_NAME = 'diverged.json'  # written when the loss became NaN/inf
+SEGMENTS_NAME = 'segments.json'  # the earlier segments of a run resumed with another recipe
+DATA_NAME = 'data.json'  # the fingerprint of the training split the run started with
 METRICS_NAME = 'metrics.jsonl'  # one JSON line per log call
 RUN_MARKERS = ('recipe.yaml', METRICS_NAME, 'state', FINAL_NAME, 'model.safetensors')
 
@@ -151,6 +155,26 @@ def require_finished(folder: Union[str, Path], error: type = None) -> Dict[str, 
     return summary
 
 
+def check_not_foreign(out: Path) -> None:
+    """A folder that holds no run must be empty (but for a claim): training there would overwrite files the project
+    did not write (a user's README.md or config.json, with ``--output-dir .``)."""
+    out = Path(out)
+    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+    if entries:
+        shown = ', '.join(entries[:6]) + (f', ... ({len(entries)} entries)' if len(entries) > 6 else '')
+        raise RunFolderError(f'{out} is not empty and holds no run ({shown}): a run there would overwrite files '
+                             f'the project did not write. Train into a new or empty folder (--output-dir).')
+
+
+def discard_fresh_run(out: Path) -> None:
+    """Remove what a new run wrote into its (empty, claimed) folder before it was refused, e.g. the ``recipe.yaml``
+    of a recipe the trainer refused: a stub would block the corrected run and ``--resume`` alike."""
+    for entry in Path(out).iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
 def check_new_run(out: Path) -> None:
     """A new (not resumed) run needs a folder without a run in it."""
     status = run_status(out)
@@ -181,6 +205,66 @@ def check_resume(out: Path, recipe: Dict[str, Any]) -> List[str]:
             f'that shape the weights ({shown}{"; ..." if len(refused) > 8 else ""}). Resume with the saved recipe '
             f'(--recipe {saved_file}), or start a new run in another folder.')
     return allowed
+
+
+# Resume-safe keys that leave the weights as they are; a change of any other (steps, epochs, compile, data.root)
+# makes a new segment of the run, replayed by its own command.
+WEIGHT_NEUTRAL = ('name', 'description', 'output_dir', 'log_with', 'log_every_steps', 'eval', 'checkpoint',
+                  'data.root', 'data.download', 'data.num_workers', 'data.eval_batch_size')  # data.root: same data
+
+
+def segments(out: Path) -> List[Dict[str, Any]]:
+    """The run's earlier segments: each the recipe it trained with (archived) and the step it ran to."""
+    path = Path(out) / SEGMENTS_NAME
+    return read_json(path) if path.is_file() else []
+
+
+def archive_segment(out: Path) -> None:
+    """Before a resume changes what shapes the weights (more steps change the schedule), keep the recipe the run
+    trained with so far and the step it is resumed from: the reproduce record replays each segment."""
+    from .fileio import atomic_write_json
+    state = latest_state(out)
+    if state is None:  # nothing trained is kept: the run starts again with the new recipe
+        return
+    done = segments(out)
+    until = int(state.name.split('_')[1])
+    if done and done[-1]['until_step'] == until:  # a resume retried from the same state: the same segment
+        return
+    name = f'recipe.segment-{len(done)}.yaml'
+    shutil.copyfile(out / 'recipe.yaml', out / name)
+    atomic_write_json(out / SEGMENTS_NAME, done + [{'recipe': name, 'until_step': until}])
+
+
+def check_same_data(out: Path, fingerprint: str, root: Any, write: bool) -> None:
+    """The training split a run continues on is the one it started with: its fingerprint is recorded at the start
+    (``write``: the main process) and compared on every resume, whatever ``data.root`` says now."""
+    from .fileio import atomic_write_json
+    path = Path(out) / DATA_NAME
+    if path.is_file():
+        recorded = read_json(path).get('train')
+        if recorded != fingerprint:
+            raise RunFolderError(
+                f'the training split read from data.root={root!r} is not the one {out} started with (fingerprint '
+                f'{fingerprint}, recorded {recorded}): the rest of the run would train on other data. Resume with '
+                f'the data it started with, or start a new run.')
+    elif write:
+        atomic_write_json(path, {'train': fingerprint})
+
+
+def check_not_shorter(out: Path, recipe: Dict[str, Any]) -> None:
+    """A resume never asks for fewer steps or epochs than the run has already trained: its weights would be those of
+    the longer run while ``recipe.yaml`` named the shorter one."""
+    done = finished_summary(out)
+    state = latest_state(out)
+    steps_done = done['steps'] if done else int(state.name.split('_')[1]) if state else 0
+    if recipe.get('steps') is not None and recipe['steps'] < steps_done:
+        raise RunFolderError(f'--resume of {out} with steps={recipe["steps"]}: the run has trained {steps_done} steps '
+                             f'already, and its weights cannot be made shorter. Resume with steps >= {steps_done}, or '
+                             f'train the shorter run into a new folder.')
+    if done and recipe.get('epochs') is not None and recipe['epochs'] < done.get('epochs', 0):
+        raise RunFolderError(f'--resume of {out} with epochs={recipe["epochs"]}: the finished run trained '
+                             f'{done["epochs"]} epochs already. Resume with epochs >= {done["epochs"]}, or train the '
+                             f'shorter run into a new folder.')
 
 
 def _with_recorded_normalization(recipe: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
@@ -220,24 +304,44 @@ class RunClaim:
                 'since': time.strftime('%Y-%m-%d %H:%M:%S')}
 
     def acquire(self) -> 'RunClaim':
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._handle_existing()
-                continue
-            with os.fdopen(fd, 'w') as f:
-                json.dump(self._mine(), f)
-            self.held = True
-            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(2):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    self._handle_existing()
+                    continue
+                with os.fdopen(fd, 'w') as f:
+                    json.dump(self._mine(), f)
+                self.held = True
+                return self
+        except OSError as e:  # a read-only filesystem, a full disk, no permission: the same clear message
+            raise StateSaveError(space_message(self.path.parent, self.path.parent, 4096, e, 'the run claim')) \
+                from e
         raise RunFolderError(f'could not claim {self.path}: another process claimed it at the same moment.')
 
+    def _read_other(self) -> Any:
+        """The other claim; an empty file is read again after a moment (a claim being written right now)."""
+        for wait in (0.0, 0.3):
+            time.sleep(wait)
+            try:
+                other = read_json(self.path)
+            except (OSError, ValueError):
+                other = {}
+            if other:
+                return other
+        return other
+
     def _handle_existing(self) -> None:
-        try:
-            other = read_json(self.path)
-        except (OSError, ValueError):
-            other = {}
+        other = self._read_other()
+        if not isinstance(other, dict) or not other:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            raise RunFolderError(
+                f'{self.path} is {"empty" if size == 0 else "not a claim this package wrote"} (a claim cut short by a '
+                f'crash or a full disk, or a file put there by hand): it names no process. If no run is using '
+                f'{self.path.parent}, delete {self.path} to take the folder over; otherwise train into another '
+                f'--output-dir.')
         host, pid = other.get('host'), other.get('pid')
         if host == socket.gethostname() and isinstance(pid, int):
             alive = _process_start(pid)
@@ -295,8 +399,14 @@ def apply_run_rules(out: Path, recipe: Dict[str, Any], resume: bool, claim: RunC
         print(claim.notice, flush=True)
     saved = None
     allowed: List[str] = []
-    if resume and run_status(out):
+    fresh = not run_status(out)
+    if fresh:
+        check_not_foreign(out)
+    if resume and not fresh:
         allowed = check_resume(out, recipe)
+        check_not_shorter(out, recipe)
+        if any(not any(k == n or k.startswith(n + '.') for n in WEIGHT_NEUTRAL) for k in allowed):
+            archive_segment(out)
         import yaml
         saved = yaml.safe_load((out / 'recipe.yaml').read_text()) if (out / 'recipe.yaml').is_file() else {}
         _, broken = read_metrics(out / METRICS_NAME, repair=True)
@@ -307,7 +417,7 @@ def apply_run_rules(out: Path, recipe: Dict[str, Any], resume: bool, claim: RunC
         check_new_run(out)
     for stale in (FINAL_NAME, DIVERGED_NAME, STOPPED_NAME):
         (out / stale).unlink(missing_ok=True)
-    return {'saved': saved, 'allowed': allowed}
+    return {'saved': saved, 'allowed': allowed, 'fresh': fresh}
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ is bit-identical to what 0.1.0 drew. A generator seeded this way depends only on
 noise is the same whatever the batch size, grid, device or number of processes; the data order and the fast path's
 augmentation of an epoch are the same on resume.
 
-Two streams are not generators of their own: model initialization and the standard (DataLoader) path's per-item
-augmentation draw from torch's global RNG, seeded once per run with ``stream_seed('global', seed)`` (Accelerate's
-``set_seed``) and saved in the training state, so a resumed run continues them. Not a run's streams at all: the
+One stream is not a generator of its own: model initialization draws from torch's global RNG, seeded once per run
+with ``stream_seed('global', seed)`` (Accelerate's ``set_seed``) and saved in the training state. Not a run's streams at all: the
 fixed 80/20 splits of the built-in datasets (``SPLIT_SEED`` in :mod:`timm_lipschitz.data.sources`), which are part
 of the data and the same for every run and seed.
 """
@@ -37,6 +36,8 @@ STREAMS: Dict[str, Stream] = {
     'data_order': Stream(('epoch',), (100_003,), doc='the permutation of the training split in one epoch'),
     'augmentation': Stream(('epoch', 'process_index'), (1_000_003, 1_009),
                            doc="the fast path's batch augmentation in one epoch on one process"),
+    'item_augmentation': Stream(('epoch', 'image_index'), (1_000_033, 1_000_037), (43,),
+                                doc="the DataLoader path's augmentation of one training image in one epoch"),
     'train_fraction': Stream((), (), doc='which training images a data.train_fraction < 1 keeps'),
     'evaluation_noise': Stream(('image_index', 'repeat'), (1_000_003, 1_009),
                                doc='the unit noise draw z of one test image and repeat (common random numbers)'),

@@ -2,7 +2,7 @@
 
 Loaders hand out float images in [0, 1] (never normalized: noise is added in pixel space first).
 """
-from .base import DataError, DatasetInfo, TensorImageDataset, adapt_images, check_labels, to_float
+from .base import DataError, DatasetInfo, TensorImageDataset, adapt_images, check_labels, split_fingerprint, to_float
 from .idx import read_idx, write_idx
 from .lazy import LazyImageDataset
 from .loader import DeviceLoader, SeededSampler, epoch_permutation, standard_loader
@@ -13,7 +13,8 @@ from .transforms import AUGMENTATIONS, batch_augment, train_transform
 __all__ = ['create_dataset', 'list_datasets', 'register_dataset', 'default_root', 'LoadedDataset', 'DatasetInfo',
            'DataError', 'TensorImageDataset', 'LazyImageDataset', 'adapt_images', 'check_labels', 'to_float',
            'read_idx', 'write_idx', 'DeviceLoader', 'SeededSampler', 'epoch_permutation', 'standard_loader',
-           'AUGMENTATIONS', 'batch_augment', 'train_transform', 'DEBIAN_FASHION_MNIST', 'resolve_input_size']
+           'AUGMENTATIONS', 'batch_augment', 'train_transform', 'DEBIAN_FASHION_MNIST', 'resolve_input_size',
+           'split_fingerprint']
 
 
 def resolve_input_size(model, input_size=None):

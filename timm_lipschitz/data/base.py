@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 
 from ..errors import UsageError
 
-__all__ = ['DatasetInfo', 'TensorImageDataset', 'DataError', 'adapt_images', 'check_labels', 'to_float']
+__all__ = ['DatasetInfo', 'TensorImageDataset', 'DataError', 'adapt_images', 'check_labels', 'to_float',
+           'split_fingerprint']
 
 PAD_LIMIT = 8
 
@@ -115,12 +116,32 @@ class TensorImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        img = self.images[i]
-        if self.transform is not None:
-            img = self.transform(img)
-        return to_float(img), int(self.labels[i])
+        from .transforms import apply_transform
+        return to_float(apply_transform(self.transform, self.images[i], i)), int(self.labels[i])
 
     def subset(self, indices: torch.Tensor) -> 'TensorImageDataset':
         """The same split restricted to ``indices`` (e.g. a training-data fraction)."""
         info = DatasetInfo(**{**self.info.to_dict(), 'num_samples': len(indices)})
         return TensorImageDataset(self.images[indices], self.labels[indices], info, self.transform)
+
+
+FINGERPRINT_SAMPLES = 64  # images decoded for the fingerprint of a split read from files (all of an in-memory one)
+
+
+def split_fingerprint(dataset) -> str:
+    """sha256 (first 16 hex) of a split's labels and images: every image of an in-memory split, and
+    :data:`FINGERPRINT_SAMPLES` evenly spread decoded images of one read from files. Two roots that give the same
+    fingerprint hold the same split (a resume may then read it from the new root)."""
+    import hashlib
+    h = hashlib.sha256(f'{len(dataset)}'.encode())
+    if hasattr(dataset, 'images') and hasattr(dataset, 'labels'):
+        h.update(dataset.labels.numpy().tobytes())
+        h.update(dataset.images.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+    raw = getattr(dataset, 'raw', None) or dataset.__getitem__
+    step = max(1, len(dataset) // FINGERPRINT_SAMPLES)
+    for i in range(0, len(dataset), step):
+        image, label = raw(i)
+        h.update(int(label).to_bytes(8, 'little', signed=True))
+        h.update(torch.as_tensor(image).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -37,10 +37,9 @@ class LazyImageDataset(Dataset):
         return adapt_images(img.unsqueeze(0), self.info.input_size)[0], int(label)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
+        from .transforms import apply_transform
         img, label = self.raw(i)
-        if self.transform is not None:
-            img = self.transform(img)
-        return to_float(img), label
+        return to_float(apply_transform(self.transform, img, i)), label
 
     def materialize(self) -> TensorImageDataset:
         """Decode every item once into one uint8 tensor (for small datasets and the fast path)."""

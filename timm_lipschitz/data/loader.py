@@ -45,11 +45,11 @@ class SeededSampler(Sampler[int]):
 
 
 def standard_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                    num_workers: int = 0) -> DataLoader:
+                    num_workers: int = 0, persistent_workers: bool = True) -> DataLoader:
     """A DataLoader in the shared order; Accelerate's ``prepare`` shards it across processes."""
     return DataLoader(dataset, batch_size=batch_size, sampler=SeededSampler(len(dataset), seed, shuffle),
-                      drop_last=drop_last, num_workers=num_workers, persistent_workers=num_workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      drop_last=drop_last, num_workers=num_workers,
+                      persistent_workers=persistent_workers and num_workers > 0, pin_memory=torch.cuda.is_available())
 
 
 class DeviceLoader:

@@ -261,8 +261,17 @@ def _imagefolder_split(root: Path, split: str) -> Tuple[Path, Optional[str]]:
             if (root / name).is_dir():
                 return root / name, None
         raise DataError(f'imagefolder {root} has train/ but neither test/ nor val/ for the test split.')
-    return root, (f'no split folders: a stratified {TEST_FRACTION:.0%} of each class (seed {SPLIT_SEED}) is held out '
-                  f'as the test split, the rest is the train split')
+    return root, (f'no split folders: each file whose path hash falls below {TEST_FRACTION:.0%} is held out as the test '
+                  f'split, the rest is the train split (adding files never moves an existing one across)')
+
+
+def held_out_by_hash(relative_path: Path) -> bool:
+    """Whether an image of a folder without split folders belongs to the held-out test split: a hash of its path
+    within the folder (class folder and file name) below :data:`TEST_FRACTION`. Each file decides for itself, so
+    adding or removing files never moves another across (a rank-based split would reshuffle the hold-out)."""
+    import hashlib
+    digest = hashlib.sha256(f'{SPLIT_SEED}/{relative_path.as_posix()}'.encode()).digest()
+    return int.from_bytes(digest[:8], 'big') / 2 ** 64 < TEST_FRACTION
 
 
 def _imagefolder(split: str, root: Path, channels: int) -> Tuple[Callable, int, List[str], str]:
@@ -284,9 +293,8 @@ def _imagefolder(split: str, root: Path, channels: int) -> Tuple[Callable, int, 
     samples = [(path, index[ds.classes[label]]) for path, label in ds.samples]
     source = f'image folder {folder}'
     if held_out:
-        labels = np.array([lb for _, lb in samples])
-        keep = _seeded_split(len(samples), labels, split)
-        samples = [samples[i] for i in keep]
+        samples = [(path, label) for path, label in samples
+                   if held_out_by_hash(Path(path).relative_to(folder)) == (split == 'test')]
         source += f' ({held_out})'
 
     def load(i: int):

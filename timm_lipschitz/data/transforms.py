@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from ..errors import UsageError
+from ..seeding import stream_seed
 
-__all__ = ['AUGMENTATIONS', 'train_transform', 'batch_augment', 'check_augmentation', 'CROP_PADDING']
+__all__ = ['AUGMENTATIONS', 'train_transform', 'batch_augment', 'check_augmentation', 'CROP_PADDING', 'KeyedTransform',
+           'apply_transform']
 
 AUGMENTATIONS = ('none', 'crop', 'cifar')
 CROP_PADDING = 4
@@ -26,14 +28,44 @@ def check_augmentation(augmentation: str) -> str:
     return augmentation
 
 
-def train_transform(augmentation: str, input_size: Sequence[int]) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-    """Per-item v2 transform on a uint8 (C, H, W) tensor, or None for 'none'."""
+class KeyedTransform:
+    """A per-item transform whose randomness is keyed by (run seed, epoch, item index): the ``item_augmentation``
+    stream, drawn in a forked RNG so torch's global generator is left alone. An item's augmentation then depends
+    on nothing else (not the order, the batch, the worker or what was trained before), so a resumed run that skips
+    the batches it already trained on augments every later item exactly as an uninterrupted run does. The trainer
+    sets the epoch (:meth:`set_epoch`) before each epoch's loader is iterated."""
+
+    keyed = True
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], seed: int) -> None:
+        self.transform, self.seed, self.epoch = transform, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __call__(self, img: torch.Tensor, index: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed('item_augmentation', self.seed, self.epoch, int(index)))
+            return self.transform(img)
+
+
+def apply_transform(transform: Optional[Callable], img: torch.Tensor, index: int) -> torch.Tensor:
+    """A dataset's per-item transform (a keyed one also gets the item's index)."""
+    if transform is None:
+        return img
+    return transform(img, index) if getattr(transform, 'keyed', False) else transform(img)
+
+
+def train_transform(augmentation: str, input_size: Sequence[int],
+                    seed: Optional[int] = None) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """Per-item v2 transform on a uint8 (C, H, W) tensor, or None for 'none'; with ``seed`` a
+    :class:`KeyedTransform` (the trainer's DataLoader path: exact on resume)."""
     if check_augmentation(augmentation) == 'none':
         return None
     ops = [v2.RandomCrop(size=tuple(input_size[-2:]), padding=CROP_PADDING)]
     if augmentation == 'cifar':
         ops.append(v2.RandomHorizontalFlip(p=0.5))
-    return v2.Compose(ops)
+    return v2.Compose(ops) if seed is None else KeyedTransform(v2.Compose(ops), seed)
 
 
 def batch_augment(images: torch.Tensor, augmentation: str, generator: torch.Generator) -> torch.Tensor:

@@ -27,17 +27,19 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
 from ..errors import UsageError, UserError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
-from ..recipes import SCHEMA, RecipeError, load_recipe, resolve_recipe
+from ..recipes import (DEFAULTS, SCHEMA, RecipeError, deep_merge, flatten, get_dotted, load_recipe, read_yaml_file,
+                       resolve_recipe)
 from ..runs import finished_summary
 from .points import RECIPE_SHORT, point_name
 
 __all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'GridError', 'RECIPE_SHORT',
+           'point_states', 'stale_keys',
            'run_from_args']
 
 GRID_KEYS = {'name', 'description', 'base', 'output_dir', 'set', 'axes', 'include', 'seeds', 'table', 'sensitivity'}
@@ -54,8 +56,8 @@ class GridError(UsageError):
 def load_grid(path: str | Path) -> Dict[str, Any]:
     path = Path(path)
     try:
-        grid = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        grid = read_yaml_file(path, 'grid', GridError)
+    except OSError as e:
         raise GridError(f'cannot read grid file {path}: {e}') from e
     unknown = set(grid) - GRID_KEYS
     if unknown:
@@ -118,58 +120,119 @@ def expand_grid(grid: Dict[str, Any]) -> List[Dict[str, Any]]:
     return points
 
 
+def _merged(key: str, value: Any, base: Dict[str, Any]) -> List[Any]:
+    """A grid value as dotted overrides: a mapping is merged into the base recipe's section key by key (``set:
+    {optimizer: {lr: 0.01}}`` keeps the base's weight decay), except a mapping that names another ``name`` than the
+    base's section (another loss or model), which starts that section clean."""
+    section = get_dotted(base, key)
+    if isinstance(value, dict) and value and isinstance(section, dict) and \
+            value.get('name', section.get('name')) == section.get('name'):
+        return [kv for k, v in value.items() for kv in _merged(f'{key}.{k}', v, base)]
+    return [(key, value)]
+
+
 def _overrides(grid: Dict[str, Any], point: Dict[str, Any], out_dir: str) -> List[str]:
-    ov = [f'{k}={json.dumps(v)}' for k, v in (grid.get('set') or {}).items()]
-    ov += [f'{k}={json.dumps(v)}' for k, v in point.items()]
+    base = deep_merge(DEFAULTS, load_recipe(grid['base']))
+    items = [kv for k, v in {**(grid.get('set') or {})}.items() for kv in _merged(k, v, base)]
+    items += [kv for k, v in point.items() for kv in _merged(k, v, base)]
+    ov = [f'{k}={json.dumps(v)}' for k, v in items]
     ov.append(f'output_dir={json.dumps(str(out_dir))}')
     ov.append(f'name={json.dumps(point_name(point))}')
     return ov
 
 
+# Keys a finished point may differ in from its grid and still be current: where it ran and how it was logged.
+NOT_RESULTS = ('name', 'description', 'output_dir', 'log_with', 'log_every_steps', 'checkpoint', 'data.root',
+               'data.download', 'data.num_workers', 'data.eval_batch_size', 'plugins')
+
+
+def stale_keys(grid: Dict[str, Any], point: Dict[str, Any]) -> List[str]:
+    """The recipe keys in which a finished point's run differs from what the grid asks of it now (empty: current).
+    A grid edited after its points ran (steps 2 -> 8) leaves stale points that must not be tabulated as current."""
+    from ..runs import _with_recorded_normalization
+    folder = Path(grid['output_dir']) / point_name(point)
+    saved = yaml.safe_load((folder / 'recipe.yaml').read_text()) or {}
+    wanted = _with_recorded_normalization(resolve_recipe(grid['base'], _overrides(grid, point, str(folder))), saved)
+    a, b = flatten(deep_merge(DEFAULTS, saved)), flatten(deep_merge(DEFAULTS, wanted))
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
+                  and not any(k == n or k.startswith(n + '.') for n in NOT_RESULTS))
+
+
+def point_states(grid: Dict[str, Any], points: List[Dict[str, Any]]) -> Dict[str, Tuple[str, List[str]]]:
+    """Each point's state: ``done`` (finished with today's recipe), ``stale`` (finished with another; the keys),
+    ``todo`` (not finished: it runs, or resumes)."""
+    out_root = Path(grid['output_dir'])
+    states: Dict[str, Tuple[str, List[str]]] = {}
+    for p in points:
+        if finished_summary(out_root / point_name(p)) is None:
+            states[point_name(p)] = ('todo', [])
+        else:
+            keys = stale_keys(grid, p)
+            states[point_name(p)] = ('stale', keys) if keys else ('done', [])
+    return states
+
+
 def _command(grid: Dict[str, Any], point: Dict[str, Any],
              launcher: str = 'accelerate launch -m timm_lipschitz.train') -> str:
     """The command that trains (or resumes) one point in its own folder."""
-    out = Path(grid['output_dir']) / point_name(point)
+    out = Path(grid['output_dir']).resolve() / point_name(point)
     sets = ' '.join(f'--set {shlex.quote(o)}' for o in _overrides(grid, point, str(out)))
     return f'{launcher} --recipe {shlex.quote(grid["base"])} {sets} --resume --no-progress'
 
 
+def _select(points: List[Dict[str, Any]], seeds: Optional[Sequence[int]],
+            names: Optional[Sequence[str]]) -> List[Dict[str, Any]]:
+    """The points a filter selects; a filter that selects nothing is an error, never an empty sweep."""
+    chosen = [p for p in points if (seeds is None or p.get('seed') in set(seeds)) and
+              (names is None or point_name(p) in set(names))]
+    if not chosen:
+        grid_seeds = sorted({p['seed'] for p in points if 'seed' in p})
+        raise GridError(f'--seeds {list(seeds or [])} selects no point of this grid (its seeds: '
+                        f'{grid_seeds or "none: the grid has no seeds axis"}); nothing was run or written.'
+                        if seeds is not None else f'the names {list(names or [])} select no point of this grid.')
+    return chosen
+
+
+def _set_aside(folder: Path) -> Path:
+    """Move a stale point's run out of the way (never deleted): ``<folder>.stale-<k>``."""
+    k = 1
+    while folder.with_name(f'{folder.name}.stale-{k}').exists():
+        k += 1
+    target = folder.with_name(f'{folder.name}.stale-{k}')
+    folder.rename(target)
+    return target
+
+
 def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_commands: bool = False,
               progress: bool = False, seeds: Optional[Sequence[int]] = None,
-              names: Optional[Sequence[str]] = None, slurm: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+              names: Optional[Sequence[str]] = None, slurm: Optional[Dict[str, Any]] = None,
+              rerun_stale: bool = False) -> Dict[str, Any]:
     """Run every unfinished point (only those of ``seeds`` / named ``names`` if given); returns the collected
-    results (also written to ``results.json``). ``emit_commands`` prints one command per point instead;
+    results of every current finished point (also written to ``results.json``). A stale point (finished with
+    another recipe than the grid's today) is reported, kept out of the tables, and rerun only with ``rerun_stale``
+    (its old run is set aside, not deleted). ``emit_commands`` prints one command per point instead;
     ``slurm={'path': ..., <resources>}`` writes them as a SLURM job-array script (:mod:`.slurm`)."""
     from ..train import train
     from .tables import render
     grid = load_grid(grid_path)
-    points = expand_grid(grid)
-    if seeds is not None:
-        points = [p for p in points if p.get('seed') in set(seeds)]
-    if names is not None:
-        points = [p for p in points if point_name(p) in set(names)]
+    every = expand_grid(grid)
+    points = _select(every, seeds, names)
     out_root = Path(grid['output_dir'])
-    todo = [p for p in points if finished_summary(out_root / point_name(p)) is None]
+    states = point_states(grid, points)
+    if rerun_stale and not (dry_run or emit_commands or slurm):
+        for name, (state, _) in states.items():
+            if state == 'stale':
+                print(f'{name}: stale, its run set aside as {_set_aside(out_root / name)}; running it again')
+                states[name] = ('todo', [])
+    todo = [p for p in points if states[point_name(p)][0] == 'todo']
     if slurm:
-        from .slurm import gpus_per_task, launcher, slurm_script
-        resources = dict(slurm)
-        path = Path(resources.pop('path'))
-        gpus = gpus_per_task(load_recipe(grid['base']), resources.pop('gpus', None))
-        text = slurm_script(grid, [_command(grid, p, launcher(gpus)) for p in points],
-                            [point_name(p) for p in points], gpus, **resources)
-        atomic_write_text(path, text)
-        path.chmod(0o755)
-        print(f'wrote {path}: a SLURM job array of {len(points)} points; submit it with sbatch {path}')
-        return {'points': len(points), 'todo': len(todo), 'slurm': str(path)}
+        return _write_slurm(grid, points, todo, slurm)
     if emit_commands:
         for p in points:
             print(_command(grid, p))
         return {'points': len(points), 'todo': len(todo)}
-    print(f'sweep {grid["name"]}: {len(points)} points, {len(points) - len(todo)} finished, {len(todo)} to run')
+    _report_states(grid, points, states, list_all=dry_run)
     if dry_run:
-        for p in points:
-            state = 'done' if p not in todo else 'todo'
-            print(f'  [{state}] {point_name(p)}')
         return {'points': len(points), 'todo': len(todo)}
     if jobs > 1:
         _run_parallel(grid, todo, jobs)
@@ -178,9 +241,36 @@ def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_
             print(f'[{i}/{len(todo)}] {point_name(p)}', flush=True)
             train(grid['base'], _overrides(grid, p, str(out_root / point_name(p))), resume=True,
                   progress=progress)
-    results = collect_results(grid, points)
+    results = collect_results(grid, every)
     render(grid, results)
     return results
+
+
+def _report_states(grid: Dict[str, Any], points: List[Dict[str, Any]], states: Dict[str, Tuple[str, List[str]]],
+                   list_all: bool) -> None:
+    count = {s: sum(1 for st, _ in states.values() if st == s) for s in ('done', 'stale', 'todo')}
+    print(f'sweep {grid["name"]}: {len(points)} points, {count["done"]} finished, {count["todo"]} to run'
+          + (f', {count["stale"]} stale (finished with another recipe than the grid\'s: not tabulated; rerun them '
+             f'with --rerun-stale)' if count['stale'] else ''))
+    for p in points:
+        state, keys = states[point_name(p)]
+        if list_all or state == 'stale':
+            print(f'  [{state}] {point_name(p)}' + (f' (differs in {", ".join(keys[:6])})' if keys else ''))
+
+
+def _write_slurm(grid: Dict[str, Any], points: List[Dict[str, Any]], todo: List[Dict[str, Any]],
+                 slurm: Dict[str, Any]) -> Dict[str, Any]:
+    from .slurm import gpus_per_task, launcher, slurm_script
+    resources = dict(slurm)
+    path = Path(resources.pop('path'))
+    gpus = gpus_per_task(load_recipe(grid['base']), resources.pop('gpus', None))
+    text = slurm_script(grid, [_command(grid, p, launcher(gpus)) for p in points],
+                        [point_name(p) for p in points], gpus, **resources)
+    atomic_write_text(path, text)
+    path.chmod(0o755)
+    (Path(grid['output_dir']).resolve() / 'slurm').mkdir(parents=True, exist_ok=True)  # SLURM opens its logs there
+    print(f'wrote {path}: a SLURM job array of {len(points)} points; submit it with sbatch {path}')
+    return {'points': len(points), 'todo': len(todo), 'slurm': str(path)}
 
 
 def _run_parallel(grid: Dict[str, Any], todo: List[Dict[str, Any]], jobs: int) -> None:
@@ -210,19 +300,24 @@ def _run_parallel(grid: Dict[str, Any], todo: List[Dict[str, Any]], jobs: int) -
 
 
 def collect_results(grid: Dict[str, Any], points: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
-    """Every finished point's summary and full sweep; written to ``<sweep>/results.json``."""
+    """Every finished, current point's summary and full sweep (all of the grid's points on disk, whichever a run
+    selected); stale points are listed apart, never tabulated. Written to ``<sweep>/results.json``."""
     points = points if points is not None else expand_grid(grid)
     out_root = Path(grid['output_dir'])
-    rows = []
+    rows, stale = [], {}
     for p in points:
         folder = out_root / point_name(p)
         final = finished_summary(folder)
         if final is None:
             continue
+        keys = stale_keys(grid, p)
+        if keys:
+            stale[point_name(p)] = keys
+            continue
         recipe = yaml.safe_load((folder / 'recipe.yaml').read_text())
         rob = read_json(folder / 'robustness.json')['robustness'] if (folder / 'robustness.json').is_file() else None
         rows.append({'point': point_name(p), 'axes': p, 'recipe': recipe, 'final': final, 'robustness': rob})
-    results = {'grid': grid['name'], 'rows': rows}
+    results = {'grid': grid['name'], 'rows': rows, 'stale': stale}
     atomic_write_json(out_root / 'results.json', results)
     return results
 
@@ -240,9 +335,10 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         import shlex as _shlex
         slurm = {'path': args.slurm, 'gpus': args.gpus_per_task, 'cpus': args.cpus_per_task, 'mem': args.mem,
                  'time': args.time, 'partition': args.partition, 'signal_lead': args.signal_lead,
+                 'max_requeues': args.max_requeues,
                  'invocation': 'timm-lipschitz sweep ' + ' '.join(_shlex.quote(a) for a in args.argv)}
     results = run_sweep(args.grid, jobs=args.jobs, dry_run=args.dry_run, emit_commands=args.emit_commands,
-                        progress=args.progress, seeds=args.seeds, slurm=slurm)
+                        progress=args.progress, seeds=args.seeds, slurm=slurm, rerun_stale=args.rerun_stale)
     if not (args.dry_run or args.emit_commands or args.slurm):
         grid = load_grid(args.grid)
         print((Path(grid['output_dir']) / 'tables.md').read_text())

@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..errors import EXIT_PREEMPTED
 from ..runs import FINAL_NAME, STOPPED_NAME
 
-__all__ = ['slurm_script', 'gpus_per_task', 'launcher', 'REQUEUE_MARKER']
+__all__ = ['slurm_script', 'gpus_per_task', 'launcher', 'REQUEUE_MARKER', 'MAX_REQUEUES']
 
-REQUEUE_MARKER = STOPPED_NAME  # the task requeues when its run stopped at a saved step
+REQUEUE_MARKER = STOPPED_NAME  # the task requeues when this attempt's run stopped at a saved step
+MAX_REQUEUES = 20             # a task requeued this often (SLURM_RESTART_COUNT) fails instead: something is wrong
 
 
 def gpus_per_task(base_recipe: Dict[str, Any], gpus: Optional[int]) -> int:
@@ -41,9 +43,9 @@ def launcher(gpus: int) -> str:
 
 def slurm_script(grid: Dict[str, Any], commands: List[str], names: List[str], gpus: int, cpus: int = 4,
                  mem: Optional[str] = None, time: Optional[str] = None, partition: Optional[str] = None,
-                 signal_lead: int = 120, invocation: str = '') -> str:
-    """The text of the job-array script (module doc), one task per command."""
-    out = Path(grid['output_dir'])
+                 signal_lead: int = 120, invocation: str = '', max_requeues: int = MAX_REQUEUES) -> str:
+    """The text of the job-array script (module doc), one task per command. Run folders are absolute paths."""
+    out = Path(grid['output_dir']).resolve()
     directives = [f'--job-name={grid["name"]}', f'--array=0-{len(commands) - 1}',
                   f'--output={out}/slurm/%A_%a.out', f'--signal=B:USR1@{signal_lead}', '--requeue',
                   '--open-mode=append', '--ntasks=1', f'--cpus-per-task={cpus}']
@@ -57,22 +59,29 @@ def slurm_script(grid: Dict[str, Any], commands: List[str], names: List[str], gp
              '# A task stopped by SLURM (USR1 ahead of the time limit, or TERM on preemption) saves its state at the',
              '# current step, requeues itself, and resumes where it stopped (timm-lipschitz train --resume).']
     lines += [f'#SBATCH {d}' for d in directives]
-    lines += ['set -u', f'mkdir -p {shlex.quote(str(out / "slurm"))}', 'NAMES=(']
+    lines += ['set -u', 'NAMES=(']
     lines += [f'  {shlex.quote(n)}' for n in names]
     lines += [')', 'COMMANDS=(']
     lines += [f'  {shlex.quote(c)}' for c in commands]
     lines += [')',
               'task=${SLURM_ARRAY_TASK_ID:?run as a SLURM array task (or set SLURM_ARRAY_TASK_ID)}',
               f'run={shlex.quote(str(out))}/${{NAMES[$task]}}',
+              f'rm -f "$run/{REQUEUE_MARKER}"  # a marker left by an earlier attempt must not requeue this one',
               'setsid bash -c "exec ${COMMANDS[$task]}" &',
               'child=$!',
               "trap 'kill -TERM -- -$child 2>/dev/null' USR1 TERM",
               'wait $child; rc=$?',
               'while kill -0 $child 2>/dev/null; do wait $child; rc=$?; done  # a trapped signal interrupts wait',
               f'if [ -f "$run/{REQUEUE_MARKER}" ] && [ ! -f "$run/{FINAL_NAME}" ]; then',
-              '  echo "stopped at a saved step: requeueing ${SLURM_ARRAY_JOB_ID:-job}_$task"',
+              '  restarts=${SLURM_RESTART_COUNT:-0}',
+              f'  if [ "$restarts" -ge {int(max_requeues)} ]; then',
+              f'    echo "stopped at a saved step, but requeued $restarts times already (at most {int(max_requeues)}):'
+              f' not again; resume it by hand (the run folder: $run)" >&2',
+              f'    exit {EXIT_PREEMPTED}',
+              '  fi',
+              '  echo "stopped at a saved step: requeueing ${SLURM_ARRAY_JOB_ID:-job}_$task (requeue $((restarts + 1)))"',
               '  scontrol requeue "${SLURM_ARRAY_JOB_ID:-0}_$task"',
               '  exit 0',
               'fi',
-              'exit $rc', '']
+              'exit $rc  # finished (0), or failed before or without a saved stop: visible, never requeued', '']
     return '\n'.join(lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 from ..recipes import ResolvedRecipe, resolve_recipe
-from ..runs import latest_state, open_run_folder
+from ..runs import discard_fresh_run, latest_state, open_run_folder
 from ..seeding import stream_seed
 from .build import (PreparedRun, apply_model_options, build_data, build_model, build_objective, build_optimizer,
                     build_scheduler, build_train_loader, check_runtime, compile_step, data_mean_std,
@@ -40,13 +40,14 @@ _ = (_window_add, _window_means, default_input_size, eval_subset, has_accelerato
 
 
 def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (), resume: bool = False,
-          command: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+          command: Optional[str] = None, progress: bool = True, stop_at_step: Optional[int] = None) -> Dict[str, Any]:
     """Train per ``recipe`` (a path, a dict, or a :class:`~timm_lipschitz.recipes.ResolvedRecipe` taken as it is;
     ``overrides`` are ``key=value``); returns the final summary.
 
     ``resume=True`` continues from the newest complete state in the run folder, skipping the batches of the
     interrupted epoch that were already trained on. ``command`` overrides the reproduce command recorded in
-    ``final.json`` and the model card.
+    ``final.json`` and the model card. ``stop_at_step`` saves the state at that step and stops
+    (:class:`~.loop.StoppedAsAsked`): how a resumed run's recorded command sequence replays each segment.
     """
     from accelerate.utils import set_seed
     resolved = recipe if isinstance(recipe, ResolvedRecipe) and not overrides else resolve_recipe(recipe, overrides)
@@ -58,7 +59,12 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
           f'mixed_precision={accelerator.mixed_precision}', flush=True)
     with open_run_folder(accelerator, Path(recipe['output_dir']), recipe, resume) as folder:
         set_seed(stream_seed('global', recipe['seed']))
-        run = prepare_run(recipe, accelerator, folder, resume, progress)
+        try:
+            run = prepare_run(recipe, accelerator, folder, resume, progress, stop_at_step)
+        except BaseException:
+            if folder['fresh'] and accelerator.is_main_process:
+                discard_fresh_run(Path(recipe['output_dir']))  # a refused new run leaves no stub behind
+            raise
         model, loop = run.model, run.loop
         step_optimizer = optimizer_stepper(accelerator, run.optimizer)
         loop.start(run.optimizer)

@@ -13,13 +13,15 @@ import torch
 import yaml
 
 from .._lazy import load_all
-from ..data import DeviceLoader, check_labels, create_dataset, standard_loader, train_transform
+from ..data import (DeviceLoader, check_labels, create_dataset, split_fingerprint, standard_loader,
+                    train_transform)
 from ..errors import UsageError
 from ..fileio import atomic_write_text
 from ..losses import create_loss
 from ..modes import eval_mode
 from ..normalization import per_channel, unwrap_model
 from ..recipes import RecipeError
+from ..runs import StateSaveError, check_same_data, space_message
 from ..seeding import stream_seed
 from .loop import TrainingLoop
 from .outputs import METRICS_NAME, JsonlTracker, tracker_config
@@ -224,9 +226,12 @@ def build_train_loader(recipe: Dict[str, Any], train_ds, micro_batch: int, input
         return DeviceLoader(train_ds, micro_batch, shuffle=True, seed=seed, augmentation=d['augmentation'],
                             device=accelerator.device, drop_last=True, num_processes=accelerator.num_processes,
                             process_index=accelerator.process_index)
-    train_ds.transform = train_transform(d['augmentation'], input_size)
+    transform = train_transform(d['augmentation'], input_size, seed=seed)
+    inner = train_ds.dataset if isinstance(train_ds, torch.utils.data.Subset) else train_ds  # a train_fraction subset
+    inner.transform = transform
+    # the keyed transform's epoch reaches the workers when they start: started anew each epoch
     return standard_loader(train_ds, micro_batch, shuffle=True, seed=seed, drop_last=True,
-                           num_workers=d['num_workers'])
+                           num_workers=d['num_workers'], persistent_workers=transform is None)
 
 
 def eval_subset(test_ds, max_images: Optional[int], seed: int = 0):
@@ -288,9 +293,13 @@ def _data_and_model(recipe: Dict[str, Any], out: Path, accelerator, saved: Optio
     """The splits and the model; fixes the run's normalization in the recipe and writes ``recipe.yaml``."""
     input_size = recipe['data']['input_size'] or default_input_size(recipe['model']['name'])
     train_ds, test_ds, info = build_data(recipe, input_size)
+    check_same_data(out, split_fingerprint(train_ds), recipe['data']['root'], accelerator.is_main_process)
     resolve_normalization(recipe, train_ds, saved)
     if accelerator.is_main_process:
-        atomic_write_text(out / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
+        try:
+            atomic_write_text(out / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
+        except OSError as e:  # read-only or full: the message of a failed state save
+            raise StateSaveError(space_message(out, out, 2 ** 16, e, 'the resolved recipe')) from e
     num_classes = recipe['model']['kwargs'].get('num_classes', info.num_classes)
     check_labels(train_ds.labels if hasattr(train_ds, 'labels') else torch.tensor([]), num_classes,
                  f'{info.name}/train')
@@ -324,7 +333,7 @@ def _accelerate(recipe: Dict[str, Any], accelerator, model, optimizer, train_loa
 
 
 def prepare_run(recipe: Dict[str, Any], accelerator, folder: Dict[str, Any], resume: bool,
-                progress: bool = True) -> PreparedRun:
+                progress: bool = True, stop_at_step: Optional[int] = None) -> PreparedRun:
     """Build every part of the run in its one order (data, model, objective, optimizer, compile, Accelerate,
     scheduler, EMA, loop), register what the training state saves, and resume when asked."""
     out = Path(recipe['output_dir'])
@@ -346,7 +355,7 @@ def prepare_run(recipe: Dict[str, Any], accelerator, folder: Dict[str, Any], res
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(unwrap_model(model), decay=recipe['ema']['decay'])
         accelerator.register_for_checkpointing(ema)
-    loop = TrainingLoop(accelerator, recipe, out, train_loader, total_steps, progress)
+    loop = TrainingLoop(accelerator, recipe, out, train_loader, total_steps, progress, stop_at_step)
     accelerator.register_for_checkpointing(loop.state)
     accelerator.register_for_checkpointing(objective)
     accelerator.init_trackers('tensorboard', config=tracker_config(recipe))

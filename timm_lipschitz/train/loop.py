@@ -16,16 +16,16 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from ..errors import UserError
+from ..errors import EXIT_PREEMPTED, UserError
 from ..fileio import atomic_write_json
 from ..runs import DIVERGED_NAME, STOPPED_NAME, latest_state, save_state
 
 __all__ = ['TrainState', 'DivergenceGuard', 'TrainingDiverged', 'TrainingLoop', 'StepLog', 'StopSignals', 'Preempted',
+           'StoppedAsAsked',
            'EXIT_PREEMPTED',
            'STOP_SIGNALS', 'FOLD_EVERY', 'optimizer_stepper', 'step_target', 'window_add', 'window_means']
 
 FOLD_EVERY = 1024  # per-step device tensors kept at most before they are reduced, so memory stays bounded
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again" - what a scheduler requeues on (SLURM: --requeue on this code)
 STOP_SIGNALS = tuple(s for s in (getattr(signal, 'SIGTERM', None), getattr(signal, 'SIGUSR1', None)) if s)
 
 
@@ -37,6 +37,12 @@ class Preempted(UserError, RuntimeError):
     """A stop signal arrived; the run saved a complete state at the step it finished and can be resumed."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class StoppedAsAsked(UserError):
+    """The run reached the step ``--stop-at-step`` named; its state there is saved (``--resume`` continues)."""
+
+    exit_code = 0
 
 
 class TrainState:
@@ -286,8 +292,9 @@ class TrainingLoop:
     :class:`StopSignals` (module doc)."""
 
     def __init__(self, accelerator, recipe: Dict[str, Any], out: Path, train_loader, total_steps: int,
-                 progress: bool = True):
+                 progress: bool = True, stop_at: Optional[int] = None):
         self.accelerator, self.recipe, self.out = accelerator, recipe, out
+        self.stop_at = stop_at
         self.train_loader, self.total_steps = train_loader, total_steps
         self.world = accelerator.num_processes
         self.state = TrainState()
@@ -327,6 +334,9 @@ class TrainingLoop:
 
     def start(self, optimizer) -> None:
         """Start the clock, the progress bar and the stop-signal handlers."""
+        if self.stop_at is not None and self.state.global_step >= self.stop_at:
+            raise StoppedAsAsked(f'the run is at step {self.state.global_step} already, not before '
+                                 f'--stop-at-step {self.stop_at}: nothing to train; continue with --resume.')
         self.optimizer = optimizer
         self._time_before = self.state.train_time_s
         self._t0 = time.time()
@@ -344,6 +354,11 @@ class TrainingLoop:
         the last step of the run."""
         from ..data import DeviceLoader
         self.train_loader.set_epoch(self.state.epoch)  # Accelerate's prepared loader passes it to our sampler
+        dataset = getattr(getattr(self.train_loader, 'dataset', None), 'dataset', None) or \
+            getattr(self.train_loader, 'dataset', None)
+        transform = getattr(dataset, 'transform', None)
+        if hasattr(transform, 'set_epoch'):  # a keyed per-item augmentation (the DataLoader path)
+            transform.set_epoch(self.state.epoch)
         loader = self.train_loader
         if self.skip:
             if isinstance(self.train_loader, DeviceLoader):
@@ -385,6 +400,10 @@ class TrainingLoop:
             self.signals.stop(self.save, self.state, self.out)
         if self.every_steps and step % self.every_steps == 0 and step < self.total_steps:
             self.save()
+        if self.stop_at is not None and step >= self.stop_at and step < self.total_steps:
+            path = self._final_state()
+            raise StoppedAsAsked(f'stopped at step {step} as asked (--stop-at-step); the state {path} is saved: '
+                                 f'continue with --resume.')
 
     def end_epoch(self) -> None:
         """Advance the epoch counter when the epoch was trained to its end (not when the run ended inside it)."""
@@ -416,10 +435,26 @@ class TrainingLoop:
         self.save_s += time.time() - t
         return path
 
-    def finish(self) -> Dict[str, Any]:
-        """Close the bar and the signal handlers; the run's extent and speed, over every part of a resumed run."""
-        self.log.close()
+    def stop_if_signalled(self) -> None:
+        """After training, between the phases of the end of the run (evaluation, outputs): a stop signal saves the
+        final state (unless it is saved already) and stops as during training (exit 75; --resume finishes)."""
+        if self.signals.requested():
+            self.signals.stop(self._final_state, self.state, self.out)
+
+    def _final_state(self) -> Path:
+        latest = latest_state(self.out)
+        if latest is not None and latest.name == f'step_{self.state.global_step:08d}':
+            return latest
+        return self.save()
+
+    def close(self) -> None:
+        """The stop-signal handlers go back to what they were (the end of the run's outputs)."""
         self.signals.restore()
+
+    def finish(self) -> Dict[str, Any]:
+        """Close the bar; the run's extent and speed, over every part of a resumed run. The stop-signal handlers
+        stay until :meth:`close`, so a signal during the final evaluation still stops at a saved step."""
+        self.log.close()
         self._update_clock()
         s = self.state
         out = {'steps': s.global_step, 'epochs': s.epoch, 'train_time_s': round(s.train_time_s, 2),

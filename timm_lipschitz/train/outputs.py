@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from accelerate.tracking import GeneralTracker
@@ -14,7 +14,7 @@ from ..fileio import atomic_write_json, atomic_write_text, dumps
 from ..modes import eval_mode
 from ..normalization import unwrap_model
 from ..recipes import flatten
-from ..runs import FINAL_NAME, METRICS_NAME, StateSaveError, space_message
+from ..runs import FINAL_NAME, METRICS_NAME, StateSaveError, segments, space_message
 
 __all__ = ['JsonlTracker', 'METRICS_NAME', 'tracker_config', 'evaluate_clean', 'evaluate_epoch', 'finish_run',
            'reproduce_command', 'write_outputs', 'print_summary']
@@ -53,13 +53,25 @@ def tracker_config(recipe: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(recipe).items()}
 
 
-def reproduce_command(out: Path) -> str:
-    """The command that trains the run again from its resolved recipe (which the folder keeps), with absolute paths
-    so it works from any directory."""
+def reproduce_commands(out: Path) -> List[str]:
+    """The commands that train the run's weights again, with absolute paths so they work from any directory: one
+    from its resolved recipe, or, for a run resumed with another recipe (more steps change the schedule), one per
+    segment, each stopping where the run was resumed (``--stop-at-step``), then resuming with the next recipe."""
     import shlex
     out = Path(out).resolve()
-    return (f'timm-lipschitz train --recipe {shlex.quote(str(out / "recipe.yaml"))} '
-            f'--output-dir {shlex.quote(str(out) + "_reproduced")}')
+    target = shlex.quote(str(out) + '_reproduced')
+    commands = []
+    for i, seg in enumerate(segments(out)):
+        commands.append(f'timm-lipschitz train --recipe {shlex.quote(str(out / seg["recipe"]))} --output-dir {target} '
+                        f'--stop-at-step {seg["until_step"]}' + (' --resume' if i else ''))
+    commands.append(f'timm-lipschitz train --recipe {shlex.quote(str(out / "recipe.yaml"))} --output-dir {target}'
+                    + (' --resume' if commands else ''))
+    return commands
+
+
+def reproduce_command(out: Path) -> str:
+    """:func:`reproduce_commands` as one shell line (joined by ``&&``)."""
+    return ' && '.join(reproduce_commands(out))
 
 
 @torch.no_grad()
@@ -104,13 +116,24 @@ def _final_robustness(run, model, progress: bool) -> Optional[Dict[str, Any]]:
 
 
 def finish_run(run, extent: Dict[str, Any], command: Optional[str], progress: bool) -> Dict[str, Any]:
-    """Score the saved weights, write every output (``final.json`` last) and return the summary."""
+    """Score the saved weights, write every output (``final.json`` last) and return the summary. A stop signal
+    between these phases stops the run at its saved final step (exit 75); ``--resume`` then writes the outputs."""
+    try:
+        return _finish(run, extent, command, progress)
+    finally:
+        run.loop.close()
+
+
+def _finish(run, extent: Dict[str, Any], command: Optional[str], progress: bool) -> Dict[str, Any]:
     from ..robustness.subsets import subset_record
     accelerator, recipe, out = run.accelerator, run.recipe, run.out
     final_model = run.ema.module if run.ema is not None else run.model
+    run.loop.stop_if_signalled()
     clean_acc = run.history[-1]['clean_acc'] if run.history and run.ema is None else \
         evaluate_clean(final_model, run.test_loader, accelerator, run.objective.normalizer)
+    run.loop.stop_if_signalled()
     robustness = _final_robustness(run, final_model, progress)
+    run.loop.stop_if_signalled()
     summary = {
         'name': recipe['name'], 'output_dir': str(out), **extent,
         'clean_accuracy': clean_acc, 'weights': 'EMA' if run.ema is not None else 'trained', 'history': run.history,
@@ -118,7 +141,7 @@ def finish_run(run, extent: Dict[str, Any], command: Optional[str], progress: bo
         'num_processes': accelerator.num_processes, 'distributed_type': accelerator.distributed_type.value,
         'objective': run.objective.loss_name, 'hparams': run.objective.hparams(), 'dataset': run.dataset,
         'train_images': run.train_images, 'test_images': len(run.eval_ds), 'test_subset': subset_record(run.eval_ds),
-        'command': command or reproduce_command(out),
+        'command': command or reproduce_command(out), 'commands': [command] if command else reproduce_commands(out),
     }
     if accelerator.is_main_process:
         try:
