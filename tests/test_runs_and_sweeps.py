@@ -332,3 +332,19 @@ def test_a_negative_seed_is_refused_naming_the_key(tmp_path):
         resolve_recipe(tiny(tmp_path / 'run', seed=-1))
     with pytest.raises(GridError, match=r'seed=-1 is not allowed'):
         run_sweep(_grid(tmp_path, seeds=[-1]), dry_run=True)
+
+
+def test_the_keyed_augmentation_differs_across_images_and_epochs_and_repeats_for_one_key():
+    """An item's augmentation is a function of (seed, epoch, index): the same key gives the same crop, and the
+    images of one epoch get their own crops (a stream that dropped the index gave all of them one crop)."""
+    import torch
+    from timm_lipschitz.data.transforms import train_transform
+    t = train_transform('cifar', (1, 8, 8), seed=0)
+    img = torch.arange(64, dtype=torch.uint8).view(1, 8, 8)
+    epoch0 = [t(img, i) for i in range(24)]
+    assert len({bytes(x.numpy()) for x in epoch0}) > 8 and torch.equal(t(img, 3), epoch0[3])
+    t.set_epoch(1)
+    assert sum(not torch.equal(t(img, i), epoch0[i]) for i in range(24)) > 8
+    before = torch.get_rng_state()
+    t(img, 0)
+    assert torch.equal(torch.get_rng_state(), before)  # torch's global generator is left alone

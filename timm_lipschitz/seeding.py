@@ -36,7 +36,7 @@ STREAMS: Dict[str, Stream] = {
     'data_order': Stream(('epoch',), (100_003,), doc='the permutation of the training split in one epoch'),
     'augmentation': Stream(('epoch', 'process_index'), (1_000_003, 1_009),
                            doc="the fast path's batch augmentation in one epoch on one process"),
-    'item_augmentation': Stream(('epoch', 'image_index'), (1_000_033, 1_000_037), (43,),
+    'item_augmentation': Stream(('epoch', 'image_index'), (7_877, 1_000_033, 1_000_037), (43,),
                                 doc="the DataLoader path's augmentation of one training image in one epoch"),
     'train_fraction': Stream((), (), doc='which training images a data.train_fraction < 1 keeps'),
     'evaluation_noise': Stream(('image_index', 'repeat'), (1_000_003, 1_009),
@@ -60,7 +60,10 @@ def stream_seed(stream: str, seed: int, *keys: int) -> int:
     spec = STREAMS[stream]
     if len(keys) != len(spec.keys):
         raise UsageError(f'stream {stream!r} takes keys {spec.keys}, got {len(keys)} value(s).')
+    folded = spec.fixed + tuple(int(k) for k in keys)
+    if len(spec.multipliers) != len(folded):  # zip would drop a key silently: every value of it one seed
+        raise UsageError(f'stream {stream!r} declares {len(spec.multipliers)} multiplier(s) for {len(folded)} keys.')
     h = int(seed)
-    for m, k in zip(spec.multipliers, spec.fixed + tuple(int(k) for k in keys)):
+    for m, k in zip(spec.multipliers, folded):
         h = h * m + k
     return h
