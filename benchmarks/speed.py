@@ -36,7 +36,7 @@ from timm_lipschitz.data import DeviceLoader, create_dataset, standard_loader, t
 from timm_lipschitz.losses import create_loss  # noqa: E402
 
 OUT = ROOT / 'benchmarks' / 'results'
-ITEMS = ('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory')
+ITEMS = ('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory', 'adversarial')
 
 
 def _sync(device):
@@ -100,6 +100,25 @@ def bench_loss_ratio(device, repeats, quick):
     ratio = {k: v / (ce_cl if 'channels_last' in k else ce) for k, v in med.items()}
     return {'step_seconds': med, 'ratio_to_ce': ratio, 'raw': raw, 'batch': 128, 'model': 'cifar_resnet20',
             'overhead_over_floor': med['lipschitz_hinge'] / med['cross_entropy batch 256 (floor)']}
+
+
+def bench_adversarial(device, repeats, quick):
+    """The worst-direction hinge and the adversarial peers against a CE step, paired in one run (ResNet-20, batch
+    128): each search costs ``steps`` forward-backward passes, so a step costs about (steps + 2)x a CE step."""
+    steps = 2 if quick else _scale(device, 3, 30)
+    objs = {'cross_entropy': create_loss('cross_entropy'),
+            'lipschitz_hinge (gaussian)': create_loss('lipschitz_hinge', sigma=0.25, beta=5, lipschitz_target=0.01),
+            'lipschitz_hinge (adversarial, 3 steps)': create_loss('lipschitz_hinge', sigma=0.25, beta=5,
+                                                                  lipschitz_target=0.01, perturbation='adversarial',
+                                                                  radius=0.5, steps=3),
+            'pgd_adversarial (l2 0.5, 5 steps)': create_loss('pgd_adversarial', norm='l2', epsilon=0.5, steps=5),
+            'trades (l2 0.5, 5 steps)': create_loss('trades', norm='l2', epsilon=0.5, steps=5)}
+    med, raw = paired({k: (lambda r=r: r[0](r[1])) for k, r in
+                       {k: _step_timer(o, device, steps=steps) for k, o in objs.items()}.items()}, repeats)
+    return {'step_seconds': med, 'ratio_to_ce': {k: v / med['cross_entropy'] for k, v in med.items()}, 'raw': raw,
+            'batch': 128, 'model': 'cifar_resnet20', 'expected': {'lipschitz_hinge (adversarial, 3 steps)': 5,
+                                                                   'pgd_adversarial (l2 0.5, 5 steps)': 7,
+                                                                   'trades (l2 0.5, 5 steps)': 7}}
 
 
 def bench_trainer_vs_plain(device, repeats, quick, tmp):
@@ -294,6 +313,11 @@ def markdown(r) -> str:
              f"<= 1.1 |",
              f"| peak memory Lipschitz / CE step ({mem['method']}) | {mem['ratio']:.2f}x "
              f"({mem[mem_key]['lipschitz_hinge']:.0f} vs {mem[mem_key]['cross_entropy']:.0f} MiB) | - |"]
+    adv = r.get('adversarial', {})
+    for name, expected in adv.get('expected', {}).items():
+        lines.append(f"| {name} step / CE step (paired in one run) | {adv['ratio_to_ce'][name]:.2f}x "
+                     f"({adv['step_seconds'][name] * 1e3:.0f} vs {adv['step_seconds']['cross_entropy'] * 1e3:.0f} ms) "
+                     f"| about {expected}x (steps + 2) |")
     for name in ITEMS:
         run = r[name].get('run')
         if run and run['command'] != r['command']:
@@ -329,6 +353,8 @@ def main() -> None:
             r[name] = bench_data_paths(device, args.repeats, args.quick)
         elif name == 'sweep':
             r[name] = bench_sweep(device, max(1, args.repeats // 2), args.quick)
+        elif name == 'adversarial':
+            r[name] = bench_adversarial(device, args.repeats, args.quick)
         else:
             r[name] = bench_memory(device)
         r[name]['run'] = run

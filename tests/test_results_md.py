@@ -107,3 +107,17 @@ def test_autoattack_table_quotes_its_json():
         quoted = [[float(v) for v in c.split(' [')[0].split(' / ')] for c in cells[1:]]
         assert quoted == [[round(m['autoattack'][norm][eps], 1), round(m['autoattack']['pgd'][norm][eps], 1)]
                           for m in models], label
+
+
+def test_adversarial_cost_table_quotes_its_json():
+    text = section('The worst-direction hinge and the adversarial peers (CPU)')
+    adv = json.loads((FILES / 'speed_cpu.json').read_text())['adversarial']
+    for first, key in [('cross-entropy', 'cross_entropy'),
+                       ('`lipschitz_hinge` (Gaussian, the paper)', 'lipschitz_hinge (gaussian)'),
+                       ('`lipschitz_hinge`, `perturbation: adversarial`, 3 search steps',
+                        'lipschitz_hinge (adversarial, 3 steps)'),
+                       ('`pgd_adversarial`, L2 ε 0.5, 5 steps', 'pgd_adversarial (l2 0.5, 5 steps)'),
+                       ('`trades`, L2 ε 0.5, 5 steps, β 6', 'trades (l2 0.5, 5 steps)')]:
+        ms, ratio = row(text, first)[:2]
+        assert float(ms.replace(',', '')) == round(adv['step_seconds'][key] * 1e3), first
+        assert first_number(ratio) == round(adv['ratio_to_ce'][key], 2), first

@@ -27,9 +27,11 @@ from .standard import TaskLoss
 torch = lazy_module('torch', __name__)
 F = lazy_module('torch.nn.functional', __name__)
 
-__all__ = ['LipschitzHinge', 'lipschitz_ratio', 'model_output', 'OUTPUTS', 'build_task_loss']
+__all__ = ['LipschitzHinge', 'lipschitz_ratio', 'model_output', 'OUTPUTS', 'PERTURBATIONS', 'build_task_loss']
 
 OUTPUTS = ('logits', 'probs')
+PERTURBATIONS = ('gaussian', 'adversarial')
+ADVERSARIAL_STEP = 0.25  # the search's step, a fraction of the radius (the evaluation's PGD lower bound uses it too)
 _EPS = 1e-12
 
 
@@ -84,16 +86,23 @@ class LipschitzHinge(Objective):
         clip: clamp x_bar to [0, 1] (off in the paper; ||x_bar - x|| is then measured after clipping).
         task_loss: L_usual, a registered logits-level loss name or ``{'name': ..., **kwargs}``.
         joint_forward: one concatenated forward of clean + noisy images (default, see module doc).
+        perturbation: 'gaussian' (the paper: n ~ N(0, sigma^2), default) or 'adversarial': the direction that
+            maximizes k(x) on the L2 sphere of ``radius`` found by ``steps`` gradient steps
+            (:func:`~.adversarial.worst_direction`, BatchNorm in eval mode, no gradient through the search). Gaussian
+            noise at sigma 0.5 on a 1x32x32 image has norm ~16: ``radius`` is not sigma.
+        radius: the L2 norm of the adversarial perturbation, > 0 (ignored for 'gaussian').
+        steps: gradient steps of the adversarial search, >= 1 (ignored for 'gaussian').
     """
 
     display_name = 'hinge'
     abbrev = {'sigma': 's', 'beta': 'b', 'lipschitz_target': 'l', 'output': 'o', 'clip': 'clip',
-              'task_loss': 'task', 'joint_forward': 'joint'}
+              'task_loss': 'task', 'joint_forward': 'joint', 'perturbation': 'pert', 'radius': 'r', 'steps': 'k'}
     tag_always = ('sigma', 'beta', 'lipschitz_target')
 
     def __init__(self, sigma: float = 0.25, beta: float = 1.0, lipschitz_target: float = 0.1,
                  output: str = 'logits', clip: bool = False,
-                 task_loss: Union[str, Dict[str, Any]] = 'cross_entropy', joint_forward: bool = True, *,
+                 task_loss: Union[str, Dict[str, Any]] = 'cross_entropy', joint_forward: bool = True,
+                 perturbation: str = 'gaussian', radius: float = 0.5, steps: int = 3, *,
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  seed: Optional[int] = None):
         super().__init__(mean=mean, std=std, seed=seed)
@@ -105,15 +114,26 @@ class LipschitzHinge(Objective):
         self.joint_forward = bool(joint_forward)
         self.task_loss = task_loss
         self.task = build_task_loss(task_loss)
+        self.perturbation = check_choice('perturbation', perturbation, PERTURBATIONS)
+        self.radius = check_positive('radius', radius)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise HyperparameterError('steps', steps, 'it must be an integer >= 1')
+        self.steps = steps
 
     @classmethod
     def is_paper_variant(cls, hparams: Dict[str, Any]) -> bool:
         """Hinge on logits, one joint forward, no clipping, cross-entropy task loss: the paper's method."""
         return (hparams.get('output') == 'logits' and not hparams.get('clip') and hparams.get('joint_forward')
-                and hparams.get('task_loss') == 'cross_entropy')
+                and hparams.get('task_loss') == 'cross_entropy' and hparams.get('perturbation', 'gaussian') ==
+                'gaussian')
 
-    def perturb(self, images):
-        noisy = images + self.noise_like(images, self.sigma)
+    def perturb(self, images, model=None):
+        if self.perturbation == 'gaussian':
+            noisy = images + self.noise_like(images, self.sigma)
+        else:
+            from .adversarial import hinge_perturbation
+            noisy = images + hinge_perturbation(self, model, images, self.radius, self.steps, ADVERSARIAL_STEP,
+                                                self.output)
         return noisy.clamp(0, 1) if self.clip else noisy
 
     def logits_pair(self, model, images, noisy) -> Tuple[Any, Any]:
@@ -123,7 +143,7 @@ class LipschitzHinge(Objective):
         return self.forward_model(model, images), self.forward_model(model, noisy)
 
     def __call__(self, model, images, targets) -> LossOutput:
-        noisy = self.perturb(images)
+        noisy = self.perturb(images, model)
         logits, noisy_logits = self.logits_pair(model, images, noisy)
         task = self.task.criterion(logits, targets)
         k = lipschitz_ratio(logits, noisy_logits, noisy - images, self.output)

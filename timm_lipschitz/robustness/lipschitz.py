@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..losses.lipschitz import lipschitz_ratio
+from ..losses.adversarial import worst_direction
+from ..losses.lipschitz import ADVERSARIAL_STEP, lipschitz_ratio
 from ..modes import eval_mode
 from ..normalization import Normalizer, per_channel, resolve_mean_std, unwrap_model
 from ..seeding import stream_seed
@@ -43,7 +44,8 @@ def sampled_k(model: nn.Module, data: Dataset, sigma: float, output: str = 'logi
                 'max': k.max().item(), 'num_images': len(k)}
 
 
-def pgd_lower_bound(model: nn.Module, data: Dataset, radius: float = 0.5, steps: int = 20, step_size: float = 0.25,
+def pgd_lower_bound(model: nn.Module, data: Dataset, radius: float = 0.5, steps: int = 20,
+                    step_size: float = ADVERSARIAL_STEP,
                     output: str = 'logits', seed: int = 0, batch_size: int = 128, max_images: Optional[int] = 256,
                     mean=None, std=None) -> Dict[str, Any]:
     """Maximize ||f(x + d) - f(x)|| / ||d|| over ||d|| = ``radius`` by normalized gradient ascent (l2 PGD).
@@ -61,20 +63,8 @@ def pgd_lower_bound(model: nn.Module, data: Dataset, radius: float = 0.5, steps:
                 break
             images = images[:max_images - seen] if max_images is not None else images
             seen += len(images)
-            with torch.no_grad():
-                f0 = model(norm(model, images))
-            d = torch.randn(images.shape, generator=g)
-            d = radius * d / d.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-            best = torch.zeros(len(images))
-            for _ in range(steps + 1):
-                d.requires_grad_(True)
-                ratio = lipschitz_ratio(f0, model(norm(model, images + d)), d, output)
-                best = torch.maximum(best, ratio.detach())
-                grad, = torch.autograd.grad(ratio.sum(), d)
-                with torch.no_grad():
-                    gn = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                    d = d + step_size * radius * grad / gn
-                    d = radius * d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            _, best = worst_direction(lambda x: model(norm(model, x)), images, radius, steps, step_size,
+                                      torch.randn(images.shape, generator=g), output)
             ratios.append(best)
         r = torch.cat(ratios)
         return {'radius': radius, 'steps': steps, 'output': output, 'max': r.max().item(), 'mean': r.mean().item(),
