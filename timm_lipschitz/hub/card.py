@@ -19,11 +19,14 @@ def _images(record: Optional[Dict[str, Any]], count: Any) -> str:
     return f"{record['num_images']} of {record['of']} ({record['rule']}, seed {record.get('seed', 0)})"
 
 
-def _departures(protocol: Dict[str, Any]) -> List[str]:
-    """A recorded result that departs from the full protocol says so, first (timm-lipschitz eval --record)."""
-    if not protocol.get('departures'):
-        return []
-    return [f"**Not the full protocol:** {'; '.join(protocol['departures'])}.", '']
+def _recorded(title: str, result: Dict[str, Any], count: Any, sentence: str, table: str) -> List[str]:
+    """A section of a result ``timm-lipschitz eval`` recorded: what it measured on which images of which split, and,
+    first, how it departs from the full protocol if it does (``--record``)."""
+    protocol = result.get('protocol') or {}
+    images = f"{_images(result.get('subset') or protocol.get('images'), count)} {protocol.get('split', 'test')} images"
+    departures = protocol.get('departures')
+    return [f'## {title}', '', sentence.replace('{images}', images), '',
+            *([f"**Not the full protocol:** {'; '.join(departures)}.", ''] if departures else []), table, '']
 
 
 def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
@@ -52,21 +55,17 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
     corruptions = record.get('corruptions')
     if corruptions:
         from ..robustness.report import corruption_table
-        p = corruptions.get('protocol') or {}
-        lines += ['## Common corruptions (CIFAR-10-C)', '',
-                  f"Accuracy (%) under the corruptions of CIFAR-10-C, computed on the fly with its constants, mean over "
-                  f"severities {corruptions['severities']}, "
-                  f"{_images(p.get('images'), corruptions['num_images'])} {p.get('split', 'test')} images. Mean "
-                  f"corruption accuracy: **{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).", '',
-                  *_departures(p), corruption_table({'accuracy': corruptions}), '']
+        lines += _recorded('Common corruptions (CIFAR-10-C)', corruptions, corruptions.get('num_images'),
+                           f"Accuracy (%) under the corruptions of CIFAR-10-C, computed on the fly with its constants, "
+                           f"mean over severities {corruptions['severities']}, {{images}}. Mean corruption accuracy: "
+                           f"**{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).",
+                           corruption_table({'accuracy': corruptions}))
     attacks = record.get('attacks')
     if attacks:
         from ..robustness.report import attack_table
-        p = attacks.get('protocol') or {}
-        lines += ['## Adversarial robustness', '',
-                  f"Robust accuracy (%) under {attacks.get('method', attacks.get('attack'))}, "
-                  f"{_images(attacks.get('subset') or p.get('images'), attacks.get('num_images'))} "
-                  f"{p.get('split', 'test')} images.", '', *_departures(p), attack_table({'accuracy': attacks}), '']
+        lines += _recorded('Adversarial robustness', attacks, attacks.get('num_images'),
+                           f"Robust accuracy (%) under {attacks.get('method', attacks.get('attack'))}, {{images}}.",
+                           attack_table({'accuracy': attacks}))
     return lines
 
 
