@@ -21,6 +21,7 @@ from .._lazy import lazy_module
 from ..modes import eval_mode
 from .base import (HyperparameterError, LossOutput, Objective, check_choice, check_non_negative, check_positive,
                    full_precision)
+from .ratio import lipschitz_ratio
 from .registry import register_loss
 
 torch = lazy_module('torch', __name__)
@@ -42,7 +43,6 @@ def worst_direction(forward: Callable[[Any], Any], images, radius: float, steps:
     ``start`` (any tensor shaped like the images; it is scaled onto the sphere). Returns ``(best_d, best_ratio)``:
     the direction that gave each image's largest ratio among the ``steps + 1`` visited, and that ratio. Every ratio
     is attained by a real pair of inputs, so its maximum is a lower bound of the local Lipschitz constant."""
-    from .lipschitz import lipschitz_ratio
     with torch.no_grad():
         f0 = forward(images)
     d = radius * start / _per_sample_norm(start)

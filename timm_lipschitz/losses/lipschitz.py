@@ -4,8 +4,8 @@
     k(x)  = ||f(x_bar) - f(x)||_2 / ||x_bar - x||_2                       (per sample)
     L     = mean_i [ L_usual(f(x_i), y_i) + beta * max(0, k(x_i) - L_n) ]
 
-:func:`lipschitz_ratio` is the one implementation of k(x): the loss, the evaluation's sampled k and its PGD lower
-bound all call it.
+:func:`~.ratio.lipschitz_ratio` is the one implementation of k(x) (in :mod:`.ratio`, re-exported here): the loss,
+the worst-direction search, the evaluation's sampled k and its PGD lower bound all call it.
 
 BatchNorm: by default the clean and noisy batches go through the model in ONE concatenated forward. Both halves
 are then normalized with the same batch statistics, so f(x_bar) - f(x) is the difference of one function at two
@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .._lazy import lazy_module
-from .base import (HyperparameterError, LossOutput, Objective, check_choice, check_non_negative, check_positive,
-                   full_precision)
+from .base import HyperparameterError, LossOutput, Objective, check_choice, check_non_negative, check_positive
+from .ratio import OUTPUTS, lipschitz_ratio, model_output
 from .registry import create_loss, list_losses, loss_class, register_loss
 from .standard import TaskLoss
 
@@ -29,27 +29,8 @@ F = lazy_module('torch.nn.functional', __name__)
 
 __all__ = ['LipschitzHinge', 'lipschitz_ratio', 'model_output', 'OUTPUTS', 'PERTURBATIONS', 'build_task_loss']
 
-OUTPUTS = ('logits', 'probs')
 PERTURBATIONS = ('gaussian', 'adversarial')
 ADVERSARIAL_STEP = 0.25  # the search's step, a fraction of the radius (the evaluation's PGD lower bound uses it too)
-_EPS = 1e-12
-
-
-def model_output(logits, output: str = 'logits'):
-    """The space k(x) is measured in: raw logits, or softmax probabilities (Theorem 1's label space); float32."""
-    logits = full_precision(logits)
-    return logits if output == 'logits' else F.softmax(logits, dim=1)
-
-
-def lipschitz_ratio(clean_logits, noisy_logits, delta, output: str = 'logits'):
-    """Per-sample k = ||f(x + delta) - f(x)|| / ||delta|| with f the model's ``output``, in float32 whatever the
-    autocast dtype. Differentiable in both logits and in ``delta``.
-
-    A zero input difference (possible only with clipping) has a zero output difference, and gives k = 0.
-    """
-    num = (model_output(noisy_logits, output) - model_output(clean_logits, output)).flatten(1).norm(dim=1)
-    den = full_precision(delta).flatten(1).norm(dim=1)
-    return num / den.clamp_min(_EPS)
 
 
 def task_losses() -> list:
