@@ -9,8 +9,9 @@ file or their pretrained tag; writes ``eval.json``, ``eval.md`` and plots.
 
 ``eval.json`` layout (``format_version`` 2)::
 
-    {"format_version": 2, "models": {<label>: {"data": ..., "split": ..., "device": ..., "sweep": {...},
-                                                "lipschitz": {...}, "smoothing": {...}, ...}}}
+    {"format_version": 2, "environment": {"timm_lipschitz", "timm", "torch", "command", "date"},
+     "models": {<label>: {"data": ..., "split": ..., "device": ..., "images": ..., "overrides": ..., "sweep": {...},
+                          "lipschitz": {...}, "smoothing": {...}, ...}}}
 
 Files of 0.1.0 (format 1) hold the ``models`` mapping at the top level; :func:`read_eval` reads both.
 """

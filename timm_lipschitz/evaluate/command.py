@@ -3,6 +3,7 @@ before any model or data loads, so a mistake costs no waiting and is named by it
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -108,7 +109,8 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
                        certify_args=certify_args,
                        demo=args.demo, progress=not args.no_progress, device=args.device,
                        corruptions=args.corruptions, severities=severities, attacks=attacks,
-                       record_departures=args.record)
+                       record_departures=args.record,
+                       command=' '.join(['timm-lipschitz', 'eval', *map(shlex.quote, getattr(args, 'argv', []))]))
     print((out / 'eval.md').read_text())
     print(f'wrote {out}/eval.json, eval.md, eval.png')
     return results

@@ -131,6 +131,11 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
 
     from ..hub import load_checkpoint, read_metadata
     if source is not None:
+        if not Path(source).exists() and '.' in str(source):
+            return _from_tag(str(source))  # a registered tag given where a folder may stand (eval TAG)
+        if not Path(source).is_dir():
+            raise UsageError(f'{source} is neither a run or checkpoint folder nor a registered tag with weights '
+                             f'(e.g. cifar_resnet20.lipschitz_hinge_s050_b1_l001_digits).')
         return _from_folder(Path(source))
     if model_name is None:
         raise UsageError('give a run/checkpoint folder, or --model NAME with --checkpoint PATH or --pretrained.')

@@ -35,6 +35,22 @@ def read_eval(path) -> Dict[str, Any]:
     return data['models'] if 'format_version' in data else data
 
 
+def environment(command: Optional[str] = None) -> Dict[str, Any]:
+    """What produced an ``eval.json``: the package, timm and torch versions, the command (the process's own when
+    none is given) and the date."""
+    import shlex
+    import sys
+    import time
+
+    import timm
+    import torch
+
+    from .. import __version__
+    return {'timm_lipschitz': __version__, 'timm': timm.__version__, 'torch': torch.__version__,
+            'command': command or ' '.join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
+            'date': time.strftime('%Y-%m-%d %H:%M:%S')}
+
+
 def check_out_dir(out: Path) -> Path:
     """The output folder of an evaluation: a folder (created), never a file."""
     out = Path(out)
@@ -173,7 +189,7 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
              lipschitz: bool = False, certify: bool = False, certify_args: Optional[Dict[str, Any]] = None,
              demo: bool = False, progress: bool = True, device: str = 'cpu', corruptions: Any = None,
              severities: Sequence[int] = SEVERITIES, attacks: Optional[Dict[str, Any]] = None,
-             record: bool = True, record_departures: bool = False) -> Dict[str, Any]:
+             record: bool = True, record_departures: bool = False, command: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate each model on its data; write ``eval.json``, ``eval.md``, ``eval.png`` (and more) in ``out_dir``.
 
     ``sigmas`` is a grid or a preset of the evaluation protocol (a preset brings its clipping and rounding). The
@@ -205,16 +221,17 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         first_data = first_data if first_data is not None else ds
     if demo:
         _demo(evaluated, first_data, results, out, settings)
-    _write_outputs(out, results, sweeps)
+    _write_outputs(out, results, sweeps, command)
     if record:
         record_in_folders(models, results, settings, record_departures)
     return results
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------------
-def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any]) -> None:
+def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any], command: Optional[str]) -> None:
     from ..robustness import plot_certified, plot_sweeps, summary_table, sweep_table
-    atomic_write_json(out / 'eval.json', {'format_version': EVAL_FORMAT_VERSION, 'models': results})
+    atomic_write_json(out / 'eval.json', {'format_version': EVAL_FORMAT_VERSION, 'environment': environment(command),
+                                          'models': results})
     md = ['# Robustness evaluation', '']
     for label, entry in results.items():
         if entry.get('overrides'):

@@ -65,3 +65,29 @@ class StagedFeatures:
         """The feature levels picked by ``indices`` (timm's semantics), and the last output computed."""
         return forward_intermediates(self.feature_stages(), x, indices, stop_early, output_fmt, intermediates_only,
                                      final=self.closing_stage())
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """timm's contract: the stages after the last level ``indices`` asks for become ``Identity`` (and the closing
+        stage with them, or with ``prune_norm``), and the head is removed with ``prune_head``; returns the levels
+        kept. ``forward_intermediates`` then gives the same levels at a lower cost."""
+        import torch.nn as nn
+        from timm.models._features import feature_take_indices
+        stages = list(self.feature_stages())
+        take_indices, max_index = feature_take_indices(len(stages), indices)
+        closing = self.closing_stage()
+        dropped = stages[max_index + 1:] + ([closing] if closing is not None and
+                                            (prune_norm or max_index < len(stages) - 1) else [])
+        children = dict(self.named_children())
+        for stage in dropped:
+            name = next((n for n, m in children.items() if m is stage), None)
+            if name is None:
+                raise UsageError(f'{type(self).__name__} cannot prune a stage that is not one of its modules.')
+            setattr(self, name, nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices

@@ -118,11 +118,14 @@ def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: fl
         x, y = data[i]
         c, r = smooth.certify(x, n0, n, alpha, batch_size)
         rows.append({'index': i, 'label': int(y), 'predicted': c, 'radius': r, 'correct': c == int(y)})
-    cert = [100.0 * sum(1 for r in rows if r['correct'] and r['radius'] >= t) / len(rows) for t in radii]
+    reach = max_certified_radius(sigma, n, alpha)
+    # beyond smoothing's reach no image can be certified with these settings: null there, not a measured 0
+    cert = [100.0 * sum(1 for r in rows if r['correct'] and r['radius'] >= t) / len(rows) if t <= reach else None
+            for t in radii]
     acr = sum(r['radius'] for r in rows if r['correct']) / len(rows)
     return {'sigma': sigma, 'n0': n0, 'n': n, 'alpha': alpha, 'num_images': len(rows), 'radii': list(radii),
             'certified_accuracy': cert, 'average_certified_radius': acr, 'rows': rows,
-            'max_radius': max_certified_radius(sigma, n, alpha), 'subset': subset_record(subset, len(data))}
+            'max_radius': reach, 'subset': subset_record(subset, len(data))}
 
 
 def theorem1_radius(lipschitz_target: float, output: str = 'probs') -> Optional[float]:

@@ -1,0 +1,54 @@
+"""First use as a timm user expects it (issue 32, the parts done so far): ``eval`` takes tag names, ``eval.json``
+says what produced it, certificates beyond smoothing's reach are null, and every model with
+``forward_intermediates`` can prune the layers after an intermediate."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+
+import timm_lipschitz  # noqa: F401
+
+
+def test_eval_takes_a_tag_name_and_records_what_produced_it(tmp_path, capsys):
+    from timm_lipschitz.cli import main
+    tag = 'mnist_convnet.cross_entropy_mnist5k'
+    assert main(['eval', tag, '--sigmas', '0,0.3', '--max-images', '30', '--out', str(tmp_path), '--no-progress',
+                 '--device', 'cpu']) == 0
+    data = json.loads((tmp_path / 'eval.json').read_text())
+    assert list(data['models']) == [tag] and data['models'][tag]['data'] == 'mnist_5k'
+    env = data['environment']
+    assert env['timm'] == timm.__version__ and env['torch'] == torch.__version__ and env['timm_lipschitz']
+    assert 'eval' in env['command'] and env['date'][:2] == '20'
+    assert main(['eval', str(tmp_path / 'no_such_folder'), '--out', str(tmp_path / 'x')]) == 2
+    assert 'is neither a run or checkpoint folder nor a registered tag' in capsys.readouterr().err
+
+
+def test_certified_accuracy_beyond_smoothings_reach_is_null():
+    """n 50 at alpha 0.001 certifies at most 0.25 * Phi^-1(0.001 ** (1/50)) = 0.283: radii 0.5 .. 1.0 are out of
+    reach, null rather than a measured-looking 0."""
+    from timm_lipschitz.fileio import dumps
+    from timm_lipschitz.robustness.certify import certify_dataset
+    model = timm.create_model('mnist_convnet', num_classes=10, img_size=8, in_chans=1).eval()
+    data = torch.utils.data.TensorDataset(torch.rand(6, 1, 8, 8), torch.arange(6) % 3)
+    r = certify_dataset(model, data, 10, n0=5, n=50, num_images=6, progress=False)
+    assert r['radii'] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert r['certified_accuracy'][2:] == [None, None, None] and r['certified_accuracy'][0] is not None
+    assert 'null' in dumps(r['certified_accuracy'])
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'cifar_preresnet20', 'mnist_convnet'])
+def test_prune_intermediate_layers_keeps_the_intermediates(name):
+    kwargs = {'in_chans': 1, 'img_size': 28} if name == 'mnist_convnet' else {}
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    x = torch.rand(2, 1, 28, 28) if name == 'mnist_convnet' else torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    kept = model.prune_intermediate_layers(indices=[1])
+    with torch.no_grad():
+        pruned = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    assert kept == [1] and len(full) == len(pruned) == 1 and torch.allclose(full[0], pruned[0])
+    assert sum(p.numel() for p in model.parameters()) < sum(
+        p.numel() for p in timm.create_model(name, num_classes=10, **kwargs).parameters())
