@@ -52,3 +52,25 @@ def test_prune_intermediate_layers_keeps_the_intermediates(name):
     assert kept == [1] and len(full) == len(pruned) == 1 and torch.allclose(full[0], pruned[0])
     assert sum(p.numel() for p in model.parameters()) < sum(
         p.numel() for p in timm.create_model(name, num_classes=10, **kwargs).parameters())
+
+
+def test_the_command_line_speaks_timms_idiom(tmp_path, capsys):
+    from timm_lipschitz import __version__
+    from timm_lipschitz.cli import build_parser, main
+    with pytest.raises(SystemExit):
+        main(['--version'])
+    assert capsys.readouterr().out.strip() == f'timm-lipschitz {__version__}'
+    args = build_parser().parse_args(['eval', '-m', 'a', '-b', '64', '--dataset', 'digits', '--data-dir', 'd',
+                                      '--input-size', '1', '16', '16'])
+    assert (args.model, args.batch_size, args.data, args.data_root, args.input_size) == \
+        ('a', 64, 'digits', 'd', ['1', '16', '16'])
+    assert '(default: 256)' in build_parser()._subparsers._group_actions[0].choices['eval'].format_help()
+    tag = 'mnist_convnet.cross_entropy_mnist5k'
+    for size in (['--input-size', '1,28,28'], ['--input-size', '1', '28', '28'], ['--img-size', '28']):
+        assert main(['eval', '-m', tag, '--pretrained', *size, '--sigmas', '0', '--max-images', '20', '--out',
+                     str(tmp_path / size[0]), '--no-progress', '--device', 'cpu']) == 0
+        entry = json.loads((tmp_path / size[0] / 'eval.json').read_text())['models'][tag]
+        assert entry['overrides']['input_size'] == [1, 28, 28]
+    assert main(['eval', '-m', tag, '--pretrained', '--img-size', '28', '--input-size', '1,28,28', '--out',
+                 str(tmp_path / 'x')]) == 2
+    assert '--input-size and --img-size name the same thing' in capsys.readouterr().err

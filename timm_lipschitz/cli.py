@@ -11,6 +11,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
+from . import __version__
 from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UsageError, UserError
 from .robustness.protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, PAPER_GRID, PRESETS, SEVERITIES, SMOOTHING
 from .sweep.slurm import MAX_REQUEUES
@@ -35,13 +36,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('sources', nargs='*', help='run folders or checkpoint folders (several give one overlaid plot)')
-    p.add_argument('--model', help='registered model name, e.g. cifar_resnet20 or cifar_resnet20.<tag> '
+    p.add_argument('-m', '--model', help='registered model name, e.g. cifar_resnet20 or cifar_resnet20.<tag> '
                                    '(with --checkpoint or --pretrained)')
     p.add_argument('--checkpoint', help='safetensors file for --model')
     p.add_argument('--pretrained', action='store_true', help='use the registered pretrained tag of --model')
-    p.add_argument('--data', help='dataset name (default: the one the run or tag was trained on)')
-    p.add_argument('--data-root', help='where the dataset files are (default: the dataset\'s own default)')
-    p.add_argument('--input-size', help="C,H,W (default: the model's pretrained_cfg input_size)")
+    p.add_argument('--data', '--dataset', help='dataset name (default: the one the run or tag was trained on)')
+    p.add_argument('--data-root', '--data-dir', help='where the dataset files are (default: the dataset\'s own)')
+    p.add_argument('--input-size', nargs='+', metavar='C H W',
+                   help="C,H,W or C H W, as timm's validate.py takes it (default: the model's pretrained_cfg)")
+    p.add_argument('--img-size', type=int, metavar='N', help='N x N images with the model\'s own channels (timm)')
     p.add_argument('--split', default=EVAL_SPLIT, choices=('train', 'test'), help='which split to evaluate')
     p.add_argument('--sigmas', default=None,
                    help="'start:stop:step' (stop included), a comma list, or a preset: paper (0..0.5), mnist "
@@ -51,7 +54,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--repeats', type=int, default=1, help='noise draws per image and sigma (mean ± std reported)')
     p.add_argument('--seed', type=int, default=0, help='seed of the evaluation noise (common random numbers)')
     p.add_argument('--clip', action='store_true', help='clip noisy images to [0,1]')
-    p.add_argument('--batch-size', type=int, default=256, help='images per forward pass')
+    p.add_argument('-b', '--batch-size', type=int, default=256, help='images per forward pass')
     p.add_argument('--max-images', type=int, help='evaluate N images of the split: a prefix of its seeded, '
                    'stratified evaluation order (not the first N, which can be a few classes)')
     p.add_argument('--mean', help='normalization mean for models without pretrained_cfg (comma list)')
@@ -198,9 +201,11 @@ COMMANDS: dict = {
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='timm-lipschitz',
                                 description='Noise-robust training with the Lipschitz hinge loss, as a timm plugin.')
+    p.add_argument('--version', action='version', version=f'timm-lipschitz {__version__}')
     sub = p.add_subparsers(dest='command', required=True)
     for name, (help_text, add, run) in COMMANDS.items():
-        add(sub.add_parser(name, help=help_text, description=help_text)).set_defaults(func=run)
+        add(sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)).set_defaults(func=run)
     return p
 
 

@@ -36,6 +36,18 @@ def _ints(text: Optional[str], flag: str, count: Optional[int]) -> Optional[List
     return values
 
 
+def input_size_request(args: argparse.Namespace) -> Optional[List[int]]:
+    """``--input-size C,H,W`` (ours) or ``C H W`` (timm's validate.py), or ``--img-size N``; None: the model's own."""
+    if args.input_size and getattr(args, 'img_size', None):
+        raise UsageError('--input-size and --img-size name the same thing: give one of them.')
+    if getattr(args, 'img_size', None):
+        if args.img_size < 1:
+            raise UsageError(f'--img-size {args.img_size} is not allowed; give a positive integer.')
+        return [0, args.img_size, args.img_size]  # channels: the model's own (filled in per model)
+    text = ','.join(args.input_size) if isinstance(args.input_size, list) else args.input_size
+    return _ints(text, '--input-size', 3)
+
+
 def attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """--attack and its flags as attack_sweep's keyword arguments, checked by the attack module's one check."""
     if args.attack is None:
@@ -94,7 +106,7 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     mean, std = _floats(args.mean, '--mean'), _floats(args.std, '--std')
     if (mean is None) != (std is None):
         raise UsageError('--mean and --std go together: give both or neither.')
-    size = _ints(args.input_size, '--input-size', 3)
+    size = input_size_request(args)
     attacks = attack_request(args)  # a bad attack request fails before any model or data is loaded
     certify_args = certify_request(args)
     models = [load_model(s) for s in args.sources]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -171,6 +171,14 @@ def resolve_device(name: str = 'auto') -> torch.device:
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise UsageError(f'--device {name!r}: CUDA is not available on this machine; use auto or cpu.')
     return device
+
+
+def model_input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Optional[List[int]]:
+    """An evaluation's input size for one model: as given, with channels 0 (``--img-size N``) read as the model's."""
+    if not input_size:
+        return None
+    size = [int(v) for v in input_size]
+    return [int(model.pretrained_cfg['input_size'][0]), *size[1:]] if size[0] == 0 else size
 
 
 def _check_input_size(model: nn.Module, size: Sequence[int]) -> None:

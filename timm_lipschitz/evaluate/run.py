@@ -16,7 +16,7 @@ from ..modes import eval_mode
 from ..naming import FILE_CHARS, safe_name
 from ..robustness.protocol import SEVERITIES
 from ..robustness.subsets import evaluation_subset, subset_record
-from .loading import check_overrides, data_for, device_name, resolve_device
+from .loading import check_overrides, data_for, device_name, model_input_size, resolve_device
 from .record import record_in_folders
 
 __all__ = ['evaluate', 'extra_evaluations', 'read_eval', 'check_out_dir', 'EVAL_FORMAT_VERSION',
@@ -214,9 +214,10 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     first_data = None
     for model, info in models:
         with eval_mode(model):
-            ds, name = data_for(model, info, data, root, input_size, split, max_images, seed)
+            size = model_input_size(model, input_size)
+            ds, name = data_for(model, info, data, root, size, split, max_images, seed)
             label = unique_label(info['label'], results)
-            results[label], sweeps[label] = _evaluate_one(model, info, ds, name, settings)
+            results[label], sweeps[label] = _evaluate_one(model, info, ds, name, {**settings, 'input_size': size})
         evaluated[label] = model
         first_data = first_data if first_data is not None else ds
     if demo:
