@@ -74,3 +74,27 @@ def test_the_command_line_speaks_timms_idiom(tmp_path, capsys):
     assert main(['eval', '-m', tag, '--pretrained', '--img-size', '28', '--input-size', '1,28,28', '--out',
                  str(tmp_path / 'x')]) == 2
     assert '--input-size and --img-size name the same thing' in capsys.readouterr().err
+
+
+def test_hub_list_shows_every_tag_with_its_scores_without_loading_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from timm_lipschitz.hub import load_robustness
+    from timm_lipschitz.zoo import shipped, tag_rows
+    rows = tag_rows()
+    assert [r['name'] for r in rows] == sorted(shipped())
+    for r in rows:
+        scores = load_robustness(r['name'])
+        assert r['dataset'] == scores['dataset'] and r['objective'] == scores['objective']
+        assert r['acc@0.3'] == scores['acc@0.3'] and r['acc@0'] == scores['acc@0']
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, '-c', "import sys; from timm_lipschitz.cli import main; main(['hub', "
+                          "'list']); print('torch loaded:', 'torch' in sys.modules)"], capture_output=True,
+                         text=True, env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(root)}, timeout=120)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith('| tag | dataset | objective | clean | sigma 0.3 | sigma 0.5 | grid mean')
+    assert len(lines) == 2 + len(rows) + 1 and lines[-1] == 'torch loaded: False'
+    digits = next(line for line in lines if line.startswith('| cifar_resnet20.lipschitz_hinge_s050_b1_l001_digits '))
+    assert '| 98.33 | 94.44 | 75.00 | 92.11 |' in digits

@@ -141,6 +141,17 @@ def _add_publish_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     return p
 
 
+def _add_hub_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('action', choices=('list',), help='list: every shipped tag with its dataset, objective and '
+                                                     'headline scores (from the files\' metadata)')
+    return p
+
+
+def _run_hub(args: argparse.Namespace) -> None:
+    from .zoo import tag_rows, tag_table
+    print(tag_table(tag_rows()))
+
+
 def _add_convert_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('checkpoint', help='.th / .pt file (read with torch.load(weights_only=True))')
     p.add_argument('out_dir', help='checkpoint folder to write')
@@ -195,6 +206,7 @@ COMMANDS: dict = {
     'sweep': ('run a hyperparameter grid and render the paper-style tables', add_sweep_arguments, _run_sweep),
     'publish': ('build a hub folder from a finished run and upload it', _add_publish_arguments, _run_publish),
     'convert': ('convert akamaster / chenyaofo CIFAR ResNet checkpoints', _add_convert_arguments, _run_convert),
+    'hub': ('the shipped tags: hub list', _add_hub_arguments, _run_hub),
 }
 
 

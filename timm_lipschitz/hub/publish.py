@@ -84,7 +84,7 @@ def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, 
     """
     import shutil
 
-    from ..models._pretrained import INDEX, WEIGHTS_DIR
+    from ..zoo import INDEX, WEIGHTS_DIR
     run_dir = Path(run_dir)
     require_finished(run_dir, CheckpointError)
     meta = read_metadata(run_dir)

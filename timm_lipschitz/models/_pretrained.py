@@ -10,23 +10,15 @@ a missing hub file (offline) into an error that says how to place it.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Callable, Dict
 
 from ..errors import UserError
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
-INDEX = WEIGHTS_DIR / 'index.json'
+from ..zoo import WEIGHTS_DIR, shipped  # noqa: F401  (the index is read without torch; WEIGHTS_DIR re-exported)
 
 
 class WeightsUnavailable(UserError, RuntimeError):
     """A tag's weights are neither bundled nor in the Hugging Face cache, and the Hub cannot be reached."""
-
-
-def shipped() -> Dict[str, Dict[str, Any]]:
-    """name -> {'file': <file name under WEIGHTS_DIR>, 'cfg': {...}} for the weights that ship in the package."""
-    return json.loads(INDEX.read_text()) if INDEX.is_file() else {}
 
 
 def pretrained_cfgs_for(prefix: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
