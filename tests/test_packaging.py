@@ -29,3 +29,10 @@ def test_every_direct_import_is_declared():
     declared = {re.split(r'[<>=!~\[ ]', d.strip())[0].lower().replace('_', '-') for d in specs}
     missing = {n for n in _imported_top_level() if DIST.get(n, n).lower().replace('_', '-') not in declared}
     assert not missing, f'imported but not declared in pyproject.toml: {sorted(missing)}'
+
+
+def test_the_license_file_is_the_declared_license():
+    """A LICENSE file at the root (setuptools puts it into the wheel's dist-info), the license pyproject declares."""
+    text = (ROOT / 'LICENSE').read_text()
+    assert 'Apache License' in text and 'Version 2.0, January 2004' in text and 'END OF TERMS AND CONDITIONS' in text
+    assert 'Apache-2.0' in (ROOT / 'pyproject.toml').read_text()
