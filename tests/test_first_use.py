@@ -98,3 +98,36 @@ def test_hub_list_shows_every_tag_with_its_scores_without_loading_torch():
     assert len(lines) == 2 + len(rows) + 1 and lines[-1] == 'torch loaded: False'
     digits = next(line for line in lines if line.startswith('| cifar_resnet20.lipschitz_hinge_s050_b1_l001_digits '))
     assert '| 98.33 | 94.44 | 75.00 | 92.11 |' in digits
+
+
+def _finished(tmp_path):
+    from timm_lipschitz.train import train
+    recipe = {'name': 'pub', 'model': {'name': 'mnist_convnet'}, 'loss': {'name': 'cross_entropy'},
+              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True}, 'steps': 2, 'batch_size': 32,
+              'log_with': [], 'eval': {'sigmas': [0.0], 'every_epochs': 0}, 'output_dir': str(tmp_path / 'run'),
+              'optimizer': {'name': 'sgd', 'lr': 0.01}}
+    return train(recipe, progress=False)['output_dir']
+
+
+def test_publish_fails_in_one_line_without_a_token_a_valid_repo_id_or_the_network(tmp_path, monkeypatch, capsys):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from timm_lipschitz.cli import main
+    run = _finished(tmp_path)
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf-home'))  # no stored token either
+    assert main(['publish', run, '--repo-id', 'org/name']) == 2
+    assert 'no Hugging Face token' in capsys.readouterr().err and not (Path(run) / 'publish').exists()
+    assert main(['publish', run, '--repo-id', 'not a repo']) == 2
+    assert "--repo-id 'not a repo' is not ORG/NAME" in capsys.readouterr().err
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root), HF_TOKEN='hf_fake', HF_HOME=str(tmp_path / 'hf-home'),
+               HF_ENDPOINT='http://127.0.0.1:9', HF_HUB_ETAG_TIMEOUT='2', HF_HUB_DOWNLOAD_TIMEOUT='2')
+    r = subprocess.run([sys.executable, '-m', 'timm_lipschitz.cli', 'publish', run, '--repo-id', 'org/name'],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.startswith('error: could not upload to org/name: ') and 'The folder is built in' in r.stderr
+    assert (Path(run) / 'publish' / 'model.safetensors').is_file()

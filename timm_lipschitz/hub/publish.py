@@ -8,17 +8,22 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..errors import UserError
 from ..runs import require_finished
 from .files import WEIGHTS_NAME, CheckpointError, load_pretrained, read_metadata, record_evaluation, save_pretrained
 
-__all__ = ['publish', 'place_in_cache', 'ship_pretrained']
+__all__ = ['publish', 'place_in_cache', 'ship_pretrained', 'PublishError']
 
 
 def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_dir: Optional[Union[str, Path]] = None,
             private: bool = False) -> Path:
-    """Build the hub folder of a finished training run and upload it (``dry_run``: build only)."""
+    """Build the hub folder of a finished training run and upload it (``dry_run``: build only). A missing token, a
+    malformed repo id and a failed upload are one-line errors (:class:`PublishError`); the built folder stays."""
     run_dir = Path(run_dir)
     require_finished(run_dir, CheckpointError)
+    _check_repo_id(repo_id)
+    if not dry_run:
+        _require_token()
     model = load_pretrained(run_dir)
     meta = read_metadata(run_dir)
     rob_file = run_dir / 'robustness.json'
@@ -42,11 +47,37 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
     if extra:  # what was evaluated after training reaches the published card and metadata too
         record_evaluation(out, load_as=f'hf-hub:{repo_id}', command=command, **extra)
     if not dry_run:
-        from huggingface_hub import HfApi
+        _upload(out, repo_id, private)
+    return out
+
+
+class PublishError(UserError):
+    """Publishing to the Hub cannot go on: no token, a malformed repo id, or the upload failed (network, rights)."""
+
+
+def _check_repo_id(repo_id: str) -> None:
+    import re
+    if not re.fullmatch(r'[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*', str(repo_id)):
+        raise PublishError(f'--repo-id {repo_id!r} is not ORG/NAME (letters, digits, -, _ and .).')
+
+
+def _require_token() -> None:
+    from huggingface_hub import get_token
+    if not get_token():
+        raise PublishError('no Hugging Face token: log in with `huggingface-cli login` or set HF_TOKEN, or build the '
+                           'folder only with --dry-run.')
+
+
+def _upload(out: Path, repo_id: str, private: bool) -> None:
+    from huggingface_hub import HfApi
+    try:
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True, private=private)
         api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message='Upload timm-lipschitz checkpoint')
-    return out
+    except Exception as e:  # network, token rights, the Hub's answer: one line, the built folder stays
+        first = (str(e).strip().splitlines() or [''])[0][:300]
+        raise PublishError(f'could not upload to {repo_id}: {type(e).__name__}: {first}. The folder is built in '
+                           f'{out}; upload it later (huggingface-cli upload {repo_id} {out}).') from e
 
 
 def place_in_cache(folder: Union[str, Path], repo_id: str, cache_dir: Optional[Union[str, Path]] = None,
