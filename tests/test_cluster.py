@@ -109,6 +109,10 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
     first = subprocess.Popen(_train_cmd(path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(out / 'run.lock', first)
+        deadline = time.time() + 60  # the claim is created, then written: wait until it names its process
+        while not (out / 'run.lock').read_text().strip().endswith('}'):
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.01)
         r = subprocess.run(_train_cmd(path, resume=True), env=_env(), capture_output=True, text=True, timeout=300)
         assert r.returncode == 2
         assert f'run folder {out} is in use by process {first.pid} on this host' in r.stderr
