@@ -131,3 +131,30 @@ def test_publish_fails_in_one_line_without_a_token_a_valid_repo_id_or_the_networ
     assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert r.stderr.startswith('error: could not upload to org/name: ') and 'The folder is built in' in r.stderr
     assert (Path(run) / 'publish' / 'model.safetensors').is_file()
+
+
+def test_accelerate_launch_with_several_processes_on_a_cpu_is_pointed_to_torchrun():
+    from types import SimpleNamespace
+
+    import timm_lipschitz.train.build as build
+    from timm_lipschitz.train.build import requested_processes
+    assert requested_processes(['/x/bin/python', '/x/bin/accelerate', 'launch', '--num_processes', '2', '-m', 'a']) == 2
+    assert requested_processes(['accelerate', 'launch', '--num_processes=4', 'train.py']) == 4
+    assert requested_processes(['/x/bin/accelerate', 'launch', '-m', 'timm_lipschitz.train']) is None
+    assert requested_processes(['torchrun', '--nproc_per_node', '2']) is None
+    one = SimpleNamespace(num_processes=1)
+    build_cmdline = ['/x/bin/python', '/x/bin/accelerate', 'launch', '--num_processes', '2', '-m', 'x']
+    orig = build.Path
+
+    class FakeProc:
+        def __init__(self, path):
+            self.path = str(path)
+
+        def read_bytes(self):
+            return '\0'.join(build_cmdline).encode()
+    try:
+        build.Path = lambda p: FakeProc(p) if str(p).startswith('/proc/') else orig(p)
+        message = build.warn_single_process_launch(one)
+    finally:
+        build.Path = orig
+    assert message and 'starts one' in message and 'torchrun --nproc_per_node 2' in message

@@ -23,7 +23,7 @@ from ..seeding import stream_seed
 from .build import (PreparedRun, apply_model_options, build_data, build_model, build_objective, build_optimizer,
                     build_scheduler, build_train_loader, check_runtime, compile_step, data_mean_std,
                     default_input_size, eval_subset, has_accelerator, make_accelerator, prepare_run,
-                    resolve_normalization)
+                    resolve_normalization, warn_single_process_launch)
 from .loop import (EXIT_PREEMPTED, DivergenceGuard, Preempted, StepLog, StopSignals, TrainingDiverged, TrainingLoop,
                    TrainState, optimizer_stepper, step_target, window_add as _window_add,
                    window_means as _window_means)
@@ -54,6 +54,7 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
     recipe = dict(resolved)  # a plain dict of this run (it records the run's normalization); the caller's stays
     check_runtime(recipe)
     accelerator = make_accelerator(recipe, Path(recipe['output_dir']))
+    warn_single_process_launch(accelerator)
     print(f'[rank {accelerator.process_index}] num_processes={accelerator.num_processes} distributed_type='
           f'{accelerator.distributed_type.value} device={accelerator.device} '
           f'mixed_precision={accelerator.mixed_precision}', flush=True)

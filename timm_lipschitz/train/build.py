@@ -29,7 +29,7 @@ from .outputs import METRICS_NAME, JsonlTracker, tracker_config
 __all__ = ['PreparedRun', 'prepare_run', 'check_runtime', 'has_accelerator', 'default_input_size', 'build_data',
            'data_mean_std', 'resolve_normalization', 'build_model', 'apply_model_options', 'compile_step',
            'build_objective', 'build_optimizer', 'build_scheduler', 'build_train_loader', 'eval_subset',
-           'make_accelerator']
+           'make_accelerator', 'requested_processes', 'warn_single_process_launch']
 
 
 # ---- checks before any work ----------------------------------------------------------------------------------------
@@ -239,6 +239,39 @@ def eval_subset(test_ds, max_images: Optional[int], seed: int = 0):
     evaluation order (:mod:`timm_lipschitz.robustness.subsets`), as ``timm-lipschitz eval --max-images`` takes."""
     from ..robustness.subsets import evaluation_subset
     return evaluation_subset(test_ds, max_images, seed)
+
+
+def requested_processes(cmdline: Sequence[str]) -> Optional[int]:
+    """The process count an ``accelerate launch`` command line asks for (``--num_processes N``), else None."""
+    args = list(cmdline)
+    if not any(Path(a).name == 'accelerate' for a in args[:3]) or 'launch' not in args:
+        return None
+    for i, a in enumerate(args):
+        if a.startswith('--num_processes=') or a.startswith('--num-processes='):
+            return int(a.split('=', 1)[1])
+        if a in ('--num_processes', '--num-processes') and i + 1 < len(args):
+            return int(args[i + 1])
+    return None
+
+
+def warn_single_process_launch(accelerator) -> Optional[str]:
+    """``accelerate launch --num_processes 2`` without GPUs starts one process (Accelerate has no multi-CPU launch
+    of its own there): say so, and point to torchrun, which starts a real 2-process gloo run."""
+    import os
+    if accelerator.num_processes != 1 or has_accelerator():
+        return None
+    try:
+        cmdline = Path(f'/proc/{os.getppid()}/cmdline').read_bytes().decode(errors='replace').split('\0')
+    except OSError:
+        return None
+    asked = requested_processes(cmdline)
+    if not asked or asked < 2:
+        return None
+    message = (f'warning: accelerate launch asked for {asked} processes, but without GPUs it starts one: this run '
+               f'trains in 1 process. For a real {asked}-process CPU run use torchrun --nproc_per_node {asked} -m '
+               f'timm_lipschitz.train ...')
+    print(message, flush=True)
+    return message
 
 
 def make_accelerator(recipe: Dict[str, Any], out: Path):
