@@ -158,3 +158,26 @@ def test_accelerate_launch_with_several_processes_on_a_cpu_is_pointed_to_torchru
     finally:
         build.Path = orig
     assert message and 'starts one' in message and 'torchrun --nproc_per_node 2' in message
+
+
+def test_the_cohen_preset_sets_their_settings_and_writes_their_per_image_file(tmp_path):
+    from timm_lipschitz.cli import build_parser, main
+    from timm_lipschitz.evaluate import certify_request
+    args = build_parser().parse_args(['eval', '--certify', '--certify-preset', 'cohen'])
+    assert {k: certify_request(args)[k] for k in ('n0', 'n', 'alpha')} == {'n0': 100, 'n': 100_000, 'alpha': 0.001}
+    args = build_parser().parse_args(['eval', '--certify'])
+    assert {k: certify_request(args)[k] for k in ('n0', 'n', 'alpha')} == {'n0': 100, 'n': 1000, 'alpha': 0.001}
+    tag = 'mnist_convnet.cross_entropy_mnist5k'
+    assert main(['eval', '-m', tag, '--pretrained', '--certify', '--certify-preset', 'cohen', '--n', '200',
+                 '--certify-images', '6', '--sigmas', '0', '--max-images', '20', '--out', str(tmp_path),
+                 '--no-progress', '--device', 'cpu']) == 0
+    smooth = json.loads((tmp_path / 'eval.json').read_text())['models'][tag]['smoothing']
+    assert smooth['preset'] == 'cohen' and smooth['n'] == 200 and smooth['departs_from_preset'] == {'n': 200}
+    lines = (tmp_path / f'certify_{tag}.tsv').read_text().splitlines()
+    assert lines[0] == 'idx\tlabel\tpredict\tradius\tcorrect\ttime' and len(lines) == 7
+    for line, row in zip(lines[1:], smooth['rows']):
+        idx, label, predict, radius, correct, spent = line.split('\t')
+        assert (int(idx), int(label), int(predict), int(correct)) == \
+            (row['index'], row['label'], row['predicted'], int(row['correct']))
+        assert float(radius) == pytest.approx(row['radius'], abs=5e-3) and spent.startswith('0:00:')
+    assert 'the cohen protocol except n 200' in (tmp_path / 'eval.md').read_text()

@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UsageError, UserError
-from .robustness.protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, PAPER_GRID, PRESETS, SEVERITIES, SMOOTHING
+from .robustness.protocol import (ATTACK_IMAGES, ATTACK_STEPS, CERTIFY_PRESETS, EVAL_SPLIT, PAPER_GRID, PRESETS,
+                                  SEVERITIES, SMOOTHING)
 from .sweep.slurm import MAX_REQUEUES
 
 __all__ = ['main', 'build_parser', 'add_train_arguments', 'add_eval_arguments', 'add_sweep_arguments']
@@ -63,11 +64,13 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--certify', action='store_true', help='randomized smoothing certificates (Cohen et al.)')
     p.add_argument('--certify-sigma', type=float, default=SMOOTHING['sigma'],
                    help='noise level of the smoothed classifier')
-    p.add_argument('--n0', type=int, default=SMOOTHING['n0'], help='Monte Carlo samples to pick the class (certify)')
-    p.add_argument('--n', type=int, default=SMOOTHING['n'],
-                   help='Monte Carlo samples to bound its probability (certify)')
-    p.add_argument('--alpha', type=float, default=SMOOTHING['alpha'], help='failure probability of a certificate, '
-                   'in (0, 1)')
+    p.add_argument('--certify-preset', choices=tuple(CERTIFY_PRESETS),
+                   help='settings from the literature: cohen = n0 100, n 100,000, alpha 0.001 (Cohen et al. 2019); '
+                        'also writes their per-image TSV (certify_<model>.tsv); --n0/--n/--alpha given too override it')
+    p.add_argument('--n0', type=int, help=f"Monte Carlo samples to pick the class (certify; {SMOOTHING['n0']})")
+    p.add_argument('--n', type=int, help=f"Monte Carlo samples to bound its probability (certify; {SMOOTHING['n']})")
+    p.add_argument('--alpha', type=float, help=f"failure probability of a certificate, in (0, 1) "
+                                               f"({SMOOTHING['alpha']})")
     p.add_argument('--certify-images', type=int, default=SMOOTHING['num_images'],
                    help='images certified (a prefix of the split\'s stratified evaluation order)')
     p.add_argument('--demo', action='store_true', help="the paper's Table 1: one image at sigma 0..0.6")

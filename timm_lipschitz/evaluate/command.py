@@ -89,11 +89,18 @@ def corruption_request(args: argparse.Namespace) -> Sequence[int]:
 def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
     """The randomized-smoothing settings (``--certify`` and the attacks' certified column), checked by the
     certificate module's one check and named by their flags."""
-    settings = dict(sigma=args.certify_sigma, n0=args.n0, n=args.n, alpha=args.alpha, num_images=args.certify_images)
+    from ..robustness.protocol import CERTIFY_PRESETS, SMOOTHING
+    preset = CERTIFY_PRESETS.get(getattr(args, 'certify_preset', None) or '', {})
+    chosen = {k: getattr(args, k) for k in ('n0', 'n', 'alpha') if getattr(args, k) is not None}
+    settings = {**SMOOTHING, **preset, **chosen, 'sigma': args.certify_sigma, 'num_images': args.certify_images}
+    if preset:
+        settings['preset'] = args.certify_preset
+        settings['departs_from_preset'] = {k: v for k, v in chosen.items() if v != preset.get(k)}
     if args.certify or args.attack is not None:
         from ..robustness.certify import check_settings
-        check_settings(**settings, names={'sigma': '--certify-sigma', 'n0': '--n0', 'n': '--n', 'alpha': '--alpha',
-                                          'num_images': '--certify-images'})
+        check_settings(**{k: settings[k] for k in ('sigma', 'n0', 'n', 'alpha', 'num_images')},
+                       names={'sigma': '--certify-sigma', 'n0': '--n0', 'n': '--n', 'alpha': '--alpha',
+                              'num_images': '--certify-images'})
     return settings
 
 

@@ -107,6 +107,7 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
                                'table': lipschitz_markdown(res['lipschitz'])}
     if certify:
         smooth = res['smoothing'] = _smoothing(model, data, certify_args, mean, std, seed, progress=progress)
+        smooth.update({k: certify_args[k] for k in ('preset', 'departs_from_preset') if k in certify_args})
         res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
         bound = res['lipschitz']['upper_bound']['bound']
         if bound:
@@ -248,6 +249,10 @@ def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any], c
     atomic_write_text(out / 'eval.md', '\n'.join(md))
     plot_sweeps(sweeps, out / 'eval.png')
     certified = {k: v['certified_curve'] for k, v in results.items() if 'certified_curve' in v}
+    for label, entry in results.items():  # Cohen et al.'s per-image file, for their analysis scripts
+        if 'smoothing' in entry and 'rows' in entry['smoothing']:
+            from ..robustness.certify import cohen_tsv
+            atomic_write_text(out / f'certify_{safe_name(label, FILE_CHARS, "_")}.tsv', cohen_tsv(entry['smoothing']))
     if certified:
         plot_certified(certified, out / 'certified.png')
 

@@ -9,6 +9,7 @@ alpha, and certifies l2 radius sigma * Phi^-1(p_A) when p_A > 1/2 (abstains othe
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -22,7 +23,7 @@ from ..seeding import stream_seed
 from .protocol import CERT_RADII, SMOOTHING
 from .subsets import evaluation_subset, positions_in, subset_record
 
-__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'check_settings', 'max_certified_radius', 'theorem1_radius',
+__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'check_settings', 'cohen_tsv', 'max_certified_radius', 'theorem1_radius',
            'ABSTAIN', 'CERT_RADII']
 
 ABSTAIN = -1
@@ -116,8 +117,10 @@ def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: fl
     for i in tqdm(positions_in(data, subset), desc=f'certify (sigma {sigma}, n {n})', leave=False,
                   disable=not progress):
         x, y = data[i]
+        start = time.perf_counter()
         c, r = smooth.certify(x, n0, n, alpha, batch_size)
-        rows.append({'index': i, 'label': int(y), 'predicted': c, 'radius': r, 'correct': c == int(y)})
+        rows.append({'index': i, 'label': int(y), 'predicted': c, 'radius': r, 'correct': c == int(y),
+                     'time': time.perf_counter() - start})
     reach = max_certified_radius(sigma, n, alpha)
     # beyond smoothing's reach no image can be certified with these settings: null there, not a measured 0
     cert = [100.0 * sum(1 for r in rows if r['correct'] and r['radius'] >= t) / len(rows) if t <= reach else None
@@ -126,6 +129,16 @@ def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: fl
     return {'sigma': sigma, 'n0': n0, 'n': n, 'alpha': alpha, 'num_images': len(rows), 'radii': list(radii),
             'certified_accuracy': cert, 'average_certified_radius': acr, 'rows': rows,
             'max_radius': reach, 'subset': subset_record(subset, len(data))}
+
+
+def cohen_tsv(result: Dict[str, Any]) -> str:
+    """The per-image certificates in Cohen et al.'s ``certify.py`` format (``idx label predict radius correct
+    time``; predict -1 for an abstention, time as h:mm:ss.ffffff), so their analysis scripts read it as is."""
+    import datetime
+    lines = ['idx\tlabel\tpredict\tradius\tcorrect\ttime']
+    lines += [f"{r['index']}\t{r['label']}\t{r['predicted']}\t{r['radius']:.3}\t{int(r['correct'])}\t"
+              f"{datetime.timedelta(seconds=r.get('time', 0.0))}" for r in result['rows']]
+    return '\n'.join(lines) + '\n'
 
 
 def theorem1_radius(lipschitz_target: float, output: str = 'probs') -> Optional[float]:

@@ -26,7 +26,7 @@ from ..errors import UsageError
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
            'PAPER_GRID', 'MNIST_GRID', 'SEVERITIES', 'CERT_RADII', 'EVAL_SPLIT', 'FULL_CORRUPTIONS', 'ATTACK_IMAGES',
-           'ATTACK_STEPS', 'SMOOTHING', 'NoiseProtocol', 'parse_sigmas',
+           'ATTACK_STEPS', 'SMOOTHING', 'CERTIFY_PRESETS', 'NoiseProtocol', 'parse_sigmas',
            'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key', 'summary_label', 'SUMMARY_KEYS',
            'summarize', 'mean_std', 'format_cell', 'to_uint8_levels', 'wilson_interval']
 
@@ -44,6 +44,8 @@ FULL_CORRUPTIONS = 'benchmark'                                        # the 15 b
 ATTACK_IMAGES = 200                                                   # images attacked (a prefix of the order)
 ATTACK_STEPS = 20                                                     # PGD iterations
 SMOOTHING = {'sigma': 0.25, 'n0': 100, 'n': 1000, 'alpha': 0.001, 'num_images': 100}  # randomized smoothing
+# Certification presets from the literature: Cohen et al. 2019's CERTIFY (their tables: n0 100, n 100,000, alpha 0.001)
+CERTIFY_PRESETS = {'cohen': {'n0': 100, 'n': 100_000, 'alpha': 0.001}}
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,15 @@ def lipschitz_markdown(lipschitz: Dict[str, Any]) -> str:
         f"| upper bound ({upper['method'][:60]}...) | {'n/a' if hi is None else f'{hi:.4g}'} |"])
 
 
+def _preset(smooth: Dict[str, Any]) -> str:
+    """'; the cohen protocol' (and how it departs, when a setting was given beside the preset)."""
+    if not smooth.get('preset'):
+        return ''
+    departs = smooth.get('departs_from_preset') or {}
+    return f"; the {smooth['preset']} protocol" + (
+        ' except ' + ', '.join(f'{k} {v:g}' for k, v in departs.items()) if departs else '')
+
+
 def certificate_markdown(smooth: Dict[str, Any], margin: Optional[Dict[str, Any]] = None,
                          theorem1: Optional[Dict[str, Any]] = None) -> str:
     """The certificates section of ``eval.md``: randomized smoothing and the Lipschitz margin certificate at the
@@ -269,7 +278,7 @@ def certificate_markdown(smooth: Dict[str, Any], margin: Optional[Dict[str, Any]
     lines = ['| certificate | ' + ' | '.join(f'r = {r:g}' for r in radii) + ' | mean radius |',
              '|---|' + '---|' * (len(radii) + 1),
              f"| randomized smoothing σ {smooth['sigma']:g} (n0 {smooth['n0']}, n {smooth['n']}, α "
-             f"{smooth['alpha']:g}, {smooth['num_images']} images) | " +
+             f"{smooth['alpha']:g}, {smooth['num_images']} images{_preset(smooth)}) | " +
              ' | '.join(f'{v:.1f}' if r <= smooth['max_radius'] else '–'
                         for r, v in zip(radii, smooth['certified_accuracy'])) +
              f" | {smooth['average_certified_radius']:.3f} |"]
