@@ -121,3 +121,18 @@ def test_adversarial_cost_table_quotes_its_json():
         ms, ratio = row(text, first)[:2]
         assert float(ms.replace(',', '')) == round(adv['step_seconds'][key] * 1e3), first
         assert first_number(ratio) == round(adv['ratio_to_ce'][key], 2), first
+
+
+def test_cohen_protocol_table_quotes_its_eval_json():
+    text = section("Randomized smoothing under Cohen et al.'s protocol (Fashion-MNIST, CPU)")
+    models = json.loads((FILES / 'cohen_fmnist' / 'eval.json').read_text())['models']
+    for first, tag in [('hinge σ 0.5, L_n 0.01, β 1 (`cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist`)',
+                        'cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist'),
+                       ('Gaussian augmentation σ 0.5 (`cifar_resnet20.gaussian_augmentation_s050_fmnist`)',
+                        'cifar_resnet20.gaussian_augmentation_s050_fmnist')]:
+        smooth = models[tag]['smoothing']
+        accuracy, acr, seconds = row(text, first)[:3]
+        assert accuracy.split(' / ') == ['–' if a is None else f'{a:.0f}' for a in smooth['certified_accuracy']]
+        assert float(acr) == round(smooth['average_certified_radius'], 3)
+        assert float(seconds) == round(sum(r['time'] for r in smooth['rows']) / len(smooth['rows']), 2)
+        assert smooth['preset'] == 'cohen' and smooth['n'] == 10000 and smooth['num_images'] == 100
