@@ -104,8 +104,10 @@ def test_a_stop_signal_saves_the_step_and_resume_loses_nothing(tmp_path, nproc, 
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
+    """The first run must still hold its claim when the second starts: 12 epochs of this tiny model can end in
+    the seconds a second interpreter takes to start (the flaky case), so it trains far longer and is killed."""
     out = tmp_path / 'run'
-    path = _write(tmp_path, recipe(out), 'run')
+    path = _write(tmp_path, recipe(out, epochs=100_000), 'run')
     first = subprocess.Popen(_train_cmd(path), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(out / 'run.lock', first)
