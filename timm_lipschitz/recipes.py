@@ -18,7 +18,7 @@ from .robustness.protocol import PAPER_GRID
 
 __all__ = ['DEFAULTS', 'SCHEMA', 'load_recipe', 'resolve_recipe', 'apply_overrides', 'validate_recipe',
            'RecipeError', 'deep_merge', 'set_dotted', 'get_dotted', 'RECIPES_DIR', 'TRACKERS', 'RESUME_SAFE',
-           'recipe_differences', 'flatten', 'import_plugins', 'ResolvedRecipe']
+           'recipe_differences', 'flatten', 'import_plugins', 'ResolvedRecipe', 'under', 'differing_keys']
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / 'recipes'
 
@@ -383,14 +383,23 @@ def flatten(d: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
     return out
 
 
-def recipe_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[str], List[str]]:
-    """(refused, allowed): the dotted keys where two resolved recipes differ, split by :data:`RESUME_SAFE`.
+def under(key: str, prefixes: Sequence[str]) -> bool:
+    """Whether the dotted ``key`` is one of ``prefixes`` or lies below one (``eval.sigmas`` is under ``eval``)."""
+    return any(key == p or key.startswith(p + '.') for p in prefixes)
 
-    A key missing on one side counts as its default (a recipe saved by an older version lacks newer keys)."""
-    a = flatten(deep_merge(DEFAULTS, saved))
-    b = flatten(deep_merge(DEFAULTS, new))
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    safe = [k for k in diff if any(k == s or k.startswith(s + '.') for s in RESUME_SAFE)]
+
+def differing_keys(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+    """The dotted keys where two resolved recipes differ, sorted. A key missing on one side counts as its default
+    (a recipe saved by an older version lacks newer keys)."""
+    fa, fb = flatten(deep_merge(DEFAULTS, a)), flatten(deep_merge(DEFAULTS, b))
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+
+
+def recipe_differences(saved: Dict[str, Any], new: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+    """(refused, allowed): the keys where two resolved recipes differ (:func:`differing_keys`), split by
+    :data:`RESUME_SAFE`."""
+    diff = differing_keys(saved, new)
+    safe = [k for k in diff if under(k, RESUME_SAFE)]
     return [k for k in diff if k not in safe], safe
 
 

@@ -32,14 +32,16 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import UserError
-from .fileio import read_json
+from .fileio import atomic_write_json, read_json
+from .recipes import under
 
 __all__ = ['latest_state', 'save_state', 'space_message', 'RunFolderError', 'StateSaveError', 'RunClaim', 'run_status',
            'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'STOPPED_NAME', 'FINAL_NAME', 'DIVERGED_NAME',
            'METRICS_NAME',
            'folder_size', 'finished_summary', 'require_finished', 'open_run_folder', 'apply_run_rules',
            'check_not_foreign', 'discard_fresh_run', 'segments', 'archive_segment', 'SEGMENTS_NAME',
-           'check_not_shorter', 'WEIGHT_NEUTRAL', 'DATA_NAME', 'check_same_data']
+           'check_not_shorter', 'WEIGHT_NEUTRAL', 'DATA_NAME', 'check_same_data', 'state_name', 'state_step',
+           'with_recorded_normalization']
 
 LOCK_NAME = 'run.lock'
 FINAL_NAME = 'final.json'      # the run's summary, written last: the finished marker
@@ -67,6 +69,16 @@ def latest_state(output_dir: Union[str, Path]) -> Optional[Path]:
     return states[-1] if states else None
 
 
+def state_name(step: int) -> str:
+    """The folder name of the state saved at ``step`` (``step_00000120``): sorted by name, sorted by step."""
+    return f'step_{int(step):08d}'
+
+
+def state_step(state: Path) -> int:
+    """The step a state folder was saved at (the inverse of :func:`state_name`)."""
+    return int(Path(state).name.split('_')[1])
+
+
 def folder_size(path: Path) -> int:
     """Bytes of the files under ``path`` (0 if it does not exist)."""
     return sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) if path.exists() else 0
@@ -91,8 +103,8 @@ def save_state(accelerator, output_dir: Path, step: int, keep: int) -> Path:
     temporary folder is removed.
     """
     root = output_dir / 'state'
-    final = root / f'step_{step:08d}'
-    tmp = root / f'.tmp_step_{step:08d}'
+    final = root / state_name(step)
+    tmp = root / f'.tmp_{state_name(step)}'
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -137,7 +149,7 @@ def run_status(out: Path) -> Optional[str]:
     if (out / FINAL_NAME).is_file():
         return 'a finished run'
     state = latest_state(out)
-    return f'an unfinished run (last state: step {int(state.name.split("_")[1])})' if state else \
+    return f'an unfinished run (last state: step {state_step(state)})' if state else \
         'an unfinished run (no saved state)'
 
 
@@ -194,7 +206,7 @@ def check_resume(out: Path, recipe: Dict[str, Any]) -> List[str]:
     if not saved_file.is_file():
         return []
     saved = yaml.safe_load(saved_file.read_text()) or {}
-    recipe = _with_recorded_normalization(recipe, saved)
+    recipe = with_recorded_normalization(recipe, saved)
     refused, allowed = recipe_differences(saved, recipe)
     if refused:
         from .recipes import flatten
@@ -222,12 +234,11 @@ def segments(out: Path) -> List[Dict[str, Any]]:
 def archive_segment(out: Path) -> None:
     """Before a resume changes what shapes the weights (more steps change the schedule), keep the recipe the run
     trained with so far and the step it is resumed from: the reproduce record replays each segment."""
-    from .fileio import atomic_write_json
     state = latest_state(out)
     if state is None:  # nothing trained is kept: the run starts again with the new recipe
         return
     done = segments(out)
-    until = int(state.name.split('_')[1])
+    until = state_step(state)
     if done and done[-1]['until_step'] == until:  # a resume retried from the same state: the same segment
         return
     name = f'recipe.segment-{len(done)}.yaml'
@@ -238,7 +249,6 @@ def archive_segment(out: Path) -> None:
 def check_same_data(out: Path, fingerprint: str, root: Any, write: bool) -> None:
     """The training split a run continues on is the one it started with: its fingerprint is recorded at the start
     (``write``: the main process) and compared on every resume, whatever ``data.root`` says now."""
-    from .fileio import atomic_write_json
     path = Path(out) / DATA_NAME
     if path.is_file():
         recorded = read_json(path).get('train')
@@ -256,7 +266,7 @@ def check_not_shorter(out: Path, recipe: Dict[str, Any]) -> None:
     the longer run while ``recipe.yaml`` named the shorter one."""
     done = finished_summary(out)
     state = latest_state(out)
-    steps_done = done['steps'] if done else int(state.name.split('_')[1]) if state else 0
+    steps_done = done['steps'] if done else state_step(state) if state else 0
     if recipe.get('steps') is not None and recipe['steps'] < steps_done:
         raise RunFolderError(f'--resume of {out} with steps={recipe["steps"]}: the run has trained {steps_done} steps '
                              f'already, and its weights cannot be made shorter. Resume with steps >= {steps_done}, or '
@@ -267,7 +277,7 @@ def check_not_shorter(out: Path, recipe: Dict[str, Any]) -> None:
                              f'shorter run into a new folder.')
 
 
-def _with_recorded_normalization(recipe: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
+def with_recorded_normalization(recipe: Dict[str, Any], saved: Dict[str, Any]) -> Dict[str, Any]:
     """A recipe that names no mean/std means "the run's own": the numbers its start recorded in recipe.yaml."""
     model, saved_model = recipe.get('model') or {}, saved.get('model') or {}
     if model.get('mean') is None and saved_model.get('mean') is not None:
@@ -405,7 +415,7 @@ def apply_run_rules(out: Path, recipe: Dict[str, Any], resume: bool, claim: RunC
     if resume and not fresh:
         allowed = check_resume(out, recipe)
         check_not_shorter(out, recipe)
-        if any(not any(k == n or k.startswith(n + '.') for n in WEIGHT_NEUTRAL) for k in allowed):
+        if any(not under(k, WEIGHT_NEUTRAL) for k in allowed):
             archive_segment(out)
         import yaml
         saved = yaml.safe_load((out / 'recipe.yaml').read_text()) if (out / 'recipe.yaml').is_file() else {}

@@ -33,9 +33,9 @@ import yaml
 
 from ..errors import UsageError, UserError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
-from ..recipes import (DEFAULTS, SCHEMA, RecipeError, deep_merge, flatten, get_dotted, load_recipe, read_yaml_file,
-                       resolve_recipe)
-from ..runs import finished_summary
+from ..recipes import (DEFAULTS, SCHEMA, RecipeError, deep_merge, differing_keys, get_dotted, load_recipe,
+                       read_yaml_file, resolve_recipe, under)
+from ..runs import finished_summary, with_recorded_normalization
 from .points import RECIPE_SHORT, point_name
 
 __all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'GridError', 'RECIPE_SHORT',
@@ -149,13 +149,10 @@ NOT_RESULTS = ('name', 'description', 'output_dir', 'log_with', 'log_every_steps
 def stale_keys(grid: Dict[str, Any], point: Dict[str, Any]) -> List[str]:
     """The recipe keys in which a finished point's run differs from what the grid asks of it now (empty: current).
     A grid edited after its points ran (steps 2 -> 8) leaves stale points that must not be tabulated as current."""
-    from ..runs import _with_recorded_normalization
     folder = Path(grid['output_dir']) / point_name(point)
     saved = yaml.safe_load((folder / 'recipe.yaml').read_text()) or {}
-    wanted = _with_recorded_normalization(resolve_recipe(grid['base'], _overrides(grid, point, str(folder))), saved)
-    a, b = flatten(deep_merge(DEFAULTS, saved)), flatten(deep_merge(DEFAULTS, wanted))
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)
-                  and not any(k == n or k.startswith(n + '.') for n in NOT_RESULTS))
+    wanted = with_recorded_normalization(resolve_recipe(grid['base'], _overrides(grid, point, str(folder))), saved)
+    return [k for k in differing_keys(saved, wanted) if not under(k, NOT_RESULTS)]
 
 
 def point_states(grid: Dict[str, Any], points: List[Dict[str, Any]]) -> Dict[str, Tuple[str, List[str]]]:

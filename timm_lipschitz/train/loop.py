@@ -18,7 +18,7 @@ import torch
 
 from ..errors import EXIT_PREEMPTED, UserError
 from ..fileio import atomic_write_json
-from ..runs import DIVERGED_NAME, STOPPED_NAME, latest_state, save_state
+from ..runs import DIVERGED_NAME, STOPPED_NAME, latest_state, save_state, state_step
 
 __all__ = ['TrainState', 'DivergenceGuard', 'TrainingDiverged', 'TrainingLoop', 'StepLog', 'StopSignals', 'Preempted',
            'StoppedAsAsked',
@@ -257,7 +257,7 @@ class StepLog:
         self.bar = tqdm(total=total, initial=initial, desc=desc,
                         disable=not (self.progress and self.accelerator.is_main_process), dynamic_ncols=True)
 
-    def add(self, output, images: torch.Tensor, targets: torch.Tensor, n_images: int) -> None:
+    def add(self, output, targets: torch.Tensor, n_images: int) -> None:
         """One micro-batch's loss, accuracy and parts: references to device tensors (a few small kernels a step,
         no host sync), reduced at the next log line."""
         self._images += n_images
@@ -381,7 +381,7 @@ class TrainingLoop:
         self.state.batch_in_epoch += 1
         n_img = images.shape[0] * self.world
         self.state.images_seen += n_img
-        self.log.add(output, images, targets, n_img)
+        self.log.add(output, targets, n_img)
         if not self.accelerator.sync_gradients:
             return False
         self.state.global_step += 1
@@ -443,7 +443,7 @@ class TrainingLoop:
 
     def _final_state(self) -> Path:
         latest = latest_state(self.out)
-        if latest is not None and latest.name == f'step_{self.state.global_step:08d}':
+        if latest is not None and state_step(latest) == self.state.global_step:
             return latest
         return self.save()
 
