@@ -82,7 +82,8 @@ def test_hub_list_shows_every_tag_with_its_scores_without_loading_torch():
     from pathlib import Path
 
     from timm_lipschitz.hub import load_robustness
-    from timm_lipschitz.zoo import shipped, tag_rows
+    from timm_lipschitz.listing import tag_rows
+    from timm_lipschitz.zoo import shipped
     rows = tag_rows()
     assert [r['name'] for r in rows] == sorted(shipped())
     for r in rows:

@@ -151,7 +151,7 @@ def _add_hub_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _run_hub(args: argparse.Namespace) -> None:
-    from .zoo import tag_rows, tag_table
+    from .listing import tag_rows, tag_table
     print(tag_table(tag_rows()))
 
 
