@@ -128,6 +128,7 @@ def _finish(run, extent: Dict[str, Any], command: Optional[str], progress: bool)
     from ..robustness.subsets import subset_record
     accelerator, recipe, out = run.accelerator, run.recipe, run.out
     final_model = run.ema.module if run.ema is not None else run.model
+    commands = [command] if command else reproduce_commands(out)
     run.loop.stop_if_signalled()
     clean_acc = run.history[-1]['clean_acc'] if run.history and run.ema is None else \
         evaluate_clean(final_model, run.test_loader, accelerator, run.objective.normalizer)
@@ -141,7 +142,7 @@ def _finish(run, extent: Dict[str, Any], command: Optional[str], progress: bool)
         'num_processes': accelerator.num_processes, 'distributed_type': accelerator.distributed_type.value,
         'objective': run.objective.loss_name, 'hparams': run.objective.hparams(), 'dataset': run.dataset,
         'train_images': run.train_images, 'test_images': len(run.eval_ds), 'test_subset': subset_record(run.eval_ds),
-        'command': command or reproduce_command(out), 'commands': [command] if command else reproduce_commands(out),
+        'command': ' && '.join(commands), 'commands': commands,
     }
     if accelerator.is_main_process:
         try:
