@@ -348,3 +348,18 @@ def test_the_keyed_augmentation_differs_across_images_and_epochs_and_repeats_for
     before = torch.get_rng_state()
     t(img, 0)
     assert torch.equal(torch.get_rng_state(), before)  # torch's global generator is left alone
+
+
+def test_the_trainers_dataloader_tells_the_keyed_augmentation_each_epoch():
+    """The epoch reaches the keyed transform through the sampler Accelerate sets, also once prepared."""
+    import accelerate
+    from timm_lipschitz.train.build import build_train_loader
+    from timm_lipschitz.data import create_dataset
+    ds, _ = create_dataset('digits', 'train', input_size=(1, 8, 8))
+    recipe = tiny('unused', data={'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': False,
+                                  'augmentation': 'crop', 'num_workers': 0})
+    recipe = resolve_recipe(recipe)
+    accelerator = accelerate.Accelerator(cpu=True)
+    loader = accelerator.prepare(build_train_loader(recipe, ds, 32, (1, 8, 8), accelerator))
+    loader.set_epoch(3)
+    assert ds.transform.epoch == 3

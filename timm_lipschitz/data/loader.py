@@ -8,7 +8,7 @@ run sees the same global batches as a 1-process run.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -29,13 +29,18 @@ def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool = True) -> to
 
 
 class SeededSampler(Sampler[int]):
-    """Sampler over :func:`epoch_permutation`; ``set_epoch`` is called by Accelerate and the trainer."""
+    """Sampler over :func:`epoch_permutation`; ``set_epoch`` is called by Accelerate and the trainer, and passed on to
+    ``on_epoch`` (a keyed per-item augmentation that needs the epoch too)."""
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True,
+                 on_epoch: Optional[Callable[[int], None]] = None):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.on_epoch = on_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
 
     def __len__(self) -> int:
         return self.n
@@ -45,9 +50,11 @@ class SeededSampler(Sampler[int]):
 
 
 def standard_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
-                    num_workers: int = 0, persistent_workers: bool = True) -> DataLoader:
-    """A DataLoader in the shared order; Accelerate's ``prepare`` shards it across processes."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=SeededSampler(len(dataset), seed, shuffle),
+                    num_workers: int = 0, persistent_workers: bool = True,
+                    on_epoch: Optional[Callable[[int], None]] = None) -> DataLoader:
+    """A DataLoader in the shared order; Accelerate's ``prepare`` shards it across processes. ``on_epoch`` hears
+    each epoch the sampler is set to."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=SeededSampler(len(dataset), seed, shuffle, on_epoch),
                       drop_last=drop_last, num_workers=num_workers,
                       persistent_workers=persistent_workers and num_workers > 0, pin_memory=torch.cuda.is_available())
 

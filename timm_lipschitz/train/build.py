@@ -229,9 +229,11 @@ def build_train_loader(recipe: Dict[str, Any], train_ds, micro_batch: int, input
     transform = train_transform(d['augmentation'], input_size, seed=seed)
     inner = train_ds.dataset if isinstance(train_ds, torch.utils.data.Subset) else train_ds  # a train_fraction subset
     inner.transform = transform
-    # the keyed transform's epoch reaches the workers when they start: started anew each epoch
+    # the sampler passes each epoch on to the keyed transform, which reaches the workers when they start: started
+    # anew each epoch
     return standard_loader(train_ds, micro_batch, shuffle=True, seed=seed, drop_last=True,
-                           num_workers=d['num_workers'], persistent_workers=transform is None)
+                           num_workers=d['num_workers'], persistent_workers=transform is None,
+                           on_epoch=getattr(transform, 'set_epoch', None))
 
 
 def eval_subset(test_ds, max_images: Optional[int], seed: int = 0):

@@ -354,11 +354,6 @@ class TrainingLoop:
         the last step of the run."""
         from ..data import DeviceLoader
         self.train_loader.set_epoch(self.state.epoch)  # Accelerate's prepared loader passes it to our sampler
-        dataset = getattr(getattr(self.train_loader, 'dataset', None), 'dataset', None) or \
-            getattr(self.train_loader, 'dataset', None)
-        transform = getattr(dataset, 'transform', None)
-        if hasattr(transform, 'set_epoch'):  # a keyed per-item augmentation (the DataLoader path)
-            transform.set_epoch(self.state.epoch)
         loader = self.train_loader
         if self.skip:
             if isinstance(self.train_loader, DeviceLoader):
