@@ -45,10 +45,8 @@ def check_overrides(model: nn.Module, input_size: Optional[Sequence[int]], mean,
                                  f'1 or {channels}.')
         overrides.update(mean=list(mean), std=list(std))
         own = (cfg.get('mean'), cfg.get('std'))
-        if own[0] is not None and (per_channel(tuple(mean), channels, 'mean') != per_channel(tuple(own[0]), channels,
-                                                                                             'mean') or
-                                   per_channel(tuple(std), channels, 'std') != per_channel(tuple(own[1]), channels,
-                                                                                           'std')):
+        as_channels = lambda pair: [per_channel(tuple(v), channels, w) for v, w in zip(pair, ('mean', 'std'))]  # noqa
+        if own[0] is not None and as_channels((mean, std)) != as_channels(own):
             warnings.warn(f'--mean {list(mean)} --std {list(std)} depart from the statistics the model was trained '
                           f'with (mean {list(own[0])}, std {list(own[1])}): expect a far lower accuracy.',
                           OverrideWarning, stacklevel=3)
