@@ -2,7 +2,8 @@
 
 Registered: ``cross_entropy``, ``binary_cross_entropy``, ``lipschitz_hinge`` (the seed paper; its
 ``perturbation='adversarial'`` points the hinge at the worst direction), ``gaussian_augmentation``, ``stability``,
-``consistency``, and the adversarial peers ``pgd_adversarial`` (Madry et al.) and ``trades`` (Zhang et al.). Register more with ``@register_loss(name)`` on an
+``consistency``, and the adversarial peers ``pgd_adversarial`` (Madry et al.) and ``trades`` (Zhang et al.).
+Register more with ``@register_loss(name)`` on an
 :class:`Objective` subclass (see the README's "Add your own objective"). Importing this package does not import
 torch: the command line reads the objectives' arguments to validate a recipe before torch is loaded.
 """

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 from .._lazy import lazy_module
 from ..modes import eval_mode
-from .base import (HyperparameterError, LossOutput, Objective, check_choice, check_non_negative, check_positive,
+from .base import (LossOutput, Objective, check_choice, check_count, check_non_negative, check_positive,
                    full_precision)
 from .ratio import lipschitz_ratio
 from .registry import register_loss
@@ -93,9 +93,7 @@ class _Adversarial(Objective):
         super().__init__(mean=mean, std=std, seed=seed)
         self.norm = check_choice('norm', norm, NORMS)
         self.epsilon = check_positive('epsilon', epsilon)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise HyperparameterError('steps', steps, 'it must be an integer >= 1')
-        self.steps = steps
+        self.steps = check_count('steps', steps)
         self.step_size = None if step_size is None else check_positive('step_size', step_size)
 
     def attack_step(self) -> float:

@@ -24,7 +24,7 @@ from .noise import NoiseStream
 torch = lazy_module('torch', __name__)
 
 __all__ = ['LossOutput', 'Objective', 'HyperparameterError', 'check_positive', 'check_non_negative',
-           'check_choice', 'full_precision', 'NOT_HYPERPARAMETERS']
+           'check_choice', 'check_count', 'full_precision', 'NOT_HYPERPARAMETERS']
 
 NOT_HYPERPARAMETERS = ('mean', 'std', 'seed')  # arguments every objective takes that are not part of its method
 
@@ -68,6 +68,13 @@ def check_non_negative(name: str, value: Any) -> float:
     if not _is_number(value) or not value >= 0:
         raise HyperparameterError(name, value, f'{name} must be a number >= 0')
     return float(value)
+
+
+def check_count(name: str, value: Any) -> int:
+    """A count (steps, copies): an integer >= 1, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HyperparameterError(name, value, 'it must be an integer >= 1')
+    return value
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .._lazy import lazy_module
-from .base import HyperparameterError, LossOutput, Objective, check_choice, check_non_negative, check_positive
+from .base import (HyperparameterError, LossOutput, Objective, check_choice, check_count, check_non_negative,
+                   check_positive)
 from .ratio import OUTPUTS, lipschitz_ratio, model_output
 from .registry import create_loss, list_losses, loss_class, register_loss
 from .standard import TaskLoss
@@ -97,9 +98,7 @@ class LipschitzHinge(Objective):
         self.task = build_task_loss(task_loss)
         self.perturbation = check_choice('perturbation', perturbation, PERTURBATIONS)
         self.radius = check_positive('radius', radius)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise HyperparameterError('steps', steps, 'it must be an integer >= 1')
-        self.steps = steps
+        self.steps = check_count('steps', steps)
 
     @classmethod
     def is_paper_variant(cls, hparams: Dict[str, Any]) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from .._lazy import lazy_module
-from .base import HyperparameterError, LossOutput, Objective, check_non_negative, check_positive, full_precision
+from .base import LossOutput, Objective, check_count, check_non_negative, check_positive, full_precision
 from .registry import register_loss
 
 torch = lazy_module('torch', __name__)
@@ -84,9 +84,7 @@ class Consistency(_NoisyObjective):
                  entropy_weight: float = 0.5, *, mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, seed: Optional[int] = None):
         super().__init__(sigma, mean=mean, std=std, seed=seed)
-        if isinstance(num_noise, bool) or not isinstance(num_noise, int) or num_noise < 1:
-            raise HyperparameterError('num_noise', num_noise, 'it must be an integer >= 1')
-        self.num_noise = num_noise
+        self.num_noise = check_count('num_noise', num_noise)
         self.consistency_weight = check_non_negative('consistency_weight', consistency_weight)
         self.entropy_weight = check_non_negative('entropy_weight', entropy_weight)
 
