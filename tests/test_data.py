@@ -368,3 +368,17 @@ def test_a_failed_download_says_so_and_how_to_place_the_files(tmp_path, monkeypa
     with pytest.raises(DataError, match=r'the download of cifar10 into .* failed \(OSError: <urlopen error.*'
                                         r'place the files as .*cifar-10-batches-py'):
         create_dataset('cifar10', 'train', root=tmp_path, download=True)
+
+
+def test_an_image_folder_knows_its_labels_without_decoding_an_image(tmp_path, monkeypatch):
+    """Label checks and stratified evaluation subsets read ``labels``; they never open every image file."""
+    from PIL import Image
+
+    from timm_lipschitz.robustness.subsets import evaluation_subset, labels_of
+    _image_folder(tmp_path, ['train', 'val'], classes=('a', 'b'), per_class=4)
+    ds, _ = create_dataset('imagefolder', 'train', root=tmp_path)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, 'open', lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    assert labels_of(ds).tolist() == [0] * 4 + [1] * 4
+    assert sorted(labels_of(evaluation_subset(ds, 4)).tolist()) == [0, 0, 1, 1] and opened == []

@@ -2,7 +2,7 @@
 policy per item, and able to materialize into memory for the fast device path."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import Dataset
@@ -20,14 +20,19 @@ def pil_to_uint8(img, channels: int) -> torch.Tensor:
 
 
 class LazyImageDataset(Dataset):
-    """``load(i) -> (uint8 CHW tensor, label)`` wrapped with the shape policy and an optional transform."""
+    """``load(i) -> (uint8 CHW tensor, label)`` wrapped with the shape policy and an optional transform. ``labels``
+    (every item's, known without decoding an image) lets label checks and stratified evaluation subsets read them
+    without loading the images."""
 
     def __init__(self, load: Callable[[int], Tuple[torch.Tensor, int]], length: int, info: DatasetInfo,
-                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 labels: Optional[Sequence[int]] = None):
         self._load = load
         self._length = length
         self.info = info
         self.transform = transform
+        if labels is not None:
+            self.labels = torch.as_tensor(list(labels), dtype=torch.long)
 
     def __len__(self) -> int:
         return self._length

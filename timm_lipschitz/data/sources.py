@@ -304,7 +304,7 @@ def _imagefolder(split: str, root: Path, channels: int) -> Tuple[Callable, int, 
                 return pil_to_uint8(img, channels), label
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f'cannot read image file {path}: {e}') from e
-    return load, len(samples), classes, source
+    return load, len(samples), classes, source, [label for _, label in samples]
 
 
 def _column(features: Dict[str, Any], options: Sequence[str], what: str, dataset_id: str) -> str:
@@ -341,7 +341,7 @@ def _hf(dataset_id: str, split: str, root: Optional[Path], download: bool, chann
     def load(i: int):
         row = ds[i]
         return pil_to_uint8(row[img_col], channels), int(row[lbl_col])
-    return load, len(ds), names, f'Hugging Face datasets {dataset_id}'
+    return load, len(ds), names, f'Hugging Face datasets {dataset_id}', [int(v) for v in ds[lbl_col]]
 
 
 def _check_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
@@ -378,16 +378,16 @@ def create_dataset(name: str, split: str = 'train', root: Optional[Union[str, Pa
         if name == 'imagefolder':
             if root_path is None:
                 raise UsageError('imagefolder needs root=<folder with one sub-folder per class>.')
-            load, n, names, source = _imagefolder(split, root_path, channels)
+            load, n, names, source, labels = _imagefolder(split, root_path, channels)
         else:
-            load, n, names, source = _hf(name[3:], split, root_path, download, channels, **kwargs)
+            load, n, names, source, labels = _hf(name[3:], split, root_path, download, channels, **kwargs)
         if n == 0:
             raise DataError(f'{name} ({source}) has no images in split {split!r}.')
         first = load(0)[0]
         native = tuple(first.shape)
         size = tuple(int(s) for s in input_size) if input_size else native
         info = DatasetInfo(name, split, len(names), native, size, names, n, source)
-        return LoadedDataset(LazyImageDataset(load, n, info), info)
+        return LoadedDataset(LazyImageDataset(load, n, info, labels=labels), info)
     if name not in _SOURCES:
         raise UsageError(f'unknown dataset {name!r}; known datasets: {", ".join(list_datasets())}.')
     images, labels, names, source = _SOURCES[name](split, root_path or default_root() / name, download, **kwargs)
