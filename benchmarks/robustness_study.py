@@ -3,7 +3,7 @@ per-image 95% Wilson interval of every score (each model is one training seed).
 
     python benchmarks/robustness_study.py NAME MODEL [MODEL ...] [--data fashion_mnist] [--images 1000]
         [--attack-images 500] [--black-box-images 100] [--autoattack-images 0] [--autoattack-eps linf=0.1 l2=1]
-        [--skip-corruptions] [--skip-attacks]
+        [--skip-corruptions] [--skip-attacks] [--eps l2=0.5,1 linf=0.1] [--sigmas 0,0.3,0.5] [--lipschitz]
     python benchmarks/robustness_study.py NAME --render      # NAME.md again from NAME.json, nothing evaluated
 
 MODEL is a run folder or a registered tag (``cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist``), optionally
@@ -12,7 +12,10 @@ bars, attack curves) and benchmarks/results/NAME.{json,md} (the study tables), a
 ``--autoattack-images N`` adds AutoAttack (ART's ensemble: PGD, APGD-CE, APGD-DLR, DeepFool, Square; the worst case
 per image) and PGD on the same first N images at ``--autoattack-eps``: AutoAttack below PGD means the PGD screen
 overstated robustness there (too few steps, a weak loss, or masked gradients), which the PGD table alone would hide. Slow on a CPU: every image that survives runs every attack, Square's 5,000
-queries included (8 digits images, two ResNet-20s, three epsilons: 15 min on one thread).
+queries included (8 digits images, two ResNet-20s, three epsilons: 15 min on one thread). ``--eps`` narrows the PGD
+grid, ``--sigmas`` adds Gaussian-noise accuracy on the corruption images and ``--lipschitz`` the sampled and
+PGD-found k(x); with them NAME.md opens with one summary row per model (training time read from a run folder's
+final.json).
 """
 from __future__ import annotations
 
@@ -46,9 +49,59 @@ def _load(spec: str) -> Tuple[Any, Dict[str, Any]]:
     return model, info
 
 
+def _train_time(spec: str) -> Any:
+    """Training seconds of a run folder (its final.json), None for a tag."""
+    final = Path(spec.rpartition('=')[2]) / 'final.json'
+    return json.loads(final.read_text()).get('train_time_s') if final.is_file() else None
+
+
 def _ci(acc: float, n: int) -> str:
     lo, hi = wilson_interval(acc, n)
     return f'{acc:.1f} [{lo:.1f}, {hi:.1f}]'
+
+
+def _cell(value: Any, digits: int = 1) -> str:
+    return '–' if value is None else f'{value:.{digits}f}'
+
+
+def summary_table(results: Dict[str, Any]) -> List[str]:
+    """One row per model: every headline measurement the study holds (accuracy %, k(x) in logits per unit L2)."""
+    cols: List[Tuple[str, Any]] = []
+    first = next(iter(results.values()))
+    for sigma in first.get('sweep', {}).get('sigmas', [])[1:]:
+        cols.append((f'σ {sigma:g}', lambda r, s=sigma: r['sweep']['accuracy'][r['sweep']['sigmas'].index(s)]))
+    if 'corruptions' in first:
+        cols.append(('corruption mean', lambda r: r['corruptions']['mean']))
+    for norm in ('l2', 'linf'):
+        for e in first.get('attacks', {}).get(norm, {}):
+            cols.append((f'PGD {norm} {e}', lambda r, n=norm, e=e: r['attacks'][n][e]))
+    for norm in ('l2', 'linf'):
+        for e in first.get('autoattack', {}).get(norm, {}):
+            cols.append((f'AutoAttack {norm} {e}', lambda r, n=norm, e=e: r['autoattack'][n][e]))
+    for e, v in first.get('attacks', {}).get('smoothing', {}).get('l2', {}).items():
+        if v is not None:
+            cols.append((f'smoothing certified l2 {e}', lambda r, e=e: r['attacks']['smoothing']['l2'][e]))
+    lip = first.get('lipschitz', {})
+    for key in [k for k in lip if k.startswith('k_sigma_')]:
+        cols.append((f'sampled k(x) mean, σ {key[8:]}', (lambda r, k=key: r['lipschitz'][k]['mean'], 3)))
+    if 'pgd_lower_bound' in lip:
+        cols.append((f"PGD-found k(x) max, radius {lip['pgd_lower_bound'].get('radius', 0.5):g}",
+                     (lambda r: r['lipschitz']['pgd_lower_bound']['max'], 2)))
+    if any(r.get('train_time_s') is not None for r in results.values()):
+        cols.append(('training s', (lambda r: r.get('train_time_s'), 0)))
+    head = ['model', 'clean'] + [c[0] for c in cols]
+    lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
+    for label, r in results.items():
+        clean = r['sweep']['accuracy'][0] if 'sweep' in r else r.get('corruptions', {}).get('clean')
+        cells = [label, _cell(clean)]
+        for _, get in cols:
+            fn, digits = get if isinstance(get, tuple) else (get, 1)
+            try:
+                cells.append(_cell(fn(r), digits))
+            except (KeyError, ValueError, IndexError):
+                cells.append('n/a')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return lines
 
 
 def corruption_tables(results: Dict[str, Any]) -> List[str]:
@@ -166,6 +219,9 @@ def main() -> None:
                    help='images for AutoAttack vs PGD on the same images (0: skip; slow on a CPU)')
     p.add_argument('--autoattack-eps', nargs='+', default=['linf=0.1', 'l2=1'],
                    help='NORM=EPS[,EPS] per norm for the AutoAttack comparison')
+    p.add_argument('--eps', nargs='+', metavar='NORM=LIST', help='PGD epsilons per norm (default: the library grid)')
+    p.add_argument('--sigmas', default='0', help='Gaussian-noise levels on the corruption images, e.g. 0,0.3,0.5')
+    p.add_argument('--lipschitz', action='store_true', help='sampled and PGD-found k(x) (1,000 / 128 images)')
     p.add_argument('--skip-corruptions', action='store_true')
     p.add_argument('--skip-attacks', action='store_true')
     p.add_argument('--render', action='store_true', help='only re-render NAME.md from NAME.json')
@@ -180,15 +236,18 @@ def main() -> None:
     models = [_load(m) for m in args.models]
     out = OUT / args.name
     t0 = time.time()
+    eps = {k: v for text in args.eps or [] for k, v in parse_eps(text, '--eps').items()}
     common = dict(data=args.data, sigmas=[0.0], progress=False, device='auto', record=False,
                   certify_args={'sigma': 0.25, 'n0': 100, 'n': 1000, 'alpha': 0.001,
                                 'num_images': args.certify_images})
     results: Dict[str, Any] = {}
     if not (args.skip_corruptions and args.skip_attacks):
+        attacks = dict(max_images=args.attack_images, steps=args.attack_steps,
+                       **(dict(norms=list(eps), eps=eps) if eps else {}))
         results = evaluate(models, str(out), max_images=args.images,
-                           corruptions=None if args.skip_corruptions else 'all',
-                           attacks=None if args.skip_attacks else dict(max_images=args.attack_images,
-                                                                       steps=args.attack_steps), **common)
+                           corruptions=None if args.skip_corruptions else 'all', lipschitz=args.lipschitz,
+                           attacks=None if args.skip_attacks else attacks,
+                           **{**common, 'sigmas': [float(x) for x in args.sigmas.split(',')]})
     if args.black_box_images and not args.skip_attacks:
         boxed = evaluate(models, str(out / 'black_box'), max_images=args.black_box_images,
                          attacks=dict(max_images=args.black_box_images, steps=args.attack_steps, black_box=True,
@@ -199,6 +258,8 @@ def main() -> None:
             results[label]['attacks']['black_box'] = {'images': a['num_images'], 'square': a['square'],
                                                       'gradient': {n: a[n] for n in ('linf', 'l2') if n in a}}
             results[label]['attacks']['warnings'] += [w for w in a['warnings'] if 'Square' in w]
+    for spec, label in zip(args.models, results):
+        results[label]['train_time_s'] = _train_time(spec)
     if args.autoattack_images:
         add_autoattack(results, models, out / 'autoattack', args.autoattack_images, aa_eps, args.attack_steps,
                        common)
@@ -224,6 +285,9 @@ def reachable(results: Dict[str, Any]) -> Dict[str, Any]:
 def markdown(name: str, header: str, results: Dict[str, Any]) -> str:
     """NAME.md from the results: each section whose measurements are there."""
     md = [f'# {name}', '', header, '']
+    if all('sweep' in r for r in results.values()) and len(next(iter(results.values()))['sweep']['sigmas']) > 1:
+        md += ['## Summary', '', '(accuracy %; k(x) in logits per unit L2 of [0,1] pixels)', ''] + \
+            summary_table(results) + ['']
     if any('corruptions' in r for r in results.values()):
         md += ['## Common corruptions', ''] + corruption_tables(results) + ['']
     if any('attacks' in r for r in results.values()):
