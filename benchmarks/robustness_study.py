@@ -39,7 +39,7 @@ from timm_lipschitz.robustness.certify import max_certified_radius  # noqa: E402
 from timm_lipschitz.robustness.corruptions import CORRUPTIONS, FAMILIES, MISSING  # noqa: E402
 from timm_lipschitz.robustness.protocol import wilson_interval  # noqa: E402
 
-from _results import OUT, write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
+from _results import OUT, read_results, write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 
 
 def _load(spec: str) -> Tuple[Any, Dict[str, Any]]:
@@ -306,7 +306,7 @@ def save(name: str, header: str, results: Dict[str, Any]) -> None:
 
 def render(name: str) -> None:
     """Re-render NAME.md from NAME.json (no evaluation)."""
-    saved = json.loads((OUT / f'{name}.json').read_text())
+    saved = read_results(name)
     if 'results' not in saved:  # the first layout: the results alone
         saved = {'header': f'Tables re-rendered on {time.strftime("%Y-%m-%d")} from {name}.json.', 'results': saved}
     save(name, saved['header'], reachable(saved['results']))

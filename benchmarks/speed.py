@@ -11,7 +11,7 @@ Timings are paired: the variants alternate within each repeat and the median ove
 
     python benchmarks/speed.py [--device cpu|cuda] [--repeats 5] [--quick]
 
-Writes benchmarks/results/speed_<device>.json and .md and prints the table.
+Writes speed_<device>.json and .md (benchmarks/out/; benchmarks/results/ under UPDATE_RESULTS=1) and prints the table.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import timm_lipschitz  # noqa: E402,F401
 from timm_lipschitz.data import DeviceLoader, create_dataset, standard_loader, train_transform  # noqa: E402
 from timm_lipschitz.losses import create_loss  # noqa: E402
 
-OUT = ROOT / 'benchmarks' / 'results'
+from _results import OUT, TRACKED  # noqa: E402  (benchmarks/_results.py: out/, or results/ under UPDATE_RESULTS=1)
 ITEMS = ('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory', 'adversarial')
 
 
@@ -339,7 +339,8 @@ def main() -> None:
     r = {'hardware': hardware(device), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
          'command': 'python ' + ' '.join(['benchmarks/speed.py'] + sys.argv[1:])}
     todo = args.only or list(ITEMS)
-    prev = OUT / f'speed_{device.type}.json'
+    prev = next((d / f'speed_{device.type}.json' for d in (OUT, TRACKED) if (d / f'speed_{device.type}.json').is_file()),
+                OUT / f'speed_{device.type}.json')
     run = {k: r[k] for k in ('hardware', 'torch', 'date', 'command')}
     if args.only and prev.is_file():  # re-measure some items, keep the others (and say which run measured what)
         r = json.loads(prev.read_text())

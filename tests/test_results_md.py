@@ -3,6 +3,7 @@ leave the prose quoting the old one (the shipped-tags table has its own test in 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Dict, List
@@ -136,3 +137,25 @@ def test_cohen_protocol_table_quotes_its_eval_json():
         assert float(acr) == round(smooth['average_certified_radius'], 3)
         assert float(seconds) == round(sum(r['time'] for r in smooth['rows']) / len(smooth['rows']), 2)
         assert smooth['preset'] == 'cohen' and smooth['n'] == 10000 and smooth['num_images'] == 100
+
+
+def test_rerunning_a_benchmark_leaves_the_tracked_results_alone(tmp_path):
+    """A documented command re-run writes benchmarks/out/; only UPDATE_RESULTS=1 writes benchmarks/results/."""
+    import subprocess
+    import sys
+    bench = Path(__file__).resolve().parent.parent / 'benchmarks'
+    code = ("import sys; sys.path.insert(0, {b!r}); import _results; "
+            "print(_results.OUT); _results.write_results('zz_probe', {{'a': 1}}, '# a\\n')").format(b=str(bench))
+    try:
+        for env, folder in (({}, 'out'), ({'UPDATE_RESULTS': '1'}, 'results')):
+            r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                               env={**{k: v for k, v in os.environ.items() if k != 'UPDATE_RESULTS'}, **env})
+            assert r.returncode == 0, r.stderr
+            assert Path(r.stdout.splitlines()[0]) == bench / folder
+            assert json.loads((bench / folder / 'zz_probe.json').read_text()) == {'a': 1}
+            other = bench / ('results' if folder == 'out' else 'out') / 'zz_probe.json'
+            assert not other.exists() or folder == 'results'
+    finally:
+        for folder in ('out', 'results'):
+            for suffix in ('json', 'md'):
+                (bench / folder / f'zz_probe.{suffix}').unlink(missing_ok=True)

@@ -27,6 +27,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--output-dir', help="run folder (default: the recipe's output_dir)")
     p.add_argument('--resume', action='store_true', help='continue from the newest saved state in the run folder')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.add_argument('--threads', metavar='N|auto',
+                   help="torch CPU threads per process (the recipe's threads, default auto: the usable CPUs shared "
+                        'among the processes of this machine; 1 is faster on a machine other jobs load)')
     p.add_argument('--stop-at-step', type=int, metavar='N',
                    help="save the state at step N and stop (the recipe's schedule unchanged; --resume continues)")
     p.add_argument('--trust-local-plugins', action='store_true',
@@ -166,8 +169,9 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def train_overrides(args: argparse.Namespace) -> list:
-    """``--set`` overrides plus ``--output-dir``."""
-    return list(args.overrides) + ([f'output_dir={args.output_dir}'] if args.output_dir else [])
+    """``--set`` overrides plus ``--output-dir`` and ``--threads``."""
+    return list(args.overrides) + ([f'output_dir={args.output_dir}'] if args.output_dir else []) + \
+        ([f'threads={args.threads}'] if getattr(args, 'threads', None) else [])
 
 
 def _run_train(args: argparse.Namespace) -> None:

@@ -67,6 +67,7 @@ SCHEMA: Dict[str, Any] = {
     'checkpoint': {'every_steps': int, 'every_epochs': int, 'keep': int},
     'sync_batchnorm': bool,
     'log_with': list,
+    'threads': (int, str),
     'log_every_steps': int,
     'output_dir': str,
 }
@@ -95,7 +96,8 @@ DEFAULTS: Dict[str, Any] = {
              'batch_size': 256, 'max_images': None},
     'checkpoint': {'every_steps': 0, 'every_epochs': 1, 'keep': 2},
     'sync_batchnorm': False,
-    'log_with': ['tensorboard'],
+    'log_with': [],
+    'threads': 'auto',
     'log_every_steps': 10,
     'output_dir': 'runs/{name}',
 }
@@ -119,7 +121,8 @@ TRACKERS = {'tensorboard': ('tensorboard', 'tensorboardX'), 'wandb': ('wandb',),
 # Keys that may change when a run is resumed (recorded in metrics.jsonl); any other difference is refused: it would
 # train the rest of the run on something else than its start. data.root may move only to the same data: the trainer
 # compares the training split's fingerprint with the one the run recorded at its start (runs.DATA_NAME).
-RESUME_SAFE = ('name', 'description', 'output_dir', 'epochs', 'steps', 'log_with', 'log_every_steps', 'eval',
+RESUME_SAFE = ('name', 'description', 'output_dir', 'epochs', 'steps', 'log_with', 'threads', 'log_every_steps',
+               'eval',
                'checkpoint', 'data.root', 'data.download', 'data.num_workers', 'data.eval_batch_size', 'compile',
                'compile_mode', 'optimizer.foreach')
 
@@ -304,6 +307,10 @@ def _check_numbers(recipe: Dict[str, Any]) -> None:
     for key in ('seed', 'eval.seed'):  # torch and numpy generators take seeds >= 0 (and below 2**63)
         v = get_dotted(recipe, key)
         _require(v is None or 0 <= v < 2 ** 63, key, v, 'it must be an integer from 0 to 2**63 - 1')
+    v = recipe.get('threads', 'auto')
+    _require(v == 'auto' or isinstance(v, int) and not isinstance(v, bool) and v >= 1, 'threads', v,
+             "give 'auto' (the CPUs this process may use, shared among the processes on this machine) or an "
+             "integer >= 1")
     v = recipe.get('max_grad_norm')
     _require(v is None or v > 0, 'max_grad_norm', v, 'it must be > 0, or null for no clipping')
     v = get_dotted(recipe, 'ema.decay')
@@ -343,7 +350,9 @@ def _check_trackers(log_with: List[Any]) -> None:
         _require(name in TRACKERS, 'log_with', name, f'choose trackers among {sorted(TRACKERS)}')
         if not any(importlib.util.find_spec(pkg) is not None for pkg in TRACKERS[name]):
             raise RecipeError(f'log_with: tracker {name!r} needs the {TRACKERS[name][0]} package, which is not '
-                              f'installed (pip install {TRACKERS[name][0]}), or remove it from log_with.')
+                              f'installed (pip install {TRACKERS[name][0]}'
+                              f"{'' if name != 'tensorboard' else ' or pip install timm-lipschitz[tensorboard]'}), "
+                              f'or remove it from log_with.')
 
 
 def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:

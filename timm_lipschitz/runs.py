@@ -221,8 +221,8 @@ def check_resume(out: Path, recipe: Dict[str, Any]) -> List[str]:
 
 # Resume-safe keys that leave the weights as they are; a change of any other (steps, epochs, compile, data.root)
 # makes a new segment of the run, replayed by its own command.
-WEIGHT_NEUTRAL = ('name', 'description', 'output_dir', 'log_with', 'log_every_steps', 'eval', 'checkpoint',
-                  'data.root', 'data.download', 'data.num_workers', 'data.eval_batch_size')  # data.root: same data
+WEIGHT_NEUTRAL = ('name', 'description', 'output_dir', 'log_with', 'threads', 'log_every_steps', 'eval',
+                  'checkpoint', 'data.root', 'data.download', 'data.num_workers', 'data.eval_batch_size')  # data.root: same data
 
 
 def segments(out: Path) -> List[Dict[str, Any]]:

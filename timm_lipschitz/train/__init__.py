@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from ..recipes import ResolvedRecipe, resolve_recipe
 from ..runs import discard_fresh_run, latest_state, open_run_folder
 from ..seeding import stream_seed
-from .build import (PreparedRun, apply_model_options, build_data, build_model, build_objective, build_optimizer,
+from .build import (PreparedRun, apply_model_options, apply_threads, cpu_threads, build_data, build_model, build_objective, build_optimizer,
                     build_scheduler, build_train_loader, check_runtime, compile_step, data_mean_std,
                     default_input_size, eval_subset, has_accelerator, make_accelerator, prepare_run,
                     resolve_normalization, warn_single_process_launch)
@@ -34,7 +34,7 @@ __all__ = ['train', 'TrainingDiverged', 'Preempted', 'latest_state', 'JsonlTrack
            'EXIT_PREEMPTED', 'TrainState', 'DivergenceGuard', 'optimizer_stepper', 'step_target', 'PreparedRun',
            'prepare_run', 'finish_run', 'apply_model_options', 'build_objective', 'build_optimizer',
            'build_scheduler', 'build_train_loader', 'resolve_normalization', 'StepLog', 'StopSignals',
-           'TrainingLoop']
+           'TrainingLoop', 'apply_threads', 'cpu_threads']
 # names of 0.1.0 and 0.2.0 that scripts import from here
 _ = (_window_add, _window_means, default_input_size, eval_subset, has_accelerator, make_accelerator)
 
@@ -55,9 +55,10 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
     check_runtime(recipe)
     accelerator = make_accelerator(recipe, Path(recipe['output_dir']))
     warn_single_process_launch(accelerator)
+    threads = apply_threads(recipe, accelerator)
     print(f'[rank {accelerator.process_index}] num_processes={accelerator.num_processes} distributed_type='
           f'{accelerator.distributed_type.value} device={accelerator.device} '
-          f'mixed_precision={accelerator.mixed_precision}', flush=True)
+          f'mixed_precision={accelerator.mixed_precision} threads={threads}', flush=True)
     with open_run_folder(accelerator, Path(recipe['output_dir']), recipe, resume) as folder:
         set_seed(stream_seed('global', recipe['seed']))
         try:

@@ -276,6 +276,35 @@ def warn_single_process_launch(accelerator) -> Optional[str]:
     return message
 
 
+def cpu_threads(setting: Any, local_processes: int, environ: Optional[Dict[str, str]] = None,
+                cpus: Optional[int] = None) -> Optional[int]:
+    """The torch thread count for the recipe's ``threads`` (None: leave torch's own).
+
+    ``'auto'`` shares the CPUs this process may use among the processes of this machine (torch's default gives
+    every process all of them, so two torchrun processes on 2 cores would run 4 threads), and leaves an explicit
+    ``OMP_NUM_THREADS`` alone. On a machine other jobs load, fewer threads than cores is faster: set ``threads: 1``.
+    """
+    import os
+    environ = os.environ if environ is None else environ
+    if setting != 'auto':
+        return int(setting)
+    if environ.get('OMP_NUM_THREADS'):
+        return None
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, local_processes))
+
+
+def apply_threads(recipe: Dict[str, Any], accelerator) -> int:
+    """Set torch's intra-op threads from the recipe (CPU runs; a GPU run's CPU side gets the same rule)."""
+    import os
+    local = int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes))
+    n = cpu_threads(recipe.get('threads', 'auto'), local)
+    if n is not None and n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def make_accelerator(recipe: Dict[str, Any], out: Path):
     """A fresh Accelerator for this run: mixed precision, accumulation and trackers from the recipe."""
     from accelerate import Accelerator

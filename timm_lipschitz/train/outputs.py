@@ -139,7 +139,7 @@ def _finish(run, extent: Dict[str, Any], command: Optional[str], progress: bool)
         'name': recipe['name'], 'output_dir': str(out), **extent,
         'clean_accuracy': clean_acc, 'weights': 'EMA' if run.ema is not None else 'trained', 'history': run.history,
         'robustness': robustness['summary'] if robustness else None,
-        'num_processes': accelerator.num_processes, 'distributed_type': accelerator.distributed_type.value,
+        'num_processes': accelerator.num_processes, 'threads': torch.get_num_threads(), 'distributed_type': accelerator.distributed_type.value,
         'objective': run.objective.loss_name, 'hparams': run.objective.hparams(), 'dataset': run.dataset,
         'train_images': run.train_images, 'test_images': len(run.eval_ds), 'test_subset': subset_record(run.eval_ds),
         'command': ' && '.join(commands), 'commands': commands,
