@@ -255,6 +255,8 @@ print('OK')
     assert r.returncode == 0 and 'OK' in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
     final = json.loads((tmp_path / 'run' / 'final.json').read_text())
     assert final['threads'] == 1 and final['steps'] == 3
+    # 8 px digits zero-padded to 16 px: the cfg lets timm's eval transform pad the same way (crop_pct 16 / 8)
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text())['pretrained_cfg']['crop_pct'] == 2.0
     assert 'threads=1' in r.stdout
 
 
@@ -267,6 +269,93 @@ def test_threads_auto_shares_the_cpus_among_the_local_processes_and_refuses_nons
     assert cpu_threads('auto', 1, environ={'OMP_NUM_THREADS': '3'}, cpus=8) is None  # the user's variable stands
     assert cpu_threads(2, 1, environ={'OMP_NUM_THREADS': '3'}, cpus=8) == 2          # the recipe's number wins
     assert resolve_recipe('recipes/digits_lipschitz.yaml')['threads'] == 'auto'
-    for bad in ('0', '-1', 'many', '1.5', 'true'):
+    for bad in ('0', '-1', 'many', 'true'):
         with pytest.raises(RecipeError, match=r"threads=.* is not allowed; give 'auto'"):
             resolve_recipe('recipes/digits_lipschitz.yaml', [f'threads={bad}'])
+    with pytest.raises(RecipeError, match=r'threads must be int or str, got 1.5'):
+        resolve_recipe('recipes/digits_lipschitz.yaml', ['threads=1.5'])
+
+
+# ---- timm's own preprocessing reproduces every tag's inputs -------------------------------------------------------
+def _tags():
+    from timm_lipschitz.zoo import shipped
+    return sorted(shipped())
+
+
+@pytest.mark.parametrize('tag', _tags())
+def test_timms_transform_gives_every_tag_its_training_inputs(tag):
+    """``resolve_data_config`` + ``create_transform`` on the native test images (as PIL images, how a timm user
+    holds them) give the tensors the project's pipeline gives, hence the same predictions and accuracy."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from timm_lipschitz.data import DataError, create_dataset
+    from timm_lipschitz.zoo import WEIGHTS_DIR, header_metadata, shipped
+    dataset = header_metadata(WEIGHTS_DIR / shipped()[tag]['file'])['dataset']
+    model = timm.create_model(tag, pretrained=True).eval()
+    cfg = model.pretrained_cfg
+    try:
+        ours, info = create_dataset(dataset, 'test', input_size=cfg['input_size'])
+    except DataError as e:
+        pytest.skip(f'{dataset} is not on this machine: {e}')
+    native, _ = create_dataset(dataset, 'test', input_size=info.native_size)
+    transform = create_transform(**resolve_data_config({}, model=model))
+    n = 64
+    mean, std = torch.tensor(cfg['mean']).view(-1, 1, 1), torch.tensor(cfg['std']).view(-1, 1, 1)
+    expected = torch.stack([(ours[i][0] - mean) / std for i in range(n)])
+    pixels = [(native[i][0][0] * 255).round().to(torch.uint8).numpy() for i in range(n)]
+    got = torch.stack([transform(Image.fromarray(p, mode='L')) for p in pixels])
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(model(got).argmax(1), model(expected).argmax(1))
+
+
+# ---- the model card as the Hub reads it -------------------------------------------------------------------------
+def _front_matter(card: str) -> dict:
+    import yaml
+    assert card.startswith('---\n')
+    return yaml.safe_load(card.split('---\n')[1])
+
+
+def test_the_card_front_matter_follows_the_hubs_conventions_and_states_what_reproduces_the_scores(tmp_path):
+    from timm_lipschitz.hub import save_pretrained
+    from timm_lipschitz.hub.card import CITATION
+    tag = 'cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist'
+    model = timm.create_model(tag, pretrained=True)
+    robustness = {'sigmas': [0.0, 0.3, 0.5], 'accuracy': [92.5, 80.25, 61.0], 'accuracy_std': [0, 0, 0],
+                  'repeats': 1, 'num_images': 100,
+                  'summary': {'acc@0': 92.5, 'acc@0.3': 80.25, 'acc@0.5': 61.0, 'grid_mean': 77.92}}
+    hp = {'sigma': 0.5, 'beta': 1.0, 'lipschitz_target': 0.01}
+    folder = save_pretrained(model, tmp_path / 'ck', tag='lipschitz_hinge_s050_b1_l001_fmnist',
+                             dataset='fashion_mnist', objective='lipschitz_hinge', hparams=hp, robustness=robustness)
+    card = (folder / 'README.md').read_text()
+    front = _front_matter(card)
+    assert front['library_name'] == 'timm' and front['license'] == 'apache-2.0'
+    assert front['datasets'] == ['zalando-datasets/fashion_mnist'] and 'timm' in front['tags']
+    (entry,) = front['model-index']
+    assert entry['name'] == tag
+    (result,) = entry['results']
+    assert result['task']['type'] == 'image-classification'
+    assert result['dataset'] == {'name': 'Fashion-MNIST', 'type': 'zalando-datasets/fashion_mnist', 'split': 'test'}
+    metrics = {m['name']: m['value'] for m in result['metrics']}
+    assert metrics['Clean accuracy'] == 92.5 and metrics['Accuracy under Gaussian noise sigma 0.3'] == 80.25
+    assert metrics['Accuracy under Gaussian noise sigma 0.5'] == 61.0
+    assert f"- **Parameters:** {sum(p.numel() for p in model.parameters()):,}" in card
+    assert '28x28 px images are zero-padded (centered) to 32x32 as in training (crop_pct 1.14286' in card
+    assert CITATION in card and 'Usama, Muhammad and Chang, Dong Eui' in CITATION
+    # a dataset without a Hub id (digits) is named in the text, never given as a made-up id
+    folder = save_pretrained(timm.create_model('cifar_resnet20.cross_entropy_digits', pretrained=True),
+                             tmp_path / 'digits', tag='cross_entropy_digits', dataset='digits',
+                             objective='cross_entropy', hparams={})
+    digits = _front_matter((folder / 'README.md').read_text())
+    assert 'datasets' not in digits and 'model-index' not in digits  # no score measured, none claimed
+
+
+def test_publishing_a_run_from_before_crop_pct_states_the_padding_its_training_used():
+    from timm_lipschitz.hub.publish import _restate_preprocessing
+    model = timm.create_model('cifar_resnet20', num_classes=10, in_chans=1,
+                              pretrained_cfg_overlay={'input_size': (1, 16, 16)})
+    assert model.pretrained_cfg['crop_pct'] == 1.0   # what a 0.2.0 run recorded
+    _restate_preprocessing(model, {'data': {'name': 'digits'}})
+    assert model.pretrained_cfg['crop_pct'] == 2.0   # digits are 8 px, zero-padded to 16

@@ -113,7 +113,7 @@ def test_metadata_config_and_card(tmp_path):
     assert config['num_features'] == 64 and config['model_args']['in_chans'] == 1
     assert config['pretrained_cfg']['input_size'] == [1, 16, 16]
     card = (folder / 'README.md').read_text()
-    assert card.startswith('---\n') and 'library_name: timm' in card and '- digits' in card
+    assert card.startswith('---\n') and 'library_name: timm' in card and '**Dataset:** scikit-learn digits' in card
     assert '| 0.30 | 60.00 |' in card and 'timm-lipschitz train' in card and '![accuracy vs sigma]' in card
     assert json.loads((folder / 'robustness.json').read_text())['robustness']['accuracy'] == [90.0, 60.0, 30.0]
 
@@ -206,6 +206,10 @@ def test_hub_tag_and_hf_hub_prefix_from_prefilled_cache(tmp_path, monkeypatch):
     torch.testing.assert_close(tagged(x), model(x), rtol=0, atol=0)
     via_hub = timm.create_model('hf-hub:timm-lipschitz-tests/cifar-hubtest', pretrained=True).eval()
     torch.testing.assert_close(via_hub(x), model(x), rtol=0, atol=0)
+    local = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()  # the published folder itself
+    for key in ('architecture', 'num_classes', 'input_size', 'mean', 'std', 'crop_pct', 'interpolation',
+                'label_names', 'first_conv', 'classifier'):
+        assert via_hub.pretrained_cfg.get(key) == local.pretrained_cfg.get(key), key
     assert load_robustness('hf-hub:timm-lipschitz-tests/cifar-hubtest')['acc@0.5'] == 30.0
 
 
@@ -364,3 +368,28 @@ def test_a_published_card_names_its_hub_repo(tmp_path):
     out = publish(s['output_dir'], 'org/robust-net', dry_run=True)
     card = (out / 'README.md').read_text()
     assert "timm.create_model('hf-hub:org/robust-net', pretrained=True)" in card
+
+
+def test_every_tag_names_its_hub_repo_and_loads_from_the_hub_cache_when_not_bundled(tmp_path, monkeypatch):
+    """hf_hub_id = timm-lipschitz/<tag> on every tag; with the bundled file taken away (a wheel without it), the
+    tag loads from the Hub's cache offline with the same outputs."""
+    import shutil
+
+    import huggingface_hub.constants as c
+    from timm_lipschitz.zoo import WEIGHTS_DIR, shipped
+    tags = shipped()
+    for name in tags:
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.hf_hub_id == f'timm-lipschitz/{name}' and Path(cfg.file) == WEIGHTS_DIR / tags[name]['file']
+    name = 'mnist_convnet.cross_entropy_mnist5k'
+    bundled = timm.create_model(name, pretrained=True).eval()
+    monkeypatch.setattr(c, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
+    with pytest.raises(RuntimeError, match='place_in_cache'):  # not bundled, not cached, offline: says how
+        timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=None))
+    folder = tmp_path / 'published'
+    folder.mkdir()
+    shutil.copy(WEIGHTS_DIR / tags[name]['file'], folder / 'model.safetensors')
+    place_in_cache(folder, f'timm-lipschitz/{name}', cache_dir=tmp_path / 'cache')
+    from_hub = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=None)).eval()
+    x = torch.rand(3, *bundled.pretrained_cfg['input_size'])
+    torch.testing.assert_close(from_hub(x), bundled(x), rtol=0, atol=0)

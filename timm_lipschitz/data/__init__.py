@@ -2,7 +2,8 @@
 
 Loaders hand out float images in [0, 1] (never normalized: noise is added in pixel space first).
 """
-from .base import DataError, DatasetInfo, TensorImageDataset, adapt_images, check_labels, split_fingerprint, to_float
+from .base import (DataError, DatasetInfo, TensorImageDataset, adapt_images, check_labels, split_fingerprint,
+                   timm_crop_pct, to_float)
 from .idx import read_idx, write_idx
 from .lazy import LazyImageDataset
 from .loader import DeviceLoader, SeededSampler, epoch_permutation, standard_loader

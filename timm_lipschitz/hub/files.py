@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -126,7 +127,8 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
         atomic_write_text(folder / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
     name = f'{arch}.{tag}' if tag else arch
     atomic_write_text(folder / 'README.md', render_card(name, config, meta, record, command, plot,
-                                                        load_as or f'local-dir:{folder.resolve()}'))
+                                                        load_as or f'local-dir:{folder.resolve()}',
+                                                        parameter_count(folder)))
     return folder
 
 
@@ -152,12 +154,20 @@ def record_evaluation(folder: Union[str, Path], load_as: Optional[str] = None, c
     name = f"{meta.get('architecture')}.{meta['tag']}" if meta.get('tag') else str(meta.get('architecture'))
     plot = 'robustness.png' if (folder / 'robustness.png').is_file() else None
     card = render_card(name, config, meta, record, command or final.get('command'), plot,
-                       load_as or f'local-dir:{folder.resolve()}')
+                       load_as or f'local-dir:{folder.resolve()}', parameter_count(folder))
     atomic_write_text(folder / 'README.md', card)
     return folder
 
 
 # ---- reading ---------------------------------------------------------------------------------------------------
+BUFFER_SUFFIXES = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
+def parameter_count(source: Union[str, Path]) -> int:
+    """Learnable parameters in a checkpoint, from the tensor shapes of its header (BatchNorm statistics left out)."""
+    from safetensors import safe_open
+    with safe_open(str(_weights_file(source)), framework='pt') as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(BUFFER_SUFFIXES))
 def _weights_file(source: Union[str, Path]) -> Path:
     path = Path(source)
     if path.is_dir():

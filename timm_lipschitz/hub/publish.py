@@ -26,12 +26,13 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
         _require_token()
     model = load_pretrained(run_dir)
     meta = read_metadata(run_dir)
-    rob_file = run_dir / 'robustness.json'
-    rob = read_json(rob_file) if rob_file.is_file() else {}
     recipe = None
     if (run_dir / 'recipe.yaml').is_file():
         import yaml
         recipe = yaml.safe_load((run_dir / 'recipe.yaml').read_text())
+    _restate_preprocessing(model, recipe)
+    rob_file = run_dir / 'robustness.json'
+    rob = read_json(rob_file) if rob_file.is_file() else {}
     out = Path(out_dir) if out_dir else run_dir / 'publish'
     plot = None
     for png in run_dir.glob('*.png'):
@@ -49,6 +50,25 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
     if not dry_run:
         _upload(out, repo_id, private)
     return out
+
+
+def _restate_preprocessing(model, recipe: Optional[dict]) -> None:
+    """A run trained before its cfg recorded ``crop_pct`` (0.2.0) says 1.0 even where training zero-padded: set the
+    value with which timm's eval transform pads as training did (from the data's native size), so the published
+    config and card state the preprocessing that reproduces the scores. Without the data here the cfg stays, said."""
+    from ..data import DataError, create_dataset, timm_crop_pct
+    data = (recipe or {}).get('data') or {}
+    if not data.get('name'):
+        return
+    try:
+        _, info = create_dataset(data['name'], 'test', root=data.get('root'), **(data.get('kwargs') or {}))
+    except (DataError, OSError, TypeError) as e:
+        print(f"note: {data['name']} is not readable here ({str(e).splitlines()[0]}); the published cfg keeps "
+              f"crop_pct {model.pretrained_cfg.get('crop_pct')}, check it reproduces the training inputs.")
+        return
+    crop = timm_crop_pct(info.native_size, model.pretrained_cfg['input_size'])
+    if crop != model.pretrained_cfg.get('crop_pct'):
+        model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, 'crop_pct': crop}
 
 
 class PublishError(UserError):
@@ -133,6 +153,6 @@ def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, 
     pcfg = config.get('pretrained_cfg', {})
     index[name] = {'file': f'{name}.safetensors', 'recipe_hash': meta.get('recipe_hash'),
                    'cfg': {k: pcfg[k] for k in ('input_size', 'mean', 'std', 'num_classes', 'label_names',
-                                                'pool_size', 'license') if k in pcfg}}
+                                                'pool_size', 'crop_pct', 'license') if k in pcfg}}
     atomic_write_json(index_file, dict(sorted(index.items())))
     return name

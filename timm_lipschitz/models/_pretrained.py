@@ -4,9 +4,11 @@ A tag is ``<arch>.<objective>_<setting>_<dataset>`` with numbers written without
 ``mnist_convnet.lipschitz_hinge_s075_b10_l0005_fmnist`` (sigma 0.75, beta 10, L_n 0.005, Fashion-MNIST); see
 :func:`timm_lipschitz.hub.make_tag`. ``weights/index.json`` maps each shipped tag to its safetensors file (scores
 in its metadata, written by ``timm_lipschitz.hub.save_pretrained``) and the cfg fields that differ from the
-architecture's default (input size, mean/std, class names). Only files that exist are registered, so a missing
-file never becomes a tag that fails on ``pretrained=True``. ``build`` wraps timm's ``build_model_with_cfg`` to turn
-a missing hub file (offline) into an error that says how to place it.
+architecture's default (input size, mean/std, class names). Every tag's cfg also names the Hugging Face Hub repo it
+is published under (``hf_hub_id``, :data:`HUB_ORG` ``/<tag>``, timm's own layout): a bundled file loads first
+(timm prefers ``file``), and a tag of the index whose file this installation does not bundle loads from the Hub or
+its cache. ``build`` wraps timm's ``build_model_with_cfg`` to turn a missing hub file (offline) into an error that
+says how to place it.
 """
 from __future__ import annotations
 
@@ -21,17 +23,27 @@ class WeightsUnavailable(UserError, RuntimeError):
     """A tag's weights are neither bundled nor in the Hugging Face cache, and the Hub cannot be reached."""
 
 
+HUB_ORG = 'timm-lipschitz'
+
+
+def hub_id(name: str) -> str:
+    """The Hub repo of a tag (``timm-lipschitz/cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist``)."""
+    return f'{HUB_ORG}/{name}'
+
+
 def pretrained_cfgs_for(prefix: str, cfg_fn: Callable[..., Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
-    """The default-cfg entries of shipped weights whose model name starts with ``prefix``."""
+    """The default-cfg entries of the indexed tags whose model name starts with ``prefix``: the bundled file where
+    it ships, the Hub repo always."""
     out = {}
     for name, entry in shipped().items():
+        if not name.startswith(prefix):
+            continue
         path = WEIGHTS_DIR / entry['file']
-        if name.startswith(prefix) and path.is_file():
-            cfg = dict(entry.get('cfg', {}))
-            for key in ('input_size', 'mean', 'std', 'label_names', 'pool_size'):
-                if isinstance(cfg.get(key), list):
-                    cfg[key] = tuple(cfg[key])
-            out[name] = cfg_fn(file=str(path), **cfg)
+        cfg = dict(entry.get('cfg', {}))
+        for key in ('input_size', 'mean', 'std', 'label_names', 'pool_size'):
+            if isinstance(cfg.get(key), list):
+                cfg[key] = tuple(cfg[key])
+        out[name] = cfg_fn(hf_hub_id=hub_id(name), **({'file': str(path)} if path.is_file() else {}), **cfg)
     return out
 
 

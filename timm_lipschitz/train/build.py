@@ -118,11 +118,13 @@ def resolve_normalization(recipe: Dict[str, Any], train_ds, saved: Optional[Dict
     m['mean'], m['std'] = list(mean), list(std)
 
 
-def build_model(recipe: Dict[str, Any], num_classes: int, input_size: Sequence[int], class_names: List[str]):
+def build_model(recipe: Dict[str, Any], num_classes: int, input_size: Sequence[int], class_names: List[str],
+                native_size: Optional[Sequence[int]] = None):
     """``timm.create_model`` with the data's class count and channels; ``model.checkpoint`` loads a local weights file
     through timm (``pretrained_cfg_overlay=dict(file=...)``), which replaces a classifier of another class count and
     adapts the first conv to other channel counts. The ``pretrained_cfg`` then describes the trained model: input and
-    pool size, class count and names, and the normalization."""
+    pool size, class count and names, the normalization, and (from the data's ``native_size``) the ``crop_pct`` with
+    which timm's own eval transform reproduces the training inputs."""
     import timm
     m = recipe['model']
     c = int(input_size[0])
@@ -139,6 +141,9 @@ def build_model(recipe: Dict[str, Any], num_classes: int, input_size: Sequence[i
     std = m.get('std') or (per_channel(tuple(cfg['std']), c, 'std') if cfg.get('std') else None)
     cfg.update(input_size=tuple(int(s) for s in input_size), num_classes=num_classes, label_names=tuple(class_names))
     cfg.pop('file', None)
+    if native_size is not None:
+        from ..data import timm_crop_pct
+        cfg['crop_pct'] = timm_crop_pct(native_size, input_size)
     if mean is not None:
         cfg.update(mean=tuple(mean), std=tuple(std))
     pool = _feature_map_size(model, input_size)
@@ -367,7 +372,8 @@ def _data_and_model(recipe: Dict[str, Any], out: Path, accelerator, saved: Optio
     num_classes = recipe['model']['kwargs'].get('num_classes', info.num_classes)
     check_labels(train_ds.labels if hasattr(train_ds, 'labels') else torch.tensor([]), num_classes,
                  f'{info.name}/train')
-    model = apply_model_options(recipe, build_model(recipe, num_classes, input_size, info.class_names))
+    model = apply_model_options(recipe, build_model(recipe, num_classes, input_size, info.class_names,
+                                                           info.native_size))
     return train_ds, test_ds, info, input_size, model
 
 
