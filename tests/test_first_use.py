@@ -269,11 +269,12 @@ def test_threads_auto_shares_the_cpus_among_the_local_processes_and_refuses_nons
     assert cpu_threads('auto', 1, environ={'OMP_NUM_THREADS': '3'}, cpus=8) is None  # the user's variable stands
     assert cpu_threads(2, 1, environ={'OMP_NUM_THREADS': '3'}, cpus=8) == 2          # the recipe's number wins
     assert resolve_recipe('recipes/digits_lipschitz.yaml')['threads'] == 'auto'
-    for bad in ('0', '-1', 'many', 'true'):
+    for bad in ('0', '-1', 'many'):
         with pytest.raises(RecipeError, match=r"threads=.* is not allowed; give 'auto'"):
             resolve_recipe('recipes/digits_lipschitz.yaml', [f'threads={bad}'])
-    with pytest.raises(RecipeError, match=r'threads must be int or str, got 1.5'):
-        resolve_recipe('recipes/digits_lipschitz.yaml', ['threads=1.5'])
+    for bad in ('1.5', 'true'):
+        with pytest.raises(RecipeError, match=r'threads must be int or str, got'):
+            resolve_recipe('recipes/digits_lipschitz.yaml', [f'threads={bad}'])
 
 
 # ---- timm's own preprocessing reproduces every tag's inputs -------------------------------------------------------
