@@ -360,3 +360,64 @@ def test_publishing_a_run_from_before_crop_pct_states_the_padding_its_training_u
     assert model.pretrained_cfg['crop_pct'] == 1.0   # what a 0.2.0 run recorded
     _restate_preprocessing(model, {'data': {'name': 'digits'}})
     assert model.pretrained_cfg['crop_pct'] == 2.0   # digits are 8 px, zero-padded to 16
+
+
+# ---- RobustBench export: the contract its load_model relies on ---------------------------------------------------
+RB_FIELDS = {'link', 'name', 'authors', 'additional_data', 'number_forward_passes', 'dataset', 'venue',
+             'architecture', 'eps', 'clean_acc', 'reported'}
+RB_LOAD = '''
+import json, sys, timm, torch
+import timm_lipschitz  # what a RobustBench user adds before load_model
+name, dataset, threat = sys.argv[1:4]
+timm_model_name = f"{name.lower().replace('-', '_')}_{dataset.lower()}_{threat.lower()}"  # robustbench.utils.load_model
+assert timm.is_model(timm_model_name), timm_model_name
+model = timm.create_model(timm_model_name, num_classes=10, pretrained=True, checkpoint_path=None).eval()
+x = torch.load(sys.argv[4])
+with torch.no_grad():
+    torch.save(model(x), sys.argv[5])
+print(json.dumps({'training': model.training, 'mean': model.pretrained_cfg['mean']}))
+'''
+
+
+def test_export_robustbench_registers_the_name_its_load_model_looks_up(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from timm_lipschitz.cli import main
+    from timm_lipschitz.hub import record_evaluation, save_pretrained
+    monkeypatch.setenv('TIMM_LIPSCHITZ_HOME', str(tmp_path / 'home'))
+    tag = 'mnist_convnet.lipschitz_hinge_s075_b10_l0005_fmnist'  # a fixed input size: the export must rebuild it
+    model = timm.create_model(tag, pretrained=True).eval()
+    robustness = {'sigmas': [0.0, 0.5], 'accuracy': [84.33, 70.0], 'accuracy_std': [0, 0], 'repeats': 1,
+                  'num_images': 10000, 'summary': {'acc@0': 84.33, 'acc@0.5': 70.0, 'grid_mean': 77.17}}
+    hp = {'sigma': 0.75, 'beta': 10.0, 'lipschitz_target': 0.005}
+    folder = save_pretrained(model, tmp_path / 'ck', tag='lipschitz_hinge_s075_b10_l0005_fmnist', dataset='fashion_mnist',
+                             objective='lipschitz_hinge', hparams=hp, robustness=robustness)
+    assert main(['export', '--robustbench', str(folder), '--name', 'Usama2026Hinge', '--threat', 'L2']) == 2
+    assert 'no AutoAttack result at L2 is recorded' in capsys.readouterr().err
+    record_evaluation(folder, attacks={'attack': 'autoattack', 'method': 'AutoAttack (ART)', 'clean': 86.0,
+                                       'num_images': 200, 'steps': 20, 'seed': 0, 'warnings': [], 'sanity': {},
+                                       'l2': {'0.5': 41.5, '1': 12.0}, 'reported': {'autoattack_l2@1': 12.0}})
+    assert main(['export', '--robustbench', str(folder), '--name', 'Usama2026Hinge', '--threat', 'l3']) == 2
+    assert "--threat 'l3' is not a RobustBench threat model" in capsys.readouterr().err
+    assert main(['export', '--robustbench', str(folder), '--name', 'Usama2026Hinge', '--threat', 'L2']) == 0
+    entry = 'usama2026hinge_fashion_mnist_l2'
+    out = tmp_path / 'home' / 'robustbench' / entry
+    info = json.loads((out / 'Usama2026Hinge.json').read_text())
+    assert RB_FIELDS | {'autoattack_acc'} <= set(info)
+    assert info['clean_acc'] == '84.33' and info['autoattack_acc'] == info['reported'] == '12.00'
+    assert info['eps'] == '1' and info['dataset'] == 'fashion_mnist' and info['number_forward_passes'] == 1
+    # a fresh process, as RobustBench's load_model runs it
+    x = torch.rand(5, 1, 28, 28)
+    torch.save(x, tmp_path / 'x.pt')
+    r = subprocess.run([sys.executable, '-c', RB_LOAD, 'Usama2026Hinge', 'fashion_mnist', 'L2', str(tmp_path / 'x.pt'),
+                        str(tmp_path / 'y.pt')], capture_output=True, text=True, timeout=300,
+                       env={**__import__('os').environ, 'TIMM_LIPSCHITZ_HOME': str(tmp_path / 'home')})
+    assert r.returncode == 0, r.stderr[-3000:]
+    facts = json.loads(r.stdout.strip().splitlines()[-1])
+    assert facts == {'training': False, 'mean': [0.0]}  # eval mode; timm's transform must not normalize again
+    mean = torch.tensor(model.pretrained_cfg['mean']).view(1, -1, 1, 1)
+    std = torch.tensor(model.pretrained_cfg['std']).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = model((x - mean) / std)
+    torch.testing.assert_close(torch.load(tmp_path / 'y.pt'), expected, rtol=0, atol=1e-6)

@@ -168,6 +168,31 @@ def _add_convert_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     return p
 
 
+def _add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument('--robustbench', metavar='RUN_OR_TAG', required=True,
+                   help='a finished run folder, checkpoint folder or tag, exported in RobustBench\'s form')
+    p.add_argument('--name', required=True, help='RobustBench model name, e.g. Usama2026Lipschitz')
+    p.add_argument('--threat', required=True, help='RobustBench threat model: L2, Linf or corruptions')
+    p.add_argument('--out', help='export folder (default: $TIMM_LIPSCHITZ_HOME/robustbench/<entry>, '
+                                 'TIMM_LIPSCHITZ_HOME defaulting to ~/.cache/timm_lipschitz)')
+    for key in ('link', 'authors', 'venue'):
+        p.add_argument(f'--{key}', help=f"model-info {key} (default: the paper's)")
+    p.add_argument('--paper-name', help="model-info name: the paper's title (default: the method's paper)")
+    return p
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from .hub.robustbench import export_robustbench
+    paper = {k: v for k, v in (('link', args.link), ('authors', args.authors), ('venue', args.venue),
+                               ('name', args.paper_name)) if v}
+    entry, folder = export_robustbench(args.robustbench, args.name, args.threat, args.out, paper)
+    spec = __import__('json').loads((folder / f'{args.name}.json').read_text())
+    print(f'exported {args.robustbench} to {folder} (model info: {folder / (args.name + ".json")})\n'
+          f'timm name: {entry}; after import timm_lipschitz, RobustBench finds it with '
+          f"load_model('{args.name}', dataset='{spec['dataset']}', threat_model='{args.threat}'), and timm with "
+          f"timm.create_model('{entry}', pretrained=True) (inputs: [0,1] pixels, normalization inside).")
+
+
 def train_overrides(args: argparse.Namespace) -> list:
     """``--set`` overrides plus ``--output-dir`` and ``--threads``."""
     return list(args.overrides) + ([f'output_dir={args.output_dir}'] if args.output_dir else []) + \
@@ -214,6 +239,8 @@ COMMANDS: dict = {
     'publish': ('build a hub folder from a finished run and upload it', _add_publish_arguments, _run_publish),
     'convert': ('convert akamaster / chenyaofo CIFAR ResNet checkpoints', _add_convert_arguments, _run_convert),
     'hub': ('the shipped tags: hub list', _add_hub_arguments, _run_hub),
+    'export': ('export a model in RobustBench\'s form (registered with timm, with its model-info JSON)',
+               _add_export_arguments, _run_export),
 }
 
 
