@@ -183,7 +183,7 @@ def test_eval_corruptions_on_a_run_folder_reports_everywhere(tmp_path, drawn):
     assert json.loads((run / 'robustness.json').read_text())['corruptions']['mean'] == c['mean']
     assert load_robustness(run)['corruption_mean'] == c['mean']
     card = (run / 'README.md').read_text()
-    assert '## Common corruptions (CIFAR-10-C)' in card and f"{c['mean']:.2f}" in card
+    assert "## Common corruptions (CIFAR-10-C's recipes, computed on the fly)" in card and f"{c['mean']:.2f}" in card
     assert '**Not the full protocol:** --max-images 30 (the protocol: every image); severities [1, 5]' in card
     assert '30 of 360 (stratified prefix' in card and load_robustness(run)['corruption_full_protocol'] is False
     assert timm.create_model(f'local-dir:{run}', pretrained=True)  # the rewritten weights still load

@@ -4,6 +4,7 @@ says what produced it, certificates beyond smoothing's reach are null, and every
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -421,3 +422,30 @@ def test_export_robustbench_registers_the_name_its_load_model_looks_up(tmp_path,
     with torch.no_grad():
         expected = model((x - mean) / std)
     torch.testing.assert_close(torch.load(tmp_path / 'y.pt'), expected, rtol=0, atol=1e-6)
+
+
+# ---- plots say how many images, how sure, where chance is, and on what data --------------------------------------
+def test_plots_show_n_an_interval_over_images_the_chance_line_and_the_true_data(tmp_path, monkeypatch):
+    from matplotlib.collections import PolyCollection
+
+    from timm_lipschitz.evaluate import evaluate
+    from timm_lipschitz.robustness import report
+    seen = {}
+
+    def capture(fig, ax, path, xlabel, ylabel, title=None, legend=True):
+        seen[Path(path).name] = {'title': title or '', 'lines': [ln.get_label() for ln in ax.get_lines()],
+                                 'chance': [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_label() == 'chance'],
+                                 'bands': sum(isinstance(c, PolyCollection) for c in ax.collections)}
+        report.pyplot().close(fig)
+        return Path(path)
+    monkeypatch.setattr(report, 'save_figure', capture)
+    model = timm.create_model('cifar_resnet20.lipschitz_hinge_s050_b1_l001_digits', pretrained=True)
+    evaluate([(model, {'label': 'hinge', 'recipe': {}, 'metadata': {'dataset': 'digits'}})], str(tmp_path),
+             data='digits', sigmas=[0.0, 0.3], max_images=40, corruptions='noise', severities=[1],
+             attacks={'norms': ['l2'], 'eps': {'l2': [0.5]}, 'max_images': 20, 'steps': 2, 'smoothing': False},
+             progress=False, record=False)
+    sweep, families, attacks = seen['eval.png'], seen['corruption_families.png'], seen['attacks_l2.png']
+    assert 'digits' in sweep['title'] and 'n = 40 images' in sweep['title'] and '95% Wilson' in sweep['title']
+    assert sweep['chance'] == [10.0] and sweep['bands'] >= 1  # one draw per image: the band is over images
+    assert 'on digits' in families['title'] and 'CIFAR-10-C)' not in families['title']
+    assert 'n = 20 images' in attacks['title'] and attacks['chance'] == [10.0] and attacks['bands'] >= 1

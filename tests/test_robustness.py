@@ -199,7 +199,7 @@ def test_tables_and_plots(tmp_path, drawn):
     sweeps, cert = drawn['p.png'], drawn['c.png']
     assert sweeps['png'] and cert['png']
     assert sorted(sweeps['lines']) == ['a', 'b'] and sweeps['lines']['a'] == (a.sigmas, a.accuracy)
-    assert sweeps['bands'] == 1  # the std band of the model with 2 repeats only
+    assert sweeps['bands'] == 3  # a 95% Wilson band over images per curve, the std band of the 2-repeat model
     assert sweeps['xlabel'].startswith('sigma_test') and sweeps['ylabel'] == 'test accuracy (%)'
     assert cert['lines'] == {'a': ([0, 0.5], [90, 50])} and cert['xlabel'] == 'l2 radius'
 

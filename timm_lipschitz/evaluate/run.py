@@ -154,6 +154,7 @@ def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str
                         quantize=s['quantize'], batch_size=s['batch_size'], mean=s['mean'], std=s['std'],
                         progress=s['progress'])
     entry: Dict[str, Any] = {'data': name, 'split': s['split'], 'device': device_name(device),
+                             'num_classes': getattr(model, 'num_classes', None),
                              'images': subset_record(ds), 'overrides': overrides,
                              'sweep': sweep.to_dict()}
     if s['corruptions'] is not None:
@@ -247,14 +248,24 @@ def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any], c
             if key in entry:
                 md += [f'## {label}: {entry[key]["title"]}', '', entry[key]['table'], '']
     atomic_write_text(out / 'eval.md', '\n'.join(md))
-    plot_sweeps(sweeps, out / 'eval.png')
-    certified = {k: v['certified_curve'] for k, v in results.items() if 'certified_curve' in v}
+    data, chance = _plot_context(results)
+    plot_sweeps(sweeps, out / 'eval.png', title=f'Accuracy under Gaussian noise on {data}', chance=chance)
+    certified = {k: {**v['certified_curve'], 'num_images': v['smoothing'].get('num_images')}
+                 for k, v in results.items() if 'certified_curve' in v}
     for label, entry in results.items():  # Cohen et al.'s per-image file, for their analysis scripts
         if 'smoothing' in entry and 'rows' in entry['smoothing']:
             from ..robustness.certify import cohen_tsv
             atomic_write_text(out / f'certify_{safe_name(label, FILE_CHARS, "_")}.tsv', cohen_tsv(entry['smoothing']))
     if certified:
-        plot_certified(certified, out / 'certified.png')
+        plot_certified(certified, out / 'certified.png',
+                       f'Certified accuracy (randomized smoothing) on {data}', chance)
+
+
+def _plot_context(results: Dict[str, Any]) -> Tuple[str, Optional[float]]:
+    """What the plots' titles and chance lines say: the data evaluated and 100 / classes (when the models agree)."""
+    data = ', '.join(dict.fromkeys(str(e.get('data')) for e in results.values())) or 'the data'
+    classes = {e.get('num_classes') for e in results.values()}
+    return data, (100.0 / classes.pop() if len(classes) == 1 and None not in classes else None)
 
 
 def _corruption_outputs(results: Dict[str, Any], out: Path) -> List[str]:
@@ -265,8 +276,8 @@ def _corruption_outputs(results: Dict[str, Any], out: Path) -> List[str]:
         return []
     for label, c in found.items():
         plot_corruption_heatmap(c, out / f'corruptions_{safe_name(label, FILE_CHARS, "_")}.png',
-                                f'{label}: accuracy (%)')
-    plot_corruption_families(found, out / 'corruption_families.png')
+                                f"{label} on {results[label].get('data')}: accuracy (%), {c['num_images']:,} images")
+    plot_corruption_families(found, out / 'corruption_families.png', _plot_context(results)[0])
     first = next(iter(found.values()))
     return ['## Common corruptions (CIFAR-10-C constants, computed on the fly)', '',
             f"Accuracy (%) averaged over severities {first['severities']}; {first['num_images']} images, seed "
@@ -283,6 +294,6 @@ def _attack_outputs(results: Dict[str, Any], out: Path) -> List[str]:
     md = ['## Adversarial robustness', '', attack_table(found), '']
     for norm in NORMS:
         if any(norm in r for r in found.values()):
-            plot_attacks(found, out / f'attacks_{norm}.png', norm)
+            plot_attacks(found, out / f'attacks_{norm}.png', norm, *_plot_context(results))
             md += [f'![{norm}](attacks_{norm}.png)', '']
     return md

@@ -130,7 +130,7 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
     corruptions = record.get('corruptions')
     if corruptions:
         from ..robustness.report import corruption_table
-        lines += _recorded('Common corruptions (CIFAR-10-C)', corruptions, corruptions.get('num_images'),
+        lines += _recorded('Common corruptions (CIFAR-10-C\'s recipes, computed on the fly)', corruptions, corruptions.get('num_images'),
                            f"Accuracy (%) under the corruptions of CIFAR-10-C, computed on the fly with its constants, "
                            f"mean over severities {corruptions['severities']}, {{images}}. Mean corruption accuracy: "
                            f"**{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).",

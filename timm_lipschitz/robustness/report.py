@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .noise import SweepResult
-from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key
+from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key, wilson_interval
 
 __all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label',
            'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks',
@@ -83,28 +83,56 @@ def save_figure(fig, ax, path: Union[str, Path], xlabel: str, ylabel: str, title
     return path
 
 
+def _with_uncertainty(ax, xs: Sequence[float], accuracy: Sequence[Optional[float]], n: int, color: str,
+                      chance: Optional[float]) -> None:
+    """The 95% Wilson band over the ``n`` images of each point, and the chance level as a dotted line."""
+    pts = [(x, wilson_interval(a, n)) for x, a in zip(xs, accuracy) if a is not None and n]
+    if pts:
+        ax.fill_between([p[0] for p in pts], [p[1][0] for p in pts], [p[1][1] for p in pts], color=color, alpha=0.15,
+                        lw=0)
+    if chance is not None and not any(line.get_label() == 'chance' for line in ax.get_lines()):
+        ax.axhline(chance, color='grey', ls=':', lw=1, label='chance')
+
+
+def _images(ns: Sequence[int]) -> str:
+    """``n = 10,000 images`` (or a range when the curves differ), for a title."""
+    ns = sorted(set(int(n) for n in ns if n))
+    return 'n = ' + (f'{ns[0]:,}' if len(ns) == 1 else f'{ns[0]:,}-{ns[-1]:,}') + ' images' if ns else ''
+
+
 def plot_sweeps(results: Mapping[str, Union[SweepResult, Mapping]], path: Union[str, Path],
-                title: str = 'Accuracy under Gaussian noise') -> Path:
-    """Accuracy vs sigma_test, one curve per model, with a +-std band over noise draws."""
+                title: str = 'Accuracy under Gaussian noise', chance: Optional[float] = None) -> Path:
+    """Accuracy vs sigma_test, one curve per model: the 95% Wilson band over images, a +-std band over noise draws
+    where there are several, and the chance level (``chance``, %)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ns = []
     for name, r in results.items():
         r = _as_result(r)
         line, = ax.plot(r.sigmas, r.accuracy, label=name, lw=1.6)
+        _with_uncertainty(ax, r.sigmas, r.accuracy, r.num_images, line.get_color(), chance)
+        ns.append(r.num_images)
         if r.repeats > 1:
             lo = [a - s for a, s in zip(r.accuracy, r.accuracy_std)]
             hi = [a + s for a, s in zip(r.accuracy, r.accuracy_std)]
-            ax.fill_between(r.sigmas, lo, hi, color=line.get_color(), alpha=0.2)
-    return save_figure(fig, ax, path, 'sigma_test (pixel std, [0,1] scale)', 'test accuracy (%)', title)
+            ax.fill_between(r.sigmas, lo, hi, color=line.get_color(), alpha=0.3, hatch='//', lw=0)
+    return save_figure(fig, ax, path, 'sigma_test (pixel std, [0,1] scale)', 'test accuracy (%)',
+                       f'{title}\n{_images(ns)}; bands: 95% Wilson interval over images')
 
 
-def plot_certified(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Union[str, Path]) -> Path:
-    """Certified accuracy vs l2 radius, one curve per model (``{'radii': [...], 'accuracy': [...]}``)."""
+def plot_certified(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Union[str, Path],
+                   title: str = 'Certified accuracy (randomized smoothing)', chance: Optional[float] = None) -> Path:
+    """Certified accuracy vs l2 radius, one curve per model (``{'radii': [...], 'accuracy': [...], 'num_images': n}``;
+    None beyond smoothing's reach is left out)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ns = []
     for name, c in curves.items():
-        ax.plot(c['radii'], c['accuracy'], marker='o', label=name)
-    return save_figure(fig, ax, path, 'l2 radius', 'certified accuracy (%)')
+        line, = ax.plot(c['radii'], [float('nan') if a is None else a for a in c['accuracy']], marker='o', label=name)
+        _with_uncertainty(ax, c['radii'], c['accuracy'], c.get('num_images') or 0, line.get_color(), chance)
+        ns.append(c.get('num_images') or 0)
+    return save_figure(fig, ax, path, 'l2 radius', 'certified accuracy (%)',
+                       f'{title}\n{_images(ns)}; bands: 95% Wilson interval over images')
 
 
 # ---- common corruptions -------------------------------------------------------------------------------------------
@@ -149,7 +177,7 @@ def plot_corruption_heatmap(result: Mapping, path: Union[str, Path], title: str)
     return save_figure(fig, ax, path, 'severity', '', title, legend=False)
 
 
-def plot_corruption_families(results: Mapping[str, Mapping], path: Union[str, Path]) -> Path:
+def plot_corruption_families(results: Mapping[str, Mapping], path: Union[str, Path], data: str = '') -> Path:
     """Mean accuracy per corruption family (and clean), one bar per model."""
     from .corruptions import FAMILIES
     plt = pyplot()
@@ -160,7 +188,10 @@ def plot_corruption_families(results: Mapping[str, Mapping], path: Union[str, Pa
         ys = [r['clean'] if g == 'clean' else r['by_family'].get(g, float('nan')) for g in groups]
         ax.bar([i + k * width for i in range(len(groups))], ys, width=width, label=label)
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(groups))], groups)
-    return save_figure(fig, ax, path, 'corruption family', 'accuracy (%)', 'Common corruptions (CIFAR-10-C)')
+    n = _images([r.get('num_images', 0) for r in results.values()])
+    return save_figure(fig, ax, path, 'corruption family', 'accuracy (%)',
+                       f"Common corruptions{f' on {data}' if data else ''} (CIFAR-10-C's recipes, computed on the fly)"
+                       f"\n{n}")
 
 
 # ---- adversarial attacks --------------------------------------------------------------------------------------------
@@ -199,16 +230,22 @@ def attack_table(results: Mapping[str, Mapping]) -> str:
     return '\n'.join(lines)
 
 
-def plot_attacks(results: Mapping[str, Mapping], path: Union[str, Path], norm: str) -> Path:
-    """Robust accuracy vs epsilon for one norm, one curve per model (clean accuracy at epsilon 0)."""
+def plot_attacks(results: Mapping[str, Mapping], path: Union[str, Path], norm: str, data: str = '',
+                 chance: Optional[float] = None) -> Path:
+    """Robust accuracy vs epsilon for one norm, one curve per model (clean accuracy at epsilon 0), with the 95% Wilson
+    band over the attacked images and the chance level."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for label, r in results.items():
         if norm in r:
             xs = [0.0] + [float(e) for e in r[norm]]
-            ax.plot(xs, [r['clean']] + list(r[norm].values()), marker='o', label=f"{label} ({r['attack']})")
+            ys = [r['clean']] + list(r[norm].values())
+            line, = ax.plot(xs, ys, marker='o', label=f"{label} ({r['attack']})")
+            _with_uncertainty(ax, xs, ys, r.get('num_images', 0), line.get_color(), chance)
     method = next(iter(results.values()))['attack']
-    return save_figure(fig, ax, path, f'ε ({norm})', 'robust accuracy (%)', f'{method} attacks, {norm}')
+    n = _images([r.get('num_images', 0) for r in results.values()])
+    return save_figure(fig, ax, path, f'ε ({norm}, [0,1] pixels)', 'robust accuracy (%)',
+                       f"{method} attacks, {norm}{f' on {data}' if data else ''}\n{n}; bands: 95% Wilson interval")
 
 
 @torch.no_grad()

@@ -163,7 +163,8 @@ def write_outputs(out: Path, model, recipe, objective, dataset: str, robustness,
     plot = None
     if robustness:
         plot_sweeps({recipe['name']: robustness}, out / 'robustness.png',
-                    title=f'{recipe["model"]["name"]} on {dataset}: accuracy vs noise')
+                    title=f'{recipe["model"]["name"]} on {dataset}: accuracy vs noise',
+                    chance=100.0 / model.num_classes if getattr(model, 'num_classes', 0) else None)
         plot = 'robustness.png'
         atomic_write_text(out / 'robustness.md', summary_table({recipe['name']: robustness}) + '\n\n' +
                           sweep_table({recipe['name']: robustness}) + '\n')
