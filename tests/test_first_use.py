@@ -449,3 +449,40 @@ def test_plots_show_n_an_interval_over_images_the_chance_line_and_the_true_data(
     assert sweep['chance'] == [10.0] and sweep['bands'] >= 1  # one draw per image: the band is over images
     assert 'on digits' in families['title'] and 'CIFAR-10-C)' not in families['title']
     assert 'n = 20 images' in attacks['title'] and attacks['chance'] == [10.0] and attacks['bands'] >= 1
+
+
+# ---- the README a first-time reader follows ------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_zoo_table_is_what_hub_list_prints_and_the_citation_is_the_cards():
+    import re
+
+    from timm_lipschitz.hub.card import CITATION
+    from timm_lipschitz.listing import tag_rows, tag_table
+    readme = (ROOT / 'README.md').read_text()
+    zoo = re.search(r'<!-- zoo:[^\n]*-->\n(.*?)\n<!-- /zoo -->', readme, re.S).group(1)
+    assert zoo.strip() == tag_table(tag_rows()).strip()
+    cited = re.search(r'<!-- citation:[^\n]*-->\n```bibtex\n(.*?)\n```', readme, re.S).group(1)
+    assert cited == CITATION
+    for section in ('## Install', '## Quickstart', '## Model zoo', '## Training', '## Evaluation', '## Cite',
+                    '## License'):
+        assert f'\n{section}' in readme, section
+    assert '## Design' not in readme and (ROOT / 'docs' / 'DESIGN.md').is_file()
+
+
+def test_the_readme_quickstart_runs_as_written(capsys):
+    import re
+    readme = (ROOT / 'README.md').read_text()
+    quick = readme.split('## Quickstart', 1)[1]
+    code = re.search(r'```python\n(.*?)```', quick, re.S).group(1)
+    exec(compile(code, 'README quickstart', 'exec'), {})
+    assert capsys.readouterr().out.strip() in timm.create_model(
+        'cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist', pretrained=True).pretrained_cfg['label_names']
+
+
+def test_results_speak_of_the_project_only():
+    import re
+    text = (ROOT / 'benchmarks' / 'RESULTS.md').read_text() + (ROOT / 'README.md').read_text()
+    found = re.findall(r'\bsessions?\b|\bissue \d+|\blent\b|\bborrowed\b', text, re.I)
+    assert not found, found
