@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-__all__ = ['eval_mode']
+__all__ = ['eval_mode', 'for_inference']
 
 
 @contextlib.contextmanager
@@ -19,3 +19,10 @@ def eval_mode(model: Any) -> Iterator[Any]:
         yield model
     finally:
         model.train(was_training)
+
+
+def for_inference(model: Any) -> Any:
+    """Eval mode for good: only for a model handed out to be used for inference and never trained here (a
+    RobustBench entry point returns one, as RobustBench's own zoo models are)."""
+    model.eval()
+    return model

@@ -109,7 +109,7 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     folder = Path(out_dir) if out_dir else exports_home() / entry
     cfg = model.pretrained_cfg
     mean, std = cfg['mean'], cfg['std']
-    wrapped = RobustBenchModel.wrap(model.eval(), mean, std)
+    wrapped = RobustBenchModel.wrap(model, mean, std)  # the weights; the mode is not saved
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in wrapped.state_dict().items()}
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / 'model.safetensors', st_save(tensors, metadata={'format': 'pt', 'entry': entry}))

@@ -83,6 +83,7 @@ def register_export(entry: str, spec: Dict[str, Any]) -> None:
     from timm.models import generate_default_cfgs, register_model
     from timm.models._registry import _model_entrypoints
 
+    from ..modes import for_inference
     from ._pretrained import build
     channels = int(spec['input_size'][0])
     default_cfgs.update(generate_default_cfgs({entry: {
@@ -96,7 +97,7 @@ def register_export(entry: str, spec: Dict[str, Any]) -> None:
         model = build(RobustBenchModel, entry, pretrained, arch=spec['arch'], mean=spec['mean'], std=spec['std'],
                       input_size=spec['input_size'], model_args=spec.get('model_args') or {},
                       **{'num_classes': spec['num_classes'], **kwargs})
-        return model.eval()  # RobustBench's models are used in eval mode
+        return for_inference(model)  # RobustBench's models are used in eval mode
 
     entrypoint.__name__ = entrypoint.__qualname__ = entry
     entrypoint.__module__ = __name__
