@@ -19,6 +19,7 @@ from timm.layers import BatchNormAct2d, create_classifier
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from ..errors import UsageError
+from ._bounds import DeclaresLipschitz, bn_scale, conv_bn_bound, linear_norm
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
@@ -91,6 +92,12 @@ class BasicBlock(nn.Module):
         x = self.bn2(self.conv2(x))
         return self.act2(x + shortcut)
 
+    def lipschitz_bound(self, hw: Tuple[int, int]) -> Tuple[float, Tuple[int, int]]:
+        """shortcut + conv-BN * conv-BN (ReLU is 1-Lipschitz), and the output size."""
+        a, hw1 = conv_bn_bound(self.conv1, self.bn1, hw)
+        b, hw2 = conv_bn_bound(self.conv2, self.bn2, hw1)
+        return _shortcut_bound(self.downsample, hw) + a * b, hw2
+
 
 class PreActBasicBlock(nn.Module):
     """Pre-activation basic block: BN-ReLU-conv-BN-ReLU-conv, add shortcut (He et al. 2016b, identity mappings).
@@ -119,6 +126,20 @@ class PreActBasicBlock(nn.Module):
         x = self.conv2(self.act2(self.bn2(x)))
         return x + shortcut
 
+    def lipschitz_bound(self, hw: Tuple[int, int]) -> Tuple[float, Tuple[int, int]]:
+        """shortcut + BN * conv * BN * conv (BN before a conv is bounded by its largest scale)."""
+        a, hw1 = conv_bn_bound(self.conv1, None, hw)
+        b, hw2 = conv_bn_bound(self.conv2, None, hw1)
+        a, b = a * bn_scale(self.bn1).abs().max().item(), b * bn_scale(self.bn2).abs().max().item()
+        return _shortcut_bound(self.downsample, hw) + a * b, hw2
+
+
+def _shortcut_bound(downsample: Optional[nn.Module], hw: Tuple[int, int]) -> float:
+    """Identity, or option A's subsample + zero channels: norm <= 1; option B: its conv-BN."""
+    if downsample is None or isinstance(downsample, ShortcutA):
+        return 1.0
+    return conv_bn_bound(downsample[0], downsample[1], hw)[0]
+
 
 def blocks_per_stage(depth: int) -> int:
     """Blocks per stage for a CIFAR ResNet of ``depth`` layers; depth must be 6n + 2 with n >= 1."""
@@ -129,7 +150,7 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-class CifarResNet(StagedFeatures, nn.Module):
+class CifarResNet(StagedFeatures, DeclaresLipschitz, nn.Module):
     """CIFAR ResNet / PreResNet with 3 stages (16, 32, 64 channels) and global average pooling.
 
     Args:
@@ -262,6 +283,23 @@ class CifarResNet(StagedFeatures, nn.Module):
             x = self.layer2(x)
             x = self.layer3(x)
         return self.norm(x)
+
+    def lipschitz_factors(self, hw: Tuple[int, int]) -> List[Tuple[str, float]]:
+        """Stem, each residual block, the pre-activation net's last BN, the average pool and the classifier."""
+        v, hw = conv_bn_bound(self.conv1, None if self.preact else self.bn1, hw)
+        factors = [('stem', v)]
+        for stage in (self.layer1, self.layer2, self.layer3):
+            for block in stage:
+                v, hw = block.lipschitz_bound(hw)
+                factors.append((f'block{len(factors) + 1}', v))  # numbered after the normalization factor
+        if self.preact:
+            factors.append(('norm', bn_scale(self.norm).abs().max().item()))
+        pool = self.global_pool.pool_type if hasattr(self.global_pool, 'pool_type') else 'avg'
+        if pool not in ('avg', 'max'):
+            raise NotImplementedError(f'no Lipschitz bound for global pool {pool!r}.')
+        factors.append(('pool', (1.0 / (hw[0] * hw[1])) ** 0.5 if pool == 'avg' else 1.0))
+        factors.append(('fc', linear_norm(self.fc)))
+        return factors
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from ..errors import UsageError
+from ._bounds import DeclaresLipschitz, conv_bn_bound, linear_norm
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
@@ -26,7 +27,7 @@ MNIST_STD = (0.3081,)
 DIGIT_LABELS = tuple(str(i) for i in range(10))
 
 
-class MnistConvNet(StagedFeatures, nn.Module):
+class MnistConvNet(StagedFeatures, DeclaresLipschitz, nn.Module):
     """conv(5x5) -> ReLU -> max-pool(2) -> flatten -> FC hidden -> ReLU -> [dropout] -> FC output.
 
     timm's conventions: ``forward_features`` returns the pooled conv map, so ``num_features`` is its channel count
@@ -104,6 +105,11 @@ class MnistConvNet(StagedFeatures, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.act1(self.conv1(x)))
+
+    def lipschitz_factors(self, hw: Tuple[int, int]) -> List[Tuple[str, float]]:
+        """conv, max-pool (1-Lipschitz), hidden and output layers (ReLU and dropout in eval mode: 1)."""
+        v, _ = conv_bn_bound(self.conv1, None, hw)
+        return [('conv1', v), ('pool', 1.0), ('fc1', linear_norm(self.fc1)), ('fc', linear_norm(self.fc))]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == '':
