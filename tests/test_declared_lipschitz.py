@@ -38,3 +38,28 @@ def test_a_model_scaled_up_declares_a_larger_constant_and_one_without_a_declarat
     plain.pretrained_cfg = {'input_size': (1, 8, 8), 'mean': (0.5,), 'std': (0.5,)}
     with pytest.raises(NotImplementedError, match='declares none'):
         spectral_upper_bound(plain)
+
+
+def test_the_lipschitz_margin_objective_lowers_the_true_logit_by_sqrt2_L_epsilon():
+    import math
+
+    import torch.nn.functional as F
+
+    from timm_lipschitz.losses import create_loss
+    from timm_lipschitz.recipes import RecipeError, resolve_recipe
+    model = timm.create_model('mnist_convnet', num_classes=10, img_size=8, in_chans=1,
+                              pretrained_cfg_overlay={'input_size': (1, 8, 8)}).eval()
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6) % 10
+    mean, std = model.pretrained_cfg['mean'][0], model.pretrained_cfg['std'][0]
+    logits = model((x - mean) / std)
+    for lipschitz, L in ((1.0, 1.0), (2.5, 2.5), ('model', model.lipschitz_constant())):
+        out = create_loss('lipschitz_margin', epsilon=0.25, lipschitz=lipschitz)(model, x, y)
+        shifted = logits - math.sqrt(2) * L * 0.25 * F.one_hot(y, 10)
+        torch.testing.assert_close(out.loss, F.cross_entropy(shifted, y))
+        assert out.parts['margin'].item() == pytest.approx(math.sqrt(2) * L * 0.25)
+        torch.testing.assert_close(out.logits, logits)
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(ValueError, match="lipschitz='model' is not allowed; Sequential declares no Lipschitz"):
+        create_loss('lipschitz_margin', lipschitz='model', mean=(0.5,), std=(0.5,))(plain, x, y)
+    with pytest.raises(RecipeError, match="loss.lipschitz='big' is not allowed; lipschitz must be a number > 0 or"):
+        resolve_recipe('recipes/digits_lipschitz.yaml', ['loss={"name": "lipschitz_margin", "lipschitz": "big"}'])
