@@ -313,6 +313,15 @@ def test_ship_refuses_to_replace_an_entry_with_another_run(tmp_path):
     ship_pretrained(b['output_dir'], weights, replace=True)
     index = json.loads((weights / 'index.json').read_text())
     assert index[name]['recipe_hash'] == read_metadata(b['output_dir'])['recipe_hash']
+    assert 'crop_pct' not in index[name]['cfg']  # 8 px digits at 8 px: timm's default resize is right
+    # a run that zero-padded 8 -> 16 px, recorded before its cfg held crop_pct: the tag gets the padding's value
+    c = train({**base, 'data': {**base['data'], 'input_size': [1, 16, 16]}, 'steps': 2,
+               'output_dir': str(tmp_path / 'c'), 'name': 'padded'}, progress=False)
+    config = json.loads((Path(c['output_dir']) / 'config.json').read_text())
+    config['pretrained_cfg']['crop_pct'] = 1.0
+    (Path(c['output_dir']) / 'config.json').write_text(json.dumps(config))
+    ship_pretrained(c['output_dir'], weights, replace=True)
+    assert json.loads((weights / 'index.json').read_text())[name]['cfg']['crop_pct'] == 2.0
 
 
 def test_convert_honours_source(tmp_path):

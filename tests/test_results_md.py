@@ -159,3 +159,23 @@ def test_rerunning_a_benchmark_leaves_the_tracked_results_alone(tmp_path):
         for folder in ('out', 'results'):
             for suffix in ('json', 'md'):
                 (bench / folder / f'zz_probe.{suffix}').unlink(missing_ok=True)
+
+
+def _study_module():
+    import importlib
+    import sys
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    return importlib.import_module('robustness_study')
+
+
+def test_worst_direction_study_tables_are_rendered_from_the_study_json():
+    """The summary tables of the worst-direction study are exactly what robustness_study renders from its JSON,
+    and each AutoAttack row quotes its file."""
+    rs = _study_module()
+    text = section('## The hinge in the worst direction against Gaussian augmentation and TRADES')
+    for name in ('study_fmnist_resnet20_adversarial', 'study_fmnist_mnistnet_adversarial'):
+        for line in rs.summary_table(study(name)):
+            assert line in text, (name, line)
+    for name in ('study_fmnist_resnet20_adversarial_aa_hinge', 'study_fmnist_resnet20_adversarial_aa_trades'):
+        for line in rs.autoattack_table(study(name))[4:]:
+            assert line in text, (name, line)

@@ -52,23 +52,33 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
     return out
 
 
-def _restate_preprocessing(model, recipe: Optional[dict]) -> None:
-    """A run trained before its cfg recorded ``crop_pct`` (0.2.0) says 1.0 even where training zero-padded: set the
-    value with which timm's eval transform pads as training did (from the data's native size), so the published
-    config and card state the preprocessing that reproduces the scores. Without the data here the cfg stays, said."""
+def training_crop_pct(pretrained_cfg: dict, recipe: Optional[dict]) -> Optional[float]:
+    """The ``crop_pct`` with which timm's eval transform pads as the run's training did (from its data's native
+    size): a run recorded before its cfg held ``crop_pct`` (0.2.0) says 1.0 even where training zero-padded. None
+    when the data is not readable here (said)."""
     from ..data import DataError, create_dataset, timm_crop_pct
     data = (recipe or {}).get('data') or {}
     if not data.get('name'):
-        return
+        return None
     try:
         _, info = create_dataset(data['name'], 'test', root=data.get('root'), **(data.get('kwargs') or {}))
     except (DataError, OSError, TypeError) as e:
-        print(f"note: {data['name']} is not readable here ({str(e).splitlines()[0]}); the published cfg keeps "
-              f"crop_pct {model.pretrained_cfg.get('crop_pct')}, check it reproduces the training inputs.")
-        return
-    crop = timm_crop_pct(info.native_size, model.pretrained_cfg['input_size'])
-    if crop != model.pretrained_cfg.get('crop_pct'):
+        print(f"note: {data['name']} is not readable here ({str(e).splitlines()[0]}); the cfg keeps crop_pct "
+              f"{pretrained_cfg.get('crop_pct')}, check it reproduces the training inputs.")
+        return None
+    return timm_crop_pct(info.native_size, pretrained_cfg['input_size'])
+
+
+def _restate_preprocessing(model, recipe: Optional[dict]) -> None:
+    """Publish the preprocessing that reproduces the scores (:func:`training_crop_pct`) in the config and card."""
+    crop = training_crop_pct(model.pretrained_cfg, recipe)
+    if crop is not None and crop != model.pretrained_cfg.get('crop_pct'):
         model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, 'crop_pct': crop}
+
+
+def read_yaml(path: Path) -> dict:
+    import yaml
+    return yaml.safe_load(path.read_text()) or {}
 
 
 class PublishError(UserError):
@@ -150,7 +160,13 @@ def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, 
             f'{name} is already shipped from another run (recipe hash {old.get("recipe_hash") or "unrecorded"}, '
             f'this run {meta.get("recipe_hash")}); pass replace=True to replace it, or train under another name.')
     shutil.copy2(run_dir / WEIGHTS_NAME, out_dir / f'{name}.safetensors')
-    pcfg = config.get('pretrained_cfg', {})
+    pcfg = dict(config.get('pretrained_cfg', {}))
+    recipe = read_yaml(run_dir / 'recipe.yaml') if (run_dir / 'recipe.yaml').is_file() else None
+    crop = training_crop_pct(pcfg, recipe)  # a tag's cfg lets timm's own transform reproduce its training inputs
+    if crop is not None:
+        pcfg['crop_pct'] = crop
+    if pcfg.get('crop_pct') == 1.0:
+        pcfg.pop('crop_pct')  # the architecture's default
     index[name] = {'file': f'{name}.safetensors', 'recipe_hash': meta.get('recipe_hash'),
                    'cfg': {k: pcfg[k] for k in ('input_size', 'mean', 'std', 'num_classes', 'label_names',
                                                 'pool_size', 'crop_pct', 'license') if k in pcfg}}
