@@ -96,11 +96,10 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     """Export a run folder, checkpoint folder or tag; returns (the timm entry name, the export folder)."""
     from safetensors.torch import save as st_save
 
-    from ..evaluate.loading import load_model
     from ..models.robustbench import RobustBenchModel, entry_name, exports_home, register_export
     from .files import load_robustness
     threat, name = _threat(threat), _name(name)
-    model, info = load_model(source)
+    model = _load(source)
     summary = load_robustness(source)
     dataset = RB_DATASETS.get(summary.get('dataset', ''), re.sub(r'[^a-z0-9_]', '', summary.get('dataset', '').lower()))
     arch = model.pretrained_cfg.get('architecture') or summary.get('architecture')
@@ -114,7 +113,7 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / 'model.safetensors', st_save(tensors, metadata={'format': 'pt', 'entry': entry}))
     atomic_write_json(folder / f'{name}.json', details)
-    spec = {'folder': str(folder.resolve()), 'arch': arch, 'model_args': _model_args(info),
+    spec = {'folder': str(folder.resolve()), 'arch': arch, 'model_args': _model_args(source),
             'num_classes': int(model.num_classes), 'input_size': [int(s) for s in cfg['input_size']],
             'crop_pct': cfg.get('crop_pct', 1.0), 'mean': list(mean), 'std': list(std),
             'first_conv': cfg.get('first_conv', 'conv1'), 'classifier': cfg.get('classifier', 'fc'),
@@ -128,9 +127,20 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     return entry, folder
 
 
-def _model_args(info: Dict[str, Any]) -> Dict[str, Any]:
+def _load(source: str) -> Any:
+    """A run or checkpoint folder (its final weights), or a registered tag with weights."""
+    import timm
+
+    from .files import CheckpointError, load_pretrained
+    if Path(source).is_dir():
+        return load_pretrained(source)
+    if '.' in source and timm.is_model(source.split('.')[0]) and source in timm.list_pretrained(source):
+        return timm.create_model(source, pretrained=True)
+    raise CheckpointError(f'{source} is neither a run or checkpoint folder nor a registered tag with weights.')
+
+
+def _model_args(source: str) -> Dict[str, Any]:
     """The architecture's constructor arguments beyond class count, channels and input size (a folder's
     config.json records them; a tag's are the architecture's defaults)."""
-    folder = info.get('folder')
-    config = read_json(Path(folder) / 'config.json') if folder and (Path(folder) / 'config.json').is_file() else {}
+    config = read_json(Path(source) / 'config.json') if (Path(source) / 'config.json').is_file() else {}
     return {k: v for k, v in (config.get('model_args') or {}).items() if k not in ('num_classes', 'in_chans')}
