@@ -169,13 +169,9 @@ def _study_module():
 
 
 def test_worst_direction_study_tables_are_rendered_from_the_study_json():
-    """The summary tables of the worst-direction study are exactly what robustness_study renders from its JSON,
-    and each AutoAttack row quotes its file."""
+    """The summary tables of the worst-direction study are exactly what robustness_study renders from its JSON."""
     rs = _study_module()
     text = section('## The hinge in the worst direction against Gaussian augmentation and TRADES')
     for name in ('study_fmnist_resnet20_adversarial', 'study_fmnist_mnistnet_adversarial'):
         for line in rs.summary_table(study(name)):
-            assert line in text, (name, line)
-    for name in ('study_fmnist_resnet20_adversarial_aa_hinge', 'study_fmnist_resnet20_adversarial_aa_trades'):
-        for line in rs.autoattack_table(study(name))[4:]:
             assert line in text, (name, line)
