@@ -339,8 +339,8 @@ def main() -> None:
     r = {'hardware': hardware(device), 'torch': torch.__version__, 'date': time.strftime('%Y-%m-%d'),
          'command': 'python ' + ' '.join(['benchmarks/speed.py'] + sys.argv[1:])}
     todo = args.only or list(ITEMS)
-    prev = next((d / f'speed_{device.type}.json' for d in (OUT, TRACKED) if (d / f'speed_{device.type}.json').is_file()),
-                OUT / f'speed_{device.type}.json')
+    speed_file = f'speed_{device.type}.json'
+    prev = next((d / speed_file for d in (OUT, TRACKED) if (d / speed_file).is_file()), OUT / speed_file)
     run = {k: r[k] for k in ('hardware', 'torch', 'date', 'command')}
     if args.only and prev.is_file():  # re-measure some items, keep the others (and say which run measured what)
         r = json.loads(prev.read_text())
@@ -361,7 +361,7 @@ def main() -> None:
         r[name]['run'] = run
         print(f'{name}: done in {time.time() - t:.0f}s', flush=True)
         OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / f'speed_{device.type}.json').write_text(json.dumps(r, indent=1))  # saved after every item
+        (OUT / speed_file).write_text(json.dumps(r, indent=1))  # saved after every item
     if set(ITEMS) <= set(r):
         md = markdown(r)
         (OUT / f'speed_{device.type}.md').write_text(md + '\n')

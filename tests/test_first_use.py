@@ -392,8 +392,8 @@ def test_export_robustbench_registers_the_name_its_load_model_looks_up(tmp_path,
     robustness = {'sigmas': [0.0, 0.5], 'accuracy': [84.33, 70.0], 'accuracy_std': [0, 0], 'repeats': 1,
                   'num_images': 10000, 'summary': {'acc@0': 84.33, 'acc@0.5': 70.0, 'grid_mean': 77.17}}
     hp = {'sigma': 0.75, 'beta': 10.0, 'lipschitz_target': 0.005}
-    folder = save_pretrained(model, tmp_path / 'ck', tag='lipschitz_hinge_s075_b10_l0005_fmnist', dataset='fashion_mnist',
-                             objective='lipschitz_hinge', hparams=hp, robustness=robustness)
+    folder = save_pretrained(model, tmp_path / 'ck', tag='lipschitz_hinge_s075_b10_l0005_fmnist',
+                             dataset='fashion_mnist', objective='lipschitz_hinge', hparams=hp, robustness=robustness)
     assert main(['export', '--robustbench', str(folder), '--name', 'Usama2026Hinge', '--threat', 'L2']) == 2
     assert 'no AutoAttack result at L2 is recorded' in capsys.readouterr().err
     record_evaluation(folder, attacks={'attack': 'autoattack', 'method': 'AutoAttack (ART)', 'clean': 86.0,

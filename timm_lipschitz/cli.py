@@ -185,11 +185,10 @@ def _run_export(args: argparse.Namespace) -> None:
     from .hub.robustbench import export_robustbench
     paper = {k: v for k, v in (('link', args.link), ('authors', args.authors), ('venue', args.venue),
                                ('name', args.paper_name)) if v}
-    entry, folder = export_robustbench(args.robustbench, args.name, args.threat, args.out, paper)
-    spec = __import__('json').loads((folder / f'{args.name}.json').read_text())
+    entry, folder, info = export_robustbench(args.robustbench, args.name, args.threat, args.out, paper)
     print(f'exported {args.robustbench} to {folder} (model info: {folder / (args.name + ".json")})\n'
           f'timm name: {entry}; after import timm_lipschitz, RobustBench finds it with '
-          f"load_model('{args.name}', dataset='{spec['dataset']}', threat_model='{args.threat}'), and timm with "
+          f"load_model('{args.name}', dataset='{info['dataset']}', threat_model='{args.threat}'), and timm with "
           f"timm.create_model('{entry}', pretrained=True) (inputs: [0,1] pixels, normalization inside).")
 
 

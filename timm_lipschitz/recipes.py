@@ -349,10 +349,9 @@ def _check_trackers(log_with: List[Any]) -> None:
     for name in log_with:
         _require(name in TRACKERS, 'log_with', name, f'choose trackers among {sorted(TRACKERS)}')
         if not any(importlib.util.find_spec(pkg) is not None for pkg in TRACKERS[name]):
+            extra = ' or pip install timm-lipschitz[tensorboard]' if name == 'tensorboard' else ''
             raise RecipeError(f'log_with: tracker {name!r} needs the {TRACKERS[name][0]} package, which is not '
-                              f'installed (pip install {TRACKERS[name][0]}'
-                              f"{'' if name != 'tensorboard' else ' or pip install timm-lipschitz[tensorboard]'}), "
-                              f'or remove it from log_with.')
+                              f'installed (pip install {TRACKERS[name][0]}{extra}), or remove it from log_with.')
 
 
 def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:

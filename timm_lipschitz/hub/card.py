@@ -130,7 +130,8 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
     corruptions = record.get('corruptions')
     if corruptions:
         from ..robustness.report import corruption_table
-        lines += _recorded('Common corruptions (CIFAR-10-C\'s recipes, computed on the fly)', corruptions, corruptions.get('num_images'),
+        lines += _recorded("Common corruptions (CIFAR-10-C's recipes, computed on the fly)", corruptions,
+                           corruptions.get('num_images'),
                            f"Accuracy (%) under the corruptions of CIFAR-10-C, computed on the fly with its constants, "
                            f"mean over severities {corruptions['severities']}, {{images}}. Mean corruption accuracy: "
                            f"**{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).",
@@ -166,7 +167,7 @@ def render_card(name: str, config: Dict[str, Any], meta: Dict[str, str], record:
               f"(Usama & Chang, *Towards Robust Neural Networks with Lipschitz Continuity*).", '',
               '## Model details', '',
               f"- **Architecture:** {meta.get('architecture')} ({config.get('num_classes')} classes, input "
-              f"{tuple(config.get('pretrained_cfg', {}).get('input_size', ()))})",
+              f"{tuple(pcfg.get('input_size', ()))})",
               f"- **Objective:** {meta.get('objective')} {hp}",
               f"- **Dataset:** {DATASET_NAMES.get(dataset, dataset) or 'n/a'}",
               *([f'- **Parameters:** {num_params:,}'] if num_params is not None else []),

@@ -168,6 +168,8 @@ def parameter_count(source: Union[str, Path]) -> int:
     from safetensors import safe_open
     with safe_open(str(_weights_file(source)), framework='pt') as f:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(BUFFER_SUFFIXES))
+
+
 def _weights_file(source: Union[str, Path]) -> Path:
     path = Path(source)
     if path.is_dir():

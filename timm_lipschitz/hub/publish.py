@@ -26,10 +26,7 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
         _require_token()
     model = load_pretrained(run_dir)
     meta = read_metadata(run_dir)
-    recipe = None
-    if (run_dir / 'recipe.yaml').is_file():
-        import yaml
-        recipe = yaml.safe_load((run_dir / 'recipe.yaml').read_text())
+    recipe = _run_recipe(run_dir)
     _restate_preprocessing(model, recipe)
     rob_file = run_dir / 'robustness.json'
     rob = read_json(rob_file) if rob_file.is_file() else {}
@@ -76,9 +73,12 @@ def _restate_preprocessing(model, recipe: Optional[dict]) -> None:
         model.pretrained_cfg = model.default_cfg = {**model.pretrained_cfg, 'crop_pct': crop}
 
 
-def read_yaml(path: Path) -> dict:
+def _run_recipe(run_dir: Path) -> Optional[dict]:
+    """The run's resolved recipe (``recipe.yaml``), or None for a folder without one."""
+    if not (run_dir / 'recipe.yaml').is_file():
+        return None
     import yaml
-    return yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_load((run_dir / 'recipe.yaml').read_text()) or {}
 
 
 class PublishError(UserError):
@@ -161,8 +161,7 @@ def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, 
             f'this run {meta.get("recipe_hash")}); pass replace=True to replace it, or train under another name.')
     shutil.copy2(run_dir / WEIGHTS_NAME, out_dir / f'{name}.safetensors')
     pcfg = dict(config.get('pretrained_cfg', {}))
-    recipe = read_yaml(run_dir / 'recipe.yaml') if (run_dir / 'recipe.yaml').is_file() else None
-    crop = training_crop_pct(pcfg, recipe)  # a tag's cfg lets timm's own transform reproduce its training inputs
+    crop = training_crop_pct(pcfg, _run_recipe(run_dir))  # timm's own transform then reproduces the inputs
     if crop is not None:
         pcfg['crop_pct'] = crop
     if pcfg.get('crop_pct') == 1.0:

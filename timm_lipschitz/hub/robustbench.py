@@ -39,11 +39,10 @@ def _name(name: str) -> str:
     return name
 
 
-def _eps_text(eps: float) -> str:
-    """RobustBench writes L-inf budgets as fractions of 255 (``8/255``) and others as decimals."""
-    k = eps * 255
-    return f'{round(k)}/255' if abs(k - round(k)) < 1e-6 and eps < 1 and round(k) > 0 and eps not in (0.5, 0.25) \
-        else f'{eps:g}'
+def _eps_text(eps: float, threat: str) -> str:
+    """RobustBench writes L-inf budgets that are whole levels as fractions of 255 (``8/255``), others as decimals."""
+    levels = round(eps * 255)
+    return f'{levels}/255' if threat == 'Linf' and levels > 0 and abs(eps * 255 - levels) < 1e-6 else f'{eps:g}'
 
 
 def _scores(summary: Dict[str, Any], threat: str, source: str) -> Tuple[Optional[float], Optional[float], str]:
@@ -63,16 +62,17 @@ def _scores(summary: Dict[str, Any], threat: str, source: str) -> Tuple[Optional
         other = sorted(k for k in summary if f'_{norm}@' in k)
         raise UsageError(f'no AutoAttack result at {threat} is recorded for this model (RobustBench reports '
                          f'AutoAttack{"; recorded: " + ", ".join(other) if other else ""}); record one with '
-                         f'timm-lipschitz eval {_folder_hint(source)} --attack {norm} --attack-method autoattack --record, '
-                         f'then export again.')
+                         f'timm-lipschitz eval {_folder_hint(source)} --attack {norm} --attack-method autoattack '
+                         f'--record, then export again.')
     eps = max(found)
     return eps, float(found[eps]), f"AutoAttack (ART) on {summary.get('attack_images')} test images."
 
 
 def _folder_hint(source: str) -> str:
     """Results are recorded into folders: a tag is first saved to one."""
-    return source if Path(source).is_dir() else \
-        f'FOLDER (a tag\'s bundled files are read-only: save {source} to a FOLDER with timm_lipschitz.hub.save_pretrained)'
+    if Path(source).is_dir():
+        return source
+    return f'FOLDER (a tag\'s bundled files are read-only: save {source} to a FOLDER with hub.save_pretrained)'
 
 
 def model_info(name: str, summary: Dict[str, Any], dataset: str, threat: str, architecture: str,
@@ -82,8 +82,9 @@ def model_info(name: str, summary: Dict[str, Any], dataset: str, threat: str, ar
     if summary.get('acc@0') is None:
         raise UsageError('the model has no recorded clean accuracy (its metadata has no robustness summary).')
     info: Dict[str, Any] = {**PAPER, **(paper or {})}
-    info.update({'additional_data': False, 'number_forward_passes': 1, 'dataset': dataset, 'architecture': architecture,
-                 'eps': None if eps is None else _eps_text(eps), 'clean_acc': f"{summary['acc@0']:.2f}",
+    info.update({'additional_data': False, 'number_forward_passes': 1, 'dataset': dataset,
+                 'architecture': architecture,
+                 'eps': None if eps is None else _eps_text(eps, threat), 'clean_acc': f"{summary['acc@0']:.2f}",
                  'reported': f'{robust:.2f}',
                  ('corruptions_acc' if threat == 'corruptions' else 'autoattack_acc'): f'{robust:.2f}',
                  'footnote': f"{footnote} Clean accuracy on {summary.get('num_images')} test images. Exported by "
@@ -92,8 +93,9 @@ def model_info(name: str, summary: Dict[str, Any], dataset: str, threat: str, ar
 
 
 def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Union[str, Path]] = None,
-                       paper: Optional[Dict[str, str]] = None) -> Tuple[str, Path]:
-    """Export a run folder, checkpoint folder or tag; returns (the timm entry name, the export folder)."""
+                       paper: Optional[Dict[str, str]] = None) -> Tuple[str, Path, Dict[str, Any]]:
+    """Export a run folder, checkpoint folder or tag; returns (the timm entry name, the export folder, the model
+    info written there)."""
     from safetensors.torch import save as st_save
 
     from ..models.robustbench import RobustBenchModel, entry_name, exports_home, register_export
@@ -101,7 +103,8 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     threat, name = _threat(threat), _name(name)
     model = _load(source)
     summary = load_robustness(source)
-    dataset = RB_DATASETS.get(summary.get('dataset', ''), re.sub(r'[^a-z0-9_]', '', summary.get('dataset', '').lower()))
+    own = summary.get('dataset', '')
+    dataset = RB_DATASETS.get(own, re.sub(r'[^a-z0-9_]', '', own.lower()))
     arch = model.pretrained_cfg.get('architecture') or summary.get('architecture')
     details = model_info(name, summary, dataset, threat, f"{arch} (timm-lipschitz)", paper, str(source))
     entry = entry_name(name, dataset, threat)
@@ -124,7 +127,7 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     index_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(index_file, dict(sorted(index.items())))
     register_export(entry, spec)  # usable in this process too
-    return entry, folder
+    return entry, folder, details
 
 
 def _load(source: str) -> Any:

@@ -5,7 +5,8 @@ from .mnist_convnet import MNIST_MEAN, MNIST_STD, MnistConvNet
 from .robustbench import RobustBenchModel  # registers the RobustBench exports listed in the exports index
 
 __all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'MnistConvNet', 'blocks_per_stage',
-           'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_LABELS', 'MNIST_MEAN', 'MNIST_STD', 'list_registered', 'RobustBenchModel']
+           'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_LABELS', 'MNIST_MEAN', 'MNIST_STD', 'list_registered',
+           'RobustBenchModel']
 
 
 def list_registered() -> list[str]:

@@ -58,7 +58,7 @@ class RobustBenchModel(nn.Module):
 
 
 def entry_name(name: str, dataset: str, threat: str) -> str:
-    """The timm name RobustBench's ``load_model`` looks up (``Name2026Word``, cifar10, L2 -> name2026word_cifar10_l2)."""
+    """The timm name RobustBench's ``load_model`` looks up (Name2026Word, cifar10, L2 -> name2026word_cifar10_l2)."""
     return f"{name.lower().replace('-', '_')}_{dataset.lower()}_{threat.lower()}"
 
 

@@ -20,7 +20,8 @@ from typing import Any, Dict, Optional, Sequence, Union
 from ..recipes import ResolvedRecipe, resolve_recipe
 from ..runs import discard_fresh_run, latest_state, open_run_folder
 from ..seeding import stream_seed
-from .build import (PreparedRun, apply_model_options, apply_threads, cpu_threads, build_data, build_model, build_objective, build_optimizer,
+from .build import (PreparedRun, apply_model_options, apply_threads, build_data, build_model, build_objective,
+                    build_optimizer, cpu_threads,
                     build_scheduler, build_train_loader, check_runtime, compile_step, data_mean_std,
                     default_input_size, eval_subset, has_accelerator, make_accelerator, prepare_run,
                     resolve_normalization, warn_single_process_launch)
