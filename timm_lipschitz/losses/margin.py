@@ -11,7 +11,7 @@ a product of per-layer norms, often astronomically loose, so ``'model'`` is most
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 from .._lazy import lazy_module
 from ..normalization import unwrap_model
@@ -21,23 +21,26 @@ from .registry import register_loss
 torch = lazy_module('torch', __name__)
 F = lazy_module('torch.nn.functional', __name__)
 
-__all__ = ['LipschitzMargin']
+__all__ = ['LipschitzMargin', 'HingeKR']
 
 
 @register_loss('lipschitz_margin')
 class LipschitzMargin(Objective):
-    """CE(f(x) - sqrt(2) * L * epsilon * onehot(y), y): the margin a Lipschitz certificate of radius epsilon needs."""
+    """CE(tau * (f(x) - sqrt(2) * L * epsilon * onehot(y)), y): the margin a Lipschitz certificate of radius
+    epsilon needs. The temperature tau (the tau-CE of the 1-Lipschitz literature) scales the logits inside the CE
+    only: a 1-Lipschitz net's logits move little, and at tau 1 the CE's gradient fades before the margin is met."""
 
     display_name = 'Lipschitz margin'
-    abbrev = {'epsilon': 'e', 'lipschitz': 'lc'}
+    abbrev = {'epsilon': 'e', 'lipschitz': 'lc', 'temperature': 'tau'}
     tag_always = ('epsilon',)
 
-    def __init__(self, epsilon: float = 0.5, lipschitz: Union[float, str] = 1.0, *,
+    def __init__(self, epsilon: float = 0.5, lipschitz: Union[float, str] = 1.0, temperature: float = 1.0, *,
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  seed: Optional[int] = None):
         super().__init__(mean=mean, std=std, seed=seed)
         self.epsilon = check_positive('epsilon', epsilon)
         self.lipschitz = lipschitz if lipschitz == 'model' else _positive_or_model(lipschitz)
+        self.temperature = check_positive('temperature', temperature)
 
     def constant(self, model: Any) -> float:
         """L: the number given, or the model's declared constant."""
@@ -53,7 +56,7 @@ class LipschitzMargin(Objective):
         logits = full_precision(self.forward_model(model, images))
         margin = math.sqrt(2) * self.constant(model) * self.epsilon
         shifted = logits - margin * F.one_hot(targets, logits.shape[1]).to(logits.dtype)
-        loss = F.cross_entropy(shifted, targets)
+        loss = F.cross_entropy(self.temperature * shifted, targets)
         return LossOutput(loss, logits, {'ce': F.cross_entropy(logits.detach(), targets),
                                          'margin': torch.tensor(margin)})
 
@@ -64,3 +67,49 @@ def _positive_or_model(value: Any) -> float:
     except HyperparameterError:
         raise HyperparameterError('lipschitz', value, "lipschitz must be a number > 0 or 'model' (the model's "
                                                       'declared constant)') from None
+
+
+@register_loss('hkr')
+class HingeKR(Objective):
+    """The soft multiclass hinge-Kantorovich-Rubinstein loss of 1-Lipschitz networks (Serrurier et al. 2021; Béthune
+    et al. 2022), orthogonium's ``SoftHKRMulticlassLoss``: ``alpha`` weighs the hinge (margin ``min_margin``, in
+    logit units) against the KR term. Its running mean of |logits| sets the softmax temperature; it is part of the
+    objective's state, so a resumed run continues it."""
+
+    display_name = 'hinge-KR'
+    abbrev = {'alpha': 'a', 'min_margin': 'mm', 'temperature': 't'}
+    tag_always = ('alpha', 'min_margin')
+
+    def __init__(self, alpha: float = 0.98, min_margin: float = 1.0, temperature: float = 1.0, *,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 seed: Optional[int] = None):
+        super().__init__(mean=mean, std=std, seed=seed)
+        self.alpha = float(alpha) if _is_fraction(alpha) else _bad_alpha(alpha)
+        self.min_margin = check_positive('min_margin', min_margin)
+        self.temperature = check_positive('temperature', temperature)
+        from orthogonium.losses import SoftHKRMulticlassLoss
+        self._loss = SoftHKRMulticlassLoss(alpha=self.alpha, min_margin=self.min_margin,
+                                           temperature=self.temperature)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), 'hkr_mean': self._loss.current_mean.tolist()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        state = dict(state)
+        if 'hkr_mean' in state:
+            self._loss.current_mean = torch.tensor(state.pop('hkr_mean'), dtype=torch.float32)
+        super().load_state_dict(state)
+
+    def __call__(self, model, images, targets) -> LossOutput:
+        logits = full_precision(self.forward_model(model, images))
+        loss = self._loss(logits, targets)
+        return LossOutput(loss, logits, {'ce': F.cross_entropy(logits.detach(), targets),
+                                         'hkr_mean': self._loss.current_mean.detach().reshape(())})
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
+
+
+def _bad_alpha(value: Any) -> float:
+    raise HyperparameterError('alpha', value, 'alpha must be a number in [0, 1] (1: hinge only, 0: KR only)')
