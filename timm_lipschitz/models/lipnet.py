@@ -53,7 +53,11 @@ def aol_conv(cin: int, cout: int, stride: int = 1, **dd) -> nn.Module:
     """A 3x3 zero-padded AOL convolution (norm <= 1 by construction; a stride subsamples)."""
     _orthogonium()
     from orthogonium.layers.conv.AOL.aol import AOLConv2D
-    return AOLConv2D(cin, cout, 3, stride=stride, padding=1, **dd)
+    conv = AOLConv2D(cin, cout, 3, stride=stride, padding=1, **dd)
+    # orthogonium 0.0.4 keeps its init tensor as a second registered name (``kernel``) of the weight parameter:
+    # one tensor under two state_dict keys, which safetensors refuses to save twice; the weight keeps it
+    conv._parameters.pop('kernel', None)
+    return conv
 
 
 def ortho_linear(cin: int, cout: int, bias: bool = True) -> nn.Module:
