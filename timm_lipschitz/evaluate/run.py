@@ -72,6 +72,7 @@ def _smoothing(model: nn.Module, data: Dataset, certify_args: Dict[str, Any], me
 
 def _lipschitz(model: nn.Module, subset: Dataset, mean, std, seed: int) -> Dict[str, Any]:
     from ..robustness.lipschitz import pgd_lower_bound, sampled_k, spectral_upper_bound
+    from ..robustness.soundness import declared_constant
     try:
         upper = spectral_upper_bound(model, mean=mean, std=std)
     except NotImplementedError as e:
@@ -79,7 +80,7 @@ def _lipschitz(model: nn.Module, subset: Dataset, mean, std, seed: int) -> Dict[
     return {f'k_sigma_{K_SIGMA:g}': sampled_k(model, subset, K_SIGMA, seed=seed, mean=mean, std=std),
             'pgd_lower_bound': pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std,
                                                max_images=PGD_BOUND_IMAGES),
-            'upper_bound': upper}
+            'upper_bound': upper, 'declared': declared_constant(model, mean=mean, std=std)}
 
 
 def _theorem1(model: nn.Module, subset: Dataset, lipschitz_target: float, mean, std, seed: int) -> Dict[str, Any]:
@@ -109,9 +110,11 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
         smooth = res['smoothing'] = _smoothing(model, data, certify_args, mean, std, seed, progress=progress)
         smooth.update({k: certify_args[k] for k in ('preset', 'departs_from_preset') if k in certify_args})
         res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
-        bound = res['lipschitz']['upper_bound']['bound']
-        if bound:
-            res['margin_certificate'] = margin_certificate(model, subset, bound, mean=mean, std=std)
+        declared = res['lipschitz']['declared']
+        if declared:  # the premise checked first: a failed check stops the evaluation (SoundnessError)
+            from ..robustness.soundness import check_declared
+            res['soundness'] = check_declared(model, subset, mean, std, seed=seed)
+            res['margin_certificate'] = margin_certificate(model, subset, declared, mean=mean, std=std)
         if lipschitz_target:
             res['theorem1'] = _theorem1(model, subset, lipschitz_target, mean, std, seed)
         res['certify_md'] = {'title': 'certified accuracy (%) at l2 radius', 'table': certificate_markdown(
@@ -170,7 +173,24 @@ def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str
         entry.update(extra_evaluations(model, ds, lipschitz=s['lipschitz'], certify=s['certify'],
                                        certify_args=s['certify_args'], mean=s['mean'], std=s['std'], seed=s['seed'],
                                        lipschitz_target=_lipschitz_target(info), progress=s['progress']))
+    if 'margin_certificate' in entry and 'l2' in entry.get('attacks', {}):
+        entry['soundness']['certified_vs_attack'] = _certified_unbroken(model, ds, entry, s)
     return entry, sweep
+
+
+def _certified_unbroken(model: nn.Module, ds: Dataset, entry: Dict[str, Any], s: Dict[str, Any]) -> Dict[str, Any]:
+    """No image certified at an attacked l2 radius was broken there (the certificate recomputed on the attacked
+    images themselves); :class:`~timm_lipschitz.robustness.soundness.SoundnessError` otherwise."""
+    import torch
+
+    from ..robustness.lipschitz import margin_certificate
+    from ..robustness.soundness import check_certified_unbroken
+    attacks = entry['attacks']
+    images = evaluation_subset(ds, attacks['num_images'], s['seed'])
+    cert = margin_certificate(model, images, entry['margin_certificate']['lipschitz_bound'], mean=s['mean'],
+                              std=s['std'])
+    flags = {e: [c == '1' for c in kept] for e, kept in attacks['per_image']['l2'].items()}
+    return check_certified_unbroken(torch.tensor(cert['radius']), flags, attacks['method'])
 
 
 def _demo(models: Dict[str, nn.Module], data: Dataset, results: Dict[str, Any], out: Path, s: Dict[str, Any]) -> None:
@@ -243,6 +263,10 @@ def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any], c
     md += [summary_table(sweeps), '', sweep_table(sweeps), '']
     md += _corruption_outputs(results, out)
     md += _attack_outputs(results, out)
+    from ..robustness.report import certificate_comparison
+    comparison = certificate_comparison(results)
+    if comparison:
+        md += ['## Certified and attacked accuracy (%) at l2 radius', '', comparison, '']
     for label, entry in results.items():
         for key in ('lipschitz_md', 'certify_md'):
             if key in entry:

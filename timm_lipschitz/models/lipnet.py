@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from ..errors import UsageError
-from ._bounds import DeclaresLipschitz, conv_operator_norm, linear_norm
+from ._bounds import DeclaresLipschitz, conv_operator_norm
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
-__all__ = ['LipConvNet', 'CifarLipResNet', 'SLLBlock', 'to_plain', 'LIPSCHITZ_NAMES', 'MaxMin', 'aol_conv',
-           'ortho_linear']
+__all__ = ['LipConvNet', 'CifarLipResNet', 'SLLBlock', 'AOLConv2d', 'OrthoLinear', 'to_plain', 'LIPSCHITZ_NAMES',
+           'MaxMin', 'aol_conv', 'ortho_linear', 'effective_weight']
 
 LIPSCHITZ_NAMES = ('lip_convnet', 'cifar_lipresnet_xs', 'cifar_lipresnet_s')
 
@@ -49,48 +49,90 @@ def _orthogonium():
         raise ImportError('the 1-Lipschitz models need orthogonium: pip install orthogonium') from e
 
 
-def aol_conv(cin: int, cout: int, stride: int = 1, **dd) -> nn.Module:
-    """A 3x3 zero-padded AOL convolution (norm <= 1 by construction; a stride subsamples)."""
-    _orthogonium()
-    from orthogonium.layers.conv.AOL.aol import AOLConv2D
-    conv = AOLConv2D(cin, cout, 3, stride=stride, padding=1, **dd)
-    # orthogonium 0.0.4 keeps its init tensor as a second registered name (``kernel``) of the weight parameter:
-    # one tensor under two state_dict keys, which safetensors refuses to save twice; the weight keeps it
-    conv._parameters.pop('kernel', None)
-    return conv
+class AOLConv2d(nn.Conv2d):
+    """A 3x3 zero-padded convolution whose weight passes orthogonium's AOL reparametrizer at each forward (Prach &
+    Lampert 2022: ||W|| <= 1 by construction; a stride only subsamples). The free weight and the reparametrizer's
+    ``q`` are what ``state_dict`` holds, under timm's names (``<conv>.weight``)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, device=None, dtype=None):
+        super().__init__(cin, cout, 3, stride=stride, padding=1, device=device, dtype=dtype)
+        _orthogonium()
+        from orthogonium.layers.conv.AOL.aol import MultiStepAOLReparametrizer
+        from orthogonium.layers.conv.init import conv_orthogonal_
+        with torch.no_grad():
+            conv_orthogonal_(self.weight, stride=self.stride, groups=1)
+        self.reparam = MultiStepAOLReparametrizer(min(cin, cout), groups=1, niter=1)
+
+    def constrained_weight(self) -> torch.Tensor:
+        return self.reparam(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.constrained_weight(), self.bias)
+
+    def plain(self) -> nn.Conv2d:
+        """The export: a plain ``nn.Conv2d`` holding the constrained weight."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, 3, stride=self.stride, padding=1,
+                         bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
+        return _fill(conv, self.constrained_weight(), self.bias)
 
 
-def ortho_linear(cin: int, cout: int, bias: bool = True) -> nn.Module:
-    """An exactly orthogonal dense layer (QR of the free weight; norm 1)."""
-    _orthogonium()
-    from orthogonium.layers import OrthoLinear
-    from orthogonium.model_factory.classparam import ClassParam
-    from orthogonium.reparametrizers import BatchedIdentity, BatchedQROrthogonalization, OrthoParams
-    return OrthoLinear(cin, cout, bias=bias, ortho_params=OrthoParams(
-        spectral_normalizer=ClassParam(BatchedIdentity), orthogonalizer=ClassParam(BatchedQROrthogonalization)))
+class OrthoLinear(nn.Linear):
+    """A dense layer whose weight is exactly orthogonal (orthogonium's QR orthogonalization of the free weight at each
+    forward; norm 1, no power-iteration state)."""
+
+    def __init__(self, cin: int, cout: int, bias: bool = True, device=None, dtype=None):
+        super().__init__(cin, cout, bias=bias, device=device, dtype=dtype)
+        _orthogonium()
+        from orthogonium.reparametrizers import BatchedQROrthogonalization
+        nn.init.orthogonal_(self.weight)
+        self.orthogonalize = BatchedQROrthogonalization((cout, cin))
+
+    def constrained_weight(self) -> torch.Tensor:
+        return self.orthogonalize(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.constrained_weight(), self.bias)
+
+    def plain(self) -> nn.Linear:
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                          device=self.weight.device, dtype=self.weight.dtype)
+        return _fill(layer, self.constrained_weight(), self.bias)
+
+
+def _fill(layer: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Module:
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer.eval().requires_grad_(False)
+
+
+def aol_conv(cin: int, cout: int, stride: int = 1, **dd) -> AOLConv2d:
+    return AOLConv2d(cin, cout, stride=stride, **dd)
+
+
+def ortho_linear(cin: int, cout: int, bias: bool = True, **dd) -> OrthoLinear:
+    return OrthoLinear(cin, cout, bias=bias, **dd)
 
 
 def MaxMin() -> nn.Module:  # noqa: N802 (a layer factory, named as the layer)
+    """orthogonium's MaxMin: sorts channel pairs (1-Lipschitz, gradient-norm preserving)."""
     _orthogonium()
     from orthogonium.layers import MaxMin as _MaxMin
     return _MaxMin()
 
 
-def _parametrized(module: nn.Module, name: str) -> bool:
-    from torch.nn.utils import parametrize
-    return parametrize.is_parametrized(module, name)
-
-
-def effective_weight(module: nn.Module, name: str = 'weight') -> torch.Tensor:
-    """The weight a layer computes with (its parametrization evaluated, or the plain tensor of an export)."""
+def effective_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight a layer computes with: its constrained weight, or the plain weight of an exported layer."""
     with torch.no_grad():
-        return getattr(module, name).detach()
+        w = layer.constrained_weight() if hasattr(layer, 'constrained_weight') else layer.weight
+        return w.detach()
 
 
 def to_plain(model: nn.Module) -> nn.Module:
-    """The export: a copy of ``model`` (eval mode, no gradients) whose parametrized weights are plain tensors holding
-    the values the parametrization gives now; same outputs, no orthogonium computation, ``torch.export``-able."""
-    from torch.nn.utils import parametrize
+    """The export: a copy of ``model`` (eval mode, no gradients) in which every constrained layer is the plain layer
+    holding its current constrained weight (``nn.Conv2d``, ``nn.Linear``, an SLL block with a fixed kernel); same
+    outputs, no orthogonium computation, ``torch.export``-able."""
     cache = model.__dict__.pop('_effective', None)
     try:
         plain = copy.deepcopy(model)
@@ -98,44 +140,48 @@ def to_plain(model: nn.Module) -> nn.Module:
         if cache is not None:
             model.__dict__['_effective'] = cache
     plain.eval()
-    with torch.no_grad():
-        for module in [m for m in plain.modules() if parametrize.is_parametrized(m)]:
-            # what parametrize.remove_parametrizations does, without deleting the property from the injected class,
-            # which the deep copy shares with the original (torch's removal would break the model it came from)
-            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
-            del module._modules['parametrizations']
-            module.__class__ = module.__class__.__bases__[0]
-            for name, value in values.items():
-                module.register_parameter(name, nn.Parameter(value))
-    for p in plain.parameters():
-        p.requires_grad_(False)
+    for parent in list(plain.modules()):
+        for name, child in list(parent.named_children()):
+            if hasattr(child, 'plain'):
+                setattr(parent, name, child.plain())
+    plain.requires_grad_(False)
     plain.__dict__['_is_plain'] = True
     return plain
 
 
 class SLLBlock(nn.Module):
-    """``x - 2 W^T relu(W x + b)``, ``W`` a 3x3 AOL-rescaled conv to ``inner`` channels (Araujo et al. 2023's SLL
-    block, with orthogonium's AOL reparametrizer): 1-Lipschitz whenever ||W|| <= 1."""
+    """``x - 2 W^T relu(W x + b)``, ``W`` a 3x3 conv to ``inner`` channels rescaled by orthogonium's AOL
+    reparametrizer (Araujo et al. 2023's SLL block): 1-Lipschitz whenever ||W|| <= 1."""
 
     def __init__(self, channels: int, inner: int, device=None, dtype=None):
         super().__init__()
         _orthogonium()
         from orthogonium.layers.conv.AOL.aol import AOLReparametrizer
-        from torch.nn.utils import parametrize
         dd = {'device': device, 'dtype': dtype}
         self.kernel = nn.Parameter(torch.empty(inner, channels, 3, 3, **dd))
         nn.init.xavier_normal_(self.kernel)
-        self.bias = nn.Parameter(torch.empty(1, inner, 1, 1, **dd).uniform_(-(channels * 9) ** -0.5,
-                                                                            (channels * 9) ** -0.5))
-        parametrize.register_parametrization(self, 'kernel', AOLReparametrizer(inner, groups=1))
+        bound = (channels * 9) ** -0.5
+        self.bias = nn.Parameter(torch.empty(1, inner, 1, 1, **dd).uniform_(-bound, bound))
+        self.reparam = AOLReparametrizer(inner, groups=1)
+
+    def constrained_weight(self) -> torch.Tensor:
+        return self.kernel if self.reparam is None else self.reparam(self.kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.kernel  # evaluated once per forward, used twice
+        w = self.constrained_weight()  # computed once, used twice
         return x - 2 * F.conv_transpose2d(F.relu(F.conv2d(x, w, padding=1) + self.bias), w, padding=1)
+
+    def plain(self) -> 'SLLBlock':
+        """The export: the same block with its constrained kernel fixed (no reparametrizer)."""
+        block = copy.deepcopy(self)
+        with torch.no_grad():
+            block.kernel = nn.Parameter(self.constrained_weight().detach().clone(), requires_grad=False)
+        block.reparam = None
+        return block.eval()
 
     def lipschitz_bound(self, hw: Tuple[int, int]) -> float:
         """max(1, 2 ||W||^2 - 1) with the exact norm of the effective ``W``: 1 when the constraint holds."""
-        w = conv_operator_norm(effective_weight(self, 'kernel'), hw)
+        w = conv_operator_norm(effective_weight(self), hw)
         return max(1.0, 2 * w * w - 1)
 
 
@@ -273,7 +319,9 @@ class LipConvNet(LipschitzNet):
 
 def _linear(layer: nn.Module) -> float:
     """The exact spectral norm of a dense layer's effective weight (1 for a removed head)."""
-    return 1.0 if isinstance(layer, nn.Identity) else linear_norm(layer)
+    if isinstance(layer, nn.Identity):
+        return 1.0
+    return torch.linalg.matrix_norm(effective_weight(layer).double(), ord=2).item()
 
 
 class CifarLipResNet(LipschitzNet):

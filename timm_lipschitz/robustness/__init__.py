@@ -9,13 +9,14 @@ from .protocol import CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, PRESETS, TA
 
 _LAZY = {
     'noise': ('noise_sweep', 'SweepResult', 'unit_noise', 'batch_unit_noise', 'IndexedDataset', 'noisy_images'),
-    'report': ('sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'unique_label', 'corruption_table',
-               'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks', 'demo_grid'),
+    'report': ('certificate_comparison', 'sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified',
+               'unique_label', 'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks', 'demo_grid'),
     'attacks': ('attack_sweep', 'PixelModel'),
     'certify': ('Smooth', 'certify_dataset', 'lower_confidence_bound', 'max_certified_radius',
                 'theorem1_radius', 'ABSTAIN'),
     'corruptions': ('corruption_sweep', 'corrupt', 'CORRUPTIONS'),
-    'lipschitz': ('conv_operator_norm', 'margin_certificate', 'pgd_lower_bound', 'sampled_k',
+    'soundness': ('check_declared', 'check_certified_unbroken', 'SoundnessError', 'declared_constant'),
+    'lipschitz': ('conv_operator_norm', 'margin_certificate', 'pgd_lower_bound', 'sampled_k', 'jacobian_norm',
                   'spectral_upper_bound'),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}

@@ -146,12 +146,13 @@ def _attack(method: str, estimator, norm: str, eps: float, steps: int, batch_siz
 def _robust(method: str, estimator, x: np.ndarray, y: np.ndarray, norm: str, eps: float, steps: int,
             batch_size: int, seed: int, progress: bool = False) -> Tuple[float, np.ndarray]:
     """Robust accuracy (%) of one attack: an image counts when its clean prediction is right and no adversarial image
-    in the ball changes it; also returns the adversarial images (to check the ball and the box)."""
+    in the ball changes it; also returns the adversarial images (to check the ball and the box) and the per-image
+    outcome (True: kept its label)."""
     with _numpy_seed(seed):
         adv = _attack(method, estimator, norm, eps, steps, batch_size, progress).generate(x=x, y=y)
     clean_ok = estimator.predict(x, batch_size=batch_size).argmax(1) == y
     adv_ok = estimator.predict(adv, batch_size=batch_size).argmax(1) == y
-    return 100.0 * float((clean_ok & adv_ok).mean()), adv
+    return 100.0 * float((clean_ok & adv_ok).mean()), adv, clean_ok & adv_ok
 
 
 def _gather(data, max_images: int, seed: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
@@ -202,7 +203,9 @@ def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
     ``eps``: ``{norm: [eps, ...]}`` (``'*'`` for every norm); the defaults depend on the images (module doc).
     Returns the ``eval.json`` layout: ``{"attack": method, "method": <what ran>, "l2": {"0.25": acc, ...},
     "linf": {...}, "clean": acc, "num_images": n, "steps": s, "sanity": {...}, "square": {...} (black_box),
-    "warnings": [...], "reported": {"<method>_<norm>@<eps>": acc}}`` (accuracies in %).
+    "warnings": [...], "reported": {"<method>_<norm>@<eps>": acc}, "per_image": {"l2": {"0.5": "0110..."}}}``
+    (accuracies in %; ``per_image``: one character per attacked image in evaluation order, 1 = kept its label; the
+    evaluation checks it against the deterministic certificate).
     """
     norms = check_request(norms, method, steps, max_images)
     x, y, images = _gather(data, max_images, seed)
@@ -225,15 +228,16 @@ def _sweep(estimator, x: np.ndarray, y: np.ndarray, norms: List[str], eps: Optio
     grids = {n: sorted((eps or {}).get(n) or (eps or {}).get('*') or default_eps(n, x.shape[1:])) for n in norms}
     out: Dict[str, Any] = {'attack': method, 'method': _describe(method, steps), 'clean': clean,
                            'num_images': int(len(x)), 'steps': steps, 'seed': seed, 'warnings': [], 'sanity': {},
-                           'reported': {}}
+                           'reported': {}, 'per_image': {}}
     d = int(np.prod(x.shape[1:]))
     for k, norm in enumerate(norms):
         out[norm] = {}
         for e in grids[norm]:
-            acc, adv = _robust(method, estimator, x, y, norm, e, steps, batch_size,
-                               stream_seed('attack_start', seed, k), progress)
+            acc, adv, kept = _robust(method, estimator, x, y, norm, e, steps, batch_size,
+                                     stream_seed('attack_start', seed, k), progress)
             _check_ball(adv, x, norm, e)
             out[norm][eps_key(e)] = acc
+            out['per_image'].setdefault(norm, {})[eps_key(e)] = ''.join('1' if v else '0' for v in kept)
         large = SANITY_EPS[norm] or float(np.sqrt(d)) / 2
         out['sanity'][norm] = {eps_key(large): _robust(method, estimator, x, y, norm, large, steps, batch_size,
                                                        stream_seed('attack_start', seed, k), progress)[0]}

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 from ..errors import UsageError
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
-           'PAPER_GRID', 'MNIST_GRID', 'SEVERITIES', 'CERT_RADII', 'EVAL_SPLIT', 'FULL_CORRUPTIONS', 'ATTACK_IMAGES',
+           'LIPSCHITZ_TOLERANCE', 'PAPER_GRID', 'MNIST_GRID', 'SEVERITIES', 'CERT_RADII', 'EVAL_SPLIT', 'FULL_CORRUPTIONS', 'ATTACK_IMAGES',
            'ATTACK_STEPS', 'SMOOTHING', 'CERTIFY_PRESETS', 'NoiseProtocol', 'parse_sigmas',
            'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key', 'summary_label', 'SUMMARY_KEYS',
            'summarize', 'mean_std', 'format_cell', 'to_uint8_levels', 'wilson_interval']
@@ -37,6 +37,9 @@ CIFAR10C_GAUSSIAN = (0.04, 0.06, 0.08, 0.09, 0.10)                    # CIFAR-10
 SEVERITIES = (1, 2, 3, 4, 5)                                          # CIFAR-10-C's corruption severities
 CERT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)                              # l2 radii of certified-accuracy tables
 TOLERANCE = 1e-9
+# a declared Lipschitz constant may be exceeded by this fraction (float rounding of orthogonal layers); certificates
+# divide by declared * (1 + LIPSCHITZ_TOLERANCE), so nothing it lets pass inflates a radius
+LIPSCHITZ_TOLERANCE = 1e-3
 # The full protocol: what a run's or checkpoint's own record (its robustness.json, metadata and card) holds unless
 # the user asks for a departure to be recorded (timm-lipschitz eval --record), which the card then states.
 EVAL_SPLIT = 'test'                                                   # every image of the test split

@@ -10,7 +10,7 @@ import torch.nn as nn
 from .noise import SweepResult
 from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key, wilson_interval
 
-__all__ = ['sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label',
+__all__ = ['certificate_comparison', 'sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label',
            'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks',
            'demo_grid', 'pyplot', 'lipschitz_markdown', 'certificate_markdown']
 
@@ -331,4 +331,50 @@ def certificate_markdown(smooth: Dict[str, Any], margin: Optional[Dict[str, Any]
                       f"only if the softmax output is L_n-Lipschitz. Measured lower bound of its Lipschitz constant: "
                       f"{lo:.3f} ({'consistent with' if holds else 'exceeds'} "
                       f"L_n{'' if holds else ': the condition fails, no radius is certified'})."]
+    return '\n'.join(lines)
+
+
+def _at_radius(entry: Mapping, r: float) -> Dict[str, Optional[float]]:
+    """One model's scores at l2 radius ``r``: deterministic and smoothing certified accuracy, PGD / AutoAttack."""
+    out: Dict[str, Optional[float]] = {'deterministic': None, 'smoothing': None, 'attack': None}
+    cert = entry.get('margin_certificate')
+    if cert is not None and cert.get('radius') is not None:
+        radius = cert['radius']
+        out['deterministic'] = 100.0 * sum(1 for v in radius if v >= max(r, 0.0)) / len(radius)
+    smooth = entry.get('smoothing')
+    if smooth is not None and r in smooth['radii'] and r <= smooth['max_radius']:
+        out['smoothing'] = smooth['certified_accuracy'][smooth['radii'].index(r)]
+    attacks = entry.get('attacks') or {}
+    key = f'{r:.6g}'
+    if r == 0 and 'clean' in attacks:
+        out['attack'] = attacks['clean']
+    elif key in attacks.get('l2', {}):
+        out['attack'] = attacks['l2'][key]
+    if out['smoothing'] is None and key in (attacks.get('smoothing') or {}).get('l2', {}):
+        out['smoothing'] = attacks['smoothing']['l2'][key]
+    return out
+
+
+def certificate_comparison(results: Mapping[str, Mapping]) -> str:
+    """Per model and l2 radius, side by side: deterministic certified accuracy (the Lipschitz margin with the model's
+    declared constant, one forward pass), randomized-smoothing certified accuracy (n forward passes) and the robust
+    accuracy an attack leaves (an upper bound of what any certificate can reach); radius 0 is clean accuracy. Each
+    column names its image count. Empty when no model has a deterministic certificate."""
+    labels = [k for k, v in results.items() if 'margin_certificate' in v]
+    if not labels:
+        return ''
+    lines = ['| model | l2 radius | deterministic certified | smoothing certified | attack robust |',
+             '|---|---|---|---|---|']
+    for label in labels:
+        e = results[label]
+        attacks = e.get('attacks') or {}
+        radii = sorted(set(e['margin_certificate']['radii']) | {float(k) for k in attacks.get('l2', {})})
+        n = (e['margin_certificate']['num_images'], (e.get('smoothing') or attacks.get('smoothing') or {}).get(
+            'num_images'), attacks.get('num_images'))
+        for r in radii:
+            v = _at_radius(e, r)
+            cells = [f'{v[k]:.1f}' if v[k] is not None else '–' for k in ('deterministic', 'smoothing', 'attack')]
+            lines.append(f'| {label} | {r:g} | ' + ' | '.join(cells) + ' |')
+        method = attacks.get('attack', 'attack')
+        lines.append(f"| {label} | images | {n[0]} | {n[1] or '–'} | {n[2] or '–'} ({method}) |")
     return '\n'.join(lines)
