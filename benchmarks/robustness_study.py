@@ -49,10 +49,15 @@ def _load(spec: str) -> Tuple[Any, Dict[str, Any]]:
     return model, info
 
 
+def _final(spec: str) -> Dict[str, Any]:
+    """A run folder's final.json (empty for a tag)."""
+    final = Path(spec.rpartition('=')[2]) / 'final.json'
+    return json.loads(final.read_text()) if final.is_file() else {}
+
+
 def _train_time(spec: str) -> Any:
     """Training seconds of a run folder (its final.json), None for a tag."""
-    final = Path(spec.rpartition('=')[2]) / 'final.json'
-    return json.loads(final.read_text()).get('train_time_s') if final.is_file() else None
+    return _final(spec).get('train_time_s')
 
 
 def _ci(acc: float, n: int) -> str:
@@ -62,6 +67,12 @@ def _ci(acc: float, n: int) -> str:
 
 def _cell(value: Any, digits: int = 1) -> str:
     return '–' if value is None else f'{value:.{digits}f}'
+
+
+def _deterministic(r: Dict[str, Any], radius: float) -> float:
+    """Deterministic certified accuracy (%) at ``radius``, from the per-image radii of the margin certificate."""
+    radii = r['margin_certificate']['radius']
+    return 100.0 * sum(1 for v in radii if v >= radius) / len(radii)
 
 
 def summary_table(results: Dict[str, Any]) -> List[str]:
@@ -78,6 +89,9 @@ def summary_table(results: Dict[str, Any]) -> List[str]:
     for norm in ('l2', 'linf'):
         for e in first.get('autoattack', {}).get(norm, {}):
             cols.append((f'AutoAttack {norm} {e}', lambda r, n=norm, e=e: r['autoattack'][n][e]))
+    if 'margin_certificate' in first:
+        for e in first.get('attacks', {}).get('l2', {}):
+            cols.append((f'deterministic certified l2 {e}', lambda r, e=e: _deterministic(r, float(e))))
     for e, v in first.get('attacks', {}).get('smoothing', {}).get('l2', {}).items():
         if v is not None:
             cols.append((f'smoothing certified l2 {e}', lambda r, e=e: r['attacks']['smoothing']['l2'][e]))
@@ -89,6 +103,8 @@ def summary_table(results: Dict[str, Any]) -> List[str]:
                      (lambda r: r['lipschitz']['pgd_lower_bound']['max'], 2)))
     if any(r.get('train_time_s') is not None for r in results.values()):
         cols.append(('training s', (lambda r: r.get('train_time_s'), 0)))
+    if any(r.get('train_images_per_s') is not None for r in results.values()):
+        cols.append(('training images/s', (lambda r: r.get('train_images_per_s'), 0)))
     head = ['model', 'clean'] + [c[0] for c in cols]
     lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
     for label, r in results.items():
@@ -222,6 +238,9 @@ def main() -> None:
     p.add_argument('--eps', nargs='+', metavar='NORM=LIST', help='PGD epsilons per norm (default: the library grid)')
     p.add_argument('--sigmas', default='0', help='Gaussian-noise levels on the corruption images, e.g. 0,0.3,0.5')
     p.add_argument('--lipschitz', action='store_true', help='sampled and PGD-found k(x) (1,000 / 128 images)')
+    p.add_argument('--certify', action='store_true',
+                   help="the deterministic certificate (each model's declared Lipschitz constant, soundness-checked) "
+                        'beside smoothing, on the first 1,000 images; its columns at the attacked l2 radii')
     p.add_argument('--skip-corruptions', action='store_true')
     p.add_argument('--skip-attacks', action='store_true')
     p.add_argument('--render', action='store_true', help='only re-render NAME.md from NAME.json')
@@ -246,6 +265,7 @@ def main() -> None:
                        **(dict(norms=list(eps), eps=eps) if eps else {}))
         results = evaluate(models, str(out), max_images=args.images,
                            corruptions=None if args.skip_corruptions else 'all', lipschitz=args.lipschitz,
+                           certify=args.certify,
                            attacks=None if args.skip_attacks else attacks,
                            **{**common, 'sigmas': [float(x) for x in args.sigmas.split(',')]})
     if args.black_box_images and not args.skip_attacks:
@@ -260,6 +280,7 @@ def main() -> None:
             results[label]['attacks']['warnings'] += [w for w in a['warnings'] if 'Square' in w]
     for spec, label in zip(args.models, results):
         results[label]['train_time_s'] = _train_time(spec)
+        results[label]['train_images_per_s'] = _final(spec).get('images_per_s')
     if args.autoattack_images:
         add_autoattack(results, models, out / 'autoattack', args.autoattack_images, aa_eps, args.attack_steps,
                        common)

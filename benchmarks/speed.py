@@ -5,7 +5,9 @@
 2. the Accelerate trainer's images/s vs a plain hand-written PyTorch loop on the same model and data (>= 0.95x);
 3. the fast device-resident data path vs the standard DataLoader path (an epoch of CIFAR-size data, crop + flip);
 4. a 51-level noise sweep vs 51 clean evaluations of the same test set (target <= 1.1x);
-5. peak memory of a Lipschitz step vs a CE step (CUDA: max allocated; CPU: peak RSS of a fresh process).
+5. peak memory of a Lipschitz step vs a CE step (CUDA: max allocated; CPU: peak RSS of a fresh process);
+6. the adversarial objectives' steps against a CE step;
+7. the 1-Lipschitz lip_convnet's training step and cached eval forward against a plain net of the same shape.
 
 Timings are paired: the variants alternate within each repeat and the median over repeats is reported.
 
@@ -36,7 +38,7 @@ from timm_lipschitz.data import DeviceLoader, create_dataset, standard_loader, t
 from timm_lipschitz.losses import create_loss  # noqa: E402
 
 from _results import OUT, TRACKED  # noqa: E402  (benchmarks/_results.py: out/, or results/ under UPDATE_RESULTS=1)
-ITEMS = ('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory', 'adversarial')
+ITEMS = ('loss_ratio', 'trainer', 'data_paths', 'sweep', 'memory', 'adversarial', 'lipschitz_net')
 
 
 def _sync(device):
@@ -119,6 +121,73 @@ def bench_adversarial(device, repeats, quick):
             'batch': 128, 'model': 'cifar_resnet20', 'expected': {'lipschitz_hinge (adversarial, 3 steps)': 5,
                                                                    'pgd_adversarial (l2 0.5, 5 steps)': 7,
                                                                    'trades (l2 0.5, 5 steps)': 7}}
+
+
+def _plain_twin():
+    """A plain net of lip_convnet's shape (ReLU for MaxMin, unconstrained layers): the cost the constraint adds."""
+    import torch.nn as nn
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(),
+                         nn.Linear(256, 10))
+
+
+def bench_lipschitz_net(device, repeats, quick):
+    """The 1-Lipschitz lip_convnet against a plain net of the same shape (1x28x28, batch 128), paired in one run: a
+    training step (Lipschitz-margin objective for both) and the eval forward (the 1-Lipschitz net's cached plain
+    copy, built once; the uncached parametrized forward too, for comparison)."""
+    steps = 2 if quick else _scale(device, 5, 50)
+    torch.manual_seed(0)
+    nets = {'lip_convnet': timm.create_model('lip_convnet').to(device), 'plain twin': _plain_twin().to(device)}
+    nets['plain twin'].pretrained_cfg = dict(nets['lip_convnet'].pretrained_cfg)
+    x = torch.rand(128, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+    objective = create_loss('lipschitz_margin', epsilon=0.5, temperature=8.0)
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in nets.items()}
+
+    def train(k):
+        def run():
+            nets[k].train()
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(steps):
+                opts[k].zero_grad(set_to_none=True)
+                objective(nets[k], x, y).loss.backward()
+                opts[k].step()
+            _sync(device)
+            return (time.perf_counter() - t) / steps
+        return run
+
+    def forward(k, cached=True):
+        def run():
+            m = nets[k].eval()
+            if k == 'lip_convnet' and cached:
+                m.effective()  # the cache is built once per weights; timed is the forward that uses it
+            _sync(device)
+            t = time.perf_counter()
+            with torch.no_grad():
+                for _ in range(steps):
+                    m(x) if cached else _uncached(m, x)
+            _sync(device)
+            return (time.perf_counter() - t) / steps
+        return run
+
+    def _uncached(m, inputs):
+        m.train()  # the constrained layers computed at each call (no BatchNorm or dropout here: same outputs)
+        try:
+            return m(inputs)
+        finally:
+            m.eval()
+
+    for k in nets:
+        train(k)()  # warm-up
+    med, raw = paired({'train lip_convnet': train('lip_convnet'), 'train plain twin': train('plain twin'),
+                       'eval lip_convnet (cached)': forward('lip_convnet'),
+                       'eval lip_convnet (uncached)': forward('lip_convnet', cached=False),
+                       'eval plain twin': forward('plain twin')}, repeats)
+    return {'step_seconds': med, 'raw': raw, 'batch': 128, 'input': [1, 28, 28],
+            'train_ratio': med['train lip_convnet'] / med['train plain twin'],
+            'eval_ratio': med['eval lip_convnet (cached)'] / med['eval plain twin'],
+            'eval_uncached_ratio': med['eval lip_convnet (uncached)'] / med['eval plain twin']}
 
 
 def bench_trainer_vs_plain(device, repeats, quick, tmp):
@@ -318,8 +387,16 @@ def markdown(r) -> str:
         lines.append(f"| {name} step / CE step (paired in one run) | {adv['ratio_to_ce'][name]:.2f}x "
                      f"({adv['step_seconds'][name] * 1e3:.0f} vs {adv['step_seconds']['cross_entropy'] * 1e3:.0f} ms) "
                      f"| about {expected}x (steps + 2) |")
+    lip = r.get('lipschitz_net')
+    if lip:
+        ms = {k: v * 1e3 for k, v in lip['step_seconds'].items()}
+        lines += [f"| lip_convnet training step / plain twin's (batch 128, 1x28x28, Lipschitz margin) | "
+                  f"{lip['train_ratio']:.2f}x ({ms['train lip_convnet']:.0f} vs {ms['train plain twin']:.0f} ms) | - |",
+                  f"| lip_convnet eval forward (cached plain copy) / plain twin's | {lip['eval_ratio']:.2f}x "
+                  f"({ms['eval lip_convnet (cached)']:.1f} vs {ms['eval plain twin']:.1f} ms; uncached "
+                  f"{lip['eval_uncached_ratio']:.2f}x) | <= 1.2x |"]
     for name in ITEMS:
-        run = r[name].get('run')
+        run = (r.get(name) or {}).get('run')
         if run and run['command'] != r['command']:
             lines.append(f"\n`{name}` re-measured later: {run['hardware']}; torch {run['torch']}; {run['date']}; "
                          f"command: `{run['command']}`")
@@ -356,6 +433,8 @@ def main() -> None:
             r[name] = bench_sweep(device, max(1, args.repeats // 2), args.quick)
         elif name == 'adversarial':
             r[name] = bench_adversarial(device, args.repeats, args.quick)
+        elif name == 'lipschitz_net':
+            r[name] = bench_lipschitz_net(device, args.repeats, args.quick)
         else:
             r[name] = bench_memory(device)
         r[name]['run'] = run

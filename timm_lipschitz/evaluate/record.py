@@ -12,11 +12,14 @@ import torch.nn as nn
 
 from ..robustness.protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, FULL_CORRUPTIONS, SEVERITIES
 
-__all__ = ['departures', 'record_in_folders']
+__all__ = ['departures', 'record_in_folders', 'RECORD_KEYS']
+
+RECORD_KEYS = {'margin_certificate': 'deterministic_certificate'}  # eval.json key -> robustness.json key
 
 
 def departures(kind: str, settings: Dict[str, Any], result: Dict[str, Any]) -> List[str]:
-    """How a ``corruptions`` or ``attacks`` result departs from the full protocol (empty: it follows it)."""
+    """How a ``corruptions``, ``attacks`` or ``margin_certificate`` result departs from the full protocol (empty: it
+    follows it; the certificate's protocol is every image of the test split)."""
     out: List[str] = []
     if settings['split'] != EVAL_SPLIT:
         out.append(f"split {settings['split']} (the protocol: {EVAL_SPLIT})")
@@ -44,7 +47,8 @@ def departures(kind: str, settings: Dict[str, Any], result: Dict[str, Any]) -> L
 def _protocol(kind: str, settings: Dict[str, Any], entry: Dict[str, Any], gaps: Sequence[str]) -> Dict[str, Any]:
     """The protocol a recorded result was measured under (the card and the metadata read it)."""
     result = entry[kind]
-    images = result.get('subset') or entry.get('images') or {'num_images': result.get('num_images')}
+    images = result.get('subset') or result.get('images') or entry.get('images') or \
+        {'num_images': result.get('num_images')}
     return {'split': settings['split'], 'data': entry.get('data'), 'images': images,
             'severities': list(result['severities']) if kind == 'corruptions' else None,
             'full_protocol': not gaps, 'departures': list(gaps)}
@@ -61,14 +65,18 @@ def record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: D
         if folder is None:
             continue
         extra = {}
-        for kind in ('corruptions', 'attacks'):
+        for kind in ('corruptions', 'attacks', 'margin_certificate'):
             if kind not in entry:
                 continue
             gaps = departures(kind, settings, entry[kind])
             if gaps and not record_departures:
                 skipped.setdefault(str(folder), []).append(f'{kind}: ' + '; '.join(gaps))
                 continue
-            extra[kind] = {**entry[kind], 'protocol': _protocol(kind, settings, entry, gaps)}
+            result = {**entry[kind], 'protocol': _protocol(kind, settings, entry, gaps)}
+            if kind == 'margin_certificate':  # the folder keeps the scores and the check, not the per-image radii
+                result = {k: v for k, v in result.items() if k != 'radius'}
+                result['soundness'] = entry.get('soundness')
+            extra[RECORD_KEYS.get(kind, kind)] = result
         if extra:
             record_evaluation(folder, **extra)
     for folder, why in skipped.items():

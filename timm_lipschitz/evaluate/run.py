@@ -114,7 +114,9 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
         if declared:  # the premise checked first: a failed check stops the evaluation (SoundnessError)
             from ..robustness.soundness import check_declared
             res['soundness'] = check_declared(model, subset, mean, std, seed=seed)
-            res['margin_certificate'] = margin_certificate(model, subset, declared, mean=mean, std=std)
+            # one forward per image: every image of the evaluation data (the full protocol's whole test split)
+            res['margin_certificate'] = margin_certificate(model, data, declared, mean=mean, std=std)
+            res['margin_certificate']['images'] = subset_record(data)
         if lipschitz_target:
             res['theorem1'] = _theorem1(model, subset, lipschitz_target, mean, std, seed)
         res['certify_md'] = {'title': 'certified accuracy (%) at l2 radius', 'table': certificate_markdown(

@@ -70,6 +70,12 @@ def _metrics(record: Dict[str, Any]) -> List[Dict[str, Any]]:
     for key, value in ((record.get('attacks') or {}).get('reported') or {}).items():
         if value is not None:
             out.append({'type': 'robust_accuracy', 'value': round(float(value), 2), 'name': f'Robust accuracy {key}'})
+    cert = record.get('deterministic_certificate')
+    if cert:
+        for r, a in zip(cert['radii'], cert['certified_accuracy']):
+            if r > 0:
+                out.append({'type': 'certified_accuracy', 'value': round(float(a), 2),
+                            'name': f'Deterministic certified accuracy l2 {r:g}'})
     return out
 
 
@@ -136,6 +142,21 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
                            f"mean over severities {corruptions['severities']}, {{images}}. Mean corruption accuracy: "
                            f"**{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).",
                            corruption_table({'accuracy': corruptions}))
+    cert = record.get('deterministic_certificate')
+    if cert:
+        sound = cert.get('soundness') or {}
+        lines += _recorded(
+            'Deterministic certificate (Lipschitz margin)', cert, cert.get('num_images'),
+            f"Certified accuracy (%) at each l2 radius in [0,1] pixel space: an image counts when it is classified "
+            f"correctly and its logit margin exceeds sqrt(2) L (1 + {cert.get('tolerance', 0):g}) r, with the "
+            f"model's declared Lipschitz constant L = {cert['lipschitz_bound']:.4g}; one forward pass per image, no "
+            f"sampling, {{images}}. Checked before certifying: the exact norms of the effective layers multiply to "
+            f"{sound.get('effective_layer_bound', float('nan')):.4g}, the largest Jacobian norm found is "
+            f"{sound.get('jacobian_norm_max', float('nan')):.4g} and the PGD lower bound "
+            f"{sound.get('pgd_lower_bound_max', float('nan')):.4g}, all within L.",
+            '\n'.join(['| l2 radius | ' + ' | '.join(f'{r:g}' for r in cert['radii']) + ' |',
+                       '|---|' + '---|' * len(cert['radii']),
+                       '| certified accuracy | ' + ' | '.join(f'{a:.2f}' for a in cert['certified_accuracy']) + ' |']))
     attacks = record.get('attacks')
     if attacks:
         from ..robustness.report import attack_table

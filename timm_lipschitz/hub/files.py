@@ -67,6 +67,12 @@ def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
         out['corruption_images'] = corruptions['num_images']
         out['corruption_severities'] = list(corruptions['severities'])
         out.update(_protocol_summary('corruption', corruptions))
+    cert = record.get('deterministic_certificate')
+    if cert:
+        out['lipschitz_constant'] = cert['lipschitz_bound']
+        out['deterministic_certified'] = {f'{r:g}': a for r, a in zip(cert['radii'], cert['certified_accuracy'])}
+        out['deterministic_certified_images'] = cert['num_images']
+        out.update(_protocol_summary('deterministic_certificate', cert))
     attacks = record.get('attacks')
     if attacks:
         out.update(attacks.get('reported', {}))

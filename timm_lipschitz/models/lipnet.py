@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 
 from ..errors import UsageError
+from ..modes import for_inference
 from ._bounds import DeclaresLipschitz, conv_operator_norm
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
@@ -88,7 +89,8 @@ class OrthoLinear(nn.Linear):
         self.orthogonalize = BatchedQROrthogonalization((cout, cin))
 
     def constrained_weight(self) -> torch.Tensor:
-        return self.orthogonalize(self.weight)
+        w = self.weight  # QR in at least float32 (no half-precision QR on a CPU; and its rounding would cost the bound)
+        return self.orthogonalize(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w).to(w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.constrained_weight(), self.bias)
@@ -104,7 +106,7 @@ def _fill(layer: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) 
         layer.weight.copy_(weight)
         if bias is not None:
             layer.bias.copy_(bias)
-    return layer.eval().requires_grad_(False)
+    return for_inference(layer).requires_grad_(False)
 
 
 def aol_conv(cin: int, cout: int, stride: int = 1, **dd) -> AOLConv2d:
@@ -139,7 +141,7 @@ def to_plain(model: nn.Module) -> nn.Module:
     finally:
         if cache is not None:
             model.__dict__['_effective'] = cache
-    plain.eval()
+    for_inference(plain)  # the export is for inference only: never trained, eval mode for good
     for parent in list(plain.modules()):
         for name, child in list(parent.named_children()):
             if hasattr(child, 'plain'):
@@ -177,7 +179,7 @@ class SLLBlock(nn.Module):
         with torch.no_grad():
             block.kernel = nn.Parameter(self.constrained_weight().detach().clone(), requires_grad=False)
         block.reparam = None
-        return block.eval()
+        return for_inference(block)
 
     def lipschitz_bound(self, hw: Tuple[int, int]) -> float:
         """max(1, 2 ||W||^2 - 1) with the exact norm of the effective ``W``: 1 when the constraint holds."""
@@ -195,7 +197,7 @@ class LipschitzNet(StagedFeatures, DeclaresLipschitz, nn.Module):
 
     # ---- the eval cache ------------------------------------------------------------------------------------------
     def _weights_key(self) -> Tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.parameters() if p.requires_grad)
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters() if p.requires_grad)
 
     def effective(self) -> nn.Module:
         """The plain copy the eval forward runs (built when missing or when a trainable parameter changed)."""
@@ -228,9 +230,8 @@ class LipschitzNet(StagedFeatures, DeclaresLipschitz, nn.Module):
             self._check_pool(global_pool)
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device, dtype = get_device_dtype(self)
-        self.fc = ortho_linear(self.head_hidden_size, num_classes).to(device=device, dtype=dtype) \
-            if num_classes > 0 else nn.Identity()
+        dd = get_device_dtype(self)
+        self.fc = ortho_linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.fc.train(self.training)
 
     @torch.jit.ignore
@@ -398,7 +399,8 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
         'url': '', 'num_classes': 10, 'input_size': (1, 28, 28), 'pool_size': (7, 7), 'fixed_input_size': True,
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'mean': (0.5,), 'std': (1.0,),
-        'first_conv': 'stage1.0', 'classifier': 'fc', 'license': 'apache-2.0', 'paper_ids': 'arXiv:2208.03160',
+        'first_conv': 'stage1.0', 'classifier': 'fc', 'label_names': tuple(str(i) for i in range(10)),
+        'license': 'apache-2.0', 'paper_ids': 'arXiv:2208.03160',
         **kwargs,
     }
 
@@ -428,12 +430,14 @@ def lip_convnet(pretrained: bool = False, **kwargs: Any) -> LipConvNet:
 @register_model
 def cifar_lipresnet_xs(pretrained: bool = False, **kwargs: Any) -> CifarLipResNet:
     """A 1-Lipschitz CIFAR residual net: 16-32-64 channels, one SLL block per stage."""
-    return build(CifarLipResNet, 'cifar_lipresnet_xs', pretrained, feature_cfg=dict(out_indices=(0, 1, 2)),
+    return build(CifarLipResNet, 'cifar_lipresnet_xs', pretrained,
+                 feature_cfg=dict(out_indices=(0, 1, 2), flatten_sequential=True),
                  **{'widths': (16, 32, 64), 'blocks': 1, **kwargs})
 
 
 @register_model
 def cifar_lipresnet_s(pretrained: bool = False, **kwargs: Any) -> CifarLipResNet:
     """A 1-Lipschitz CIFAR residual net: 32-64-128 channels, three SLL blocks per stage (the GPU recipe's net)."""
-    return build(CifarLipResNet, 'cifar_lipresnet_s', pretrained, feature_cfg=dict(out_indices=(0, 1, 2)),
+    return build(CifarLipResNet, 'cifar_lipresnet_s', pretrained,
+                 feature_cfg=dict(out_indices=(0, 1, 2), flatten_sequential=True),
                  **{'widths': (32, 64, 128), 'blocks': 3, **kwargs})
