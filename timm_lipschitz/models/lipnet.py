@@ -17,8 +17,9 @@ measures the effective weights (exact per-layer norms, FFT + SVD), and the sound
 :mod:`timm_lipschitz.robustness.soundness` refuses a model whose measured product exceeds the declaration.
 
 In eval mode the parametrization (AOL rescaling, QR) is computed once: the forward runs a plain copy of the model
-(:func:`to_plain`, the export) cached until a trainable parameter changes (optimizer step, ``load_state_dict``: the
-key is each parameter's storage and version counter). The cached copy is what eval, attacks and certificates see,
+(:func:`to_plain`, the export) cached until a trainable parameter changes (optimizer step, ``load_state_dict``,
+``.to(dtype)``: the key is each parameter's storage, version counter, dtype and device) or the structure does
+(``reset_classifier``, a pruned stage). The cached copy is what eval, attacks and certificates see,
 and what the soundness check measures. In eval mode no gradient reaches the parameters; train in train mode.
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ class AOLConv2d(nn.Conv2d):
         from orthogonium.layers.conv.init import conv_orthogonal_
         with torch.no_grad():
             conv_orthogonal_(self.weight, stride=self.stride, groups=1)
-        self.reparam = MultiStepAOLReparametrizer(min(cin, cout), groups=1, niter=1)
+        self.reparam = MultiStepAOLReparametrizer(min(cin, cout), groups=1, niter=1).to(self.weight)
 
     def constrained_weight(self) -> torch.Tensor:
         return self.reparam(self.weight)
@@ -164,7 +165,7 @@ class SLLBlock(nn.Module):
         nn.init.xavier_normal_(self.kernel)
         bound = (channels * 9) ** -0.5
         self.bias = nn.Parameter(torch.empty(1, inner, 1, 1, **dd).uniform_(-bound, bound))
-        self.reparam = AOLReparametrizer(inner, groups=1)
+        self.reparam = AOLReparametrizer(inner, groups=1).to(self.kernel)
 
     def constrained_weight(self) -> torch.Tensor:
         return self.kernel if self.reparam is None else self.reparam(self.kernel)
@@ -197,7 +198,10 @@ class LipschitzNet(StagedFeatures, DeclaresLipschitz, nn.Module):
 
     # ---- the eval cache ------------------------------------------------------------------------------------------
     def _weights_key(self) -> Tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters() if p.requires_grad)
+        """What the cached copy depends on: each trainable parameter's storage, version counter, dtype and device,
+        and the structure (the modules, the pooling): ``reset_classifier`` or pruning a stage also drop the cache."""
+        return (self.global_pool, tuple(id(m) for m in self.modules()),
+                tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters() if p.requires_grad))
 
     def effective(self) -> nn.Module:
         """The plain copy the eval forward runs (built when missing or when a trainable parameter changed)."""
@@ -275,10 +279,10 @@ class LipConvNet(LipschitzNet):
         self.feature_info: List[Dict[str, Any]] = [dict(num_chs=c1, reduction=1, module='stage1'),
                                                    dict(num_chs=c2, reduction=2, module='stage2'),
                                                    dict(num_chs=c3, reduction=4, module='stage3')]
-        self.fc1 = ortho_linear(c3 * fh * fw, hidden_dim)
+        self.fc1 = ortho_linear(c3 * fh * fw, hidden_dim, **dd)
         self.act = MaxMin()
         self.num_features, self.head_hidden_size = c3, hidden_dim
-        self.fc = ortho_linear(hidden_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = ortho_linear(hidden_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _check_pool(global_pool: str) -> None:
@@ -332,11 +336,8 @@ class CifarLipResNet(LipschitzNet):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (16, 32, 64),
                  blocks: int = 1, inner_factor: int = 2, drop_rate: float = 0., global_pool: str = 'avg',
-                 device=None, dtype=None, **kwargs: Any):
+                 device=None, dtype=None):
         super().__init__()
-        kwargs.pop('img_size', None)  # any input size works (timm passes img_size to fixed-size models only)
-        if kwargs:
-            raise UsageError(f'cifar_lipresnet takes no {sorted(kwargs)}.')
         dd = {'device': device, 'dtype': dtype}
         if any(c % 2 for c in widths):
             raise UsageError(f'widths={tuple(widths)} must be even (MaxMin pairs channels).')
@@ -351,7 +352,7 @@ class CifarLipResNet(LipschitzNet):
         self.stages = nn.Sequential(*stages)
         self.feature_info = [dict(num_chs=c, reduction=2 ** i, module=f'stages.{i}') for i, c in enumerate(widths)]
         self.num_features = self.head_hidden_size = widths[-1]
-        self.fc = ortho_linear(widths[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = ortho_linear(widths[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _check_pool(global_pool: str) -> None:
