@@ -175,3 +175,36 @@ def test_worst_direction_study_tables_are_rendered_from_the_study_json():
     for name in ('study_fmnist_resnet20_adversarial', 'study_fmnist_mnistnet_adversarial'):
         for line in rs.summary_table(study(name)):
             assert line in text, (name, line)
+
+
+def test_worst_direction_study_autoattack_table_is_rendered_from_its_json():
+    rs = _study_module()
+    text = section('## The hinge in the worst direction against Gaussian augmentation and TRADES')
+    for line in rs.autoattack_table(study('study_fmnist_resnet20_adversarial_autoattack'))[4:]:
+        assert line in text, line
+    for line in rs.autoattack_table(study('study_fmnist_mnistnet_adversarial_autoattack'))[4:]:
+        assert line in text, line
+
+
+def test_certified_study_tables_are_rendered_from_the_study_json():
+    """The deterministic-certificate study: its summary and AutoAttack tables are what robustness_study renders."""
+    rs = _study_module()
+    text = section('## Deterministic certificates of 1-Lipschitz networks against smoothing and attacks')
+    for line in rs.summary_table(study('study_fmnist_certified')):
+        assert line in text, line
+    for line in rs.autoattack_table(study('study_fmnist_certified_autoattack'))[4:]:
+        assert line in text, line
+
+
+def test_lipschitz_library_and_speed_rows_quote_their_json():
+    text = section('### Which Lipschitz-layer library')
+    libs = json.loads((FILES / 'lipschitz_libraries.json').read_text())['rows']
+    for name, r in libs.items():
+        cells = row(text, name)
+        assert float(cells[1]) == round(r['train_step_ms'], 1) and float(cells[2]) == round(r['eval_forward_ms'], 1)
+        assert float(cells[4]) == round(r['max_jacobian_norm'], 4)
+    lip = json.loads((FILES / 'speed_cpu.json').read_text())['lipschitz_net']
+    cells = row(text, 'lip_convnet eval forward (cached plain copy) / plain twin\'s')
+    assert first_number(cells[0]) == round(lip['eval_ratio'], 2)
+    cells = row(text, 'lip_convnet training step / plain twin\'s')
+    assert first_number(cells[0]) == round(lip['train_ratio'], 2)
