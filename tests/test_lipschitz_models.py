@@ -233,3 +233,13 @@ def test_every_objective_trains_a_1_lipschitz_net(objective):
     assert torch.isfinite(out.loss) and model.training
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     check_declared(model.eval(), _data(model, 4), images=4, iterations=5)
+
+
+def test_maxmin_fast_path_equals_orthogoniums():
+    from orthogonium.layers import MaxMin as PairSort
+
+    from timm_lipschitz.models.lipnet import MaxMin
+    z = torch.randn(3, 8, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(MaxMin()(z), PairSort()(z), rtol=0, atol=0)
+        torch.testing.assert_close(MaxMin()(z.flatten(1)), PairSort()(z.flatten(1)), rtol=0, atol=0)
