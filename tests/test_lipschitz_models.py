@@ -198,6 +198,9 @@ def test_eval_certify_and_attack_report_the_deterministic_certificate_everywhere
     card = (run / 'README.md').read_text()
     assert '## Deterministic certificate (Lipschitz margin)' in card and 'L = 1' in card
     assert f"value: {round(cert['certified_accuracy'][2], 2)}" in card.split('---')[1]  # the model-index metric
+    from timm_lipschitz.hub.publish import publish
+    published = (publish(run, 'org/lip', dry_run=True, out_dir=tmp_path / 'pub') / 'README.md').read_text()
+    assert '## Deterministic certificate (Lipschitz margin)' in published  # the Hub card keeps it
 
 
 def test_a_model_that_breaks_its_declaration_stops_the_evaluation(tmp_path, monkeypatch, capsys):

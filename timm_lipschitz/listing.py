@@ -10,7 +10,8 @@ from .zoo import WEIGHTS_DIR, header_metadata, shipped
 
 __all__ = ['tag_rows', 'tag_table', 'LIST_COLUMNS']
 
-LIST_COLUMNS = (*SUMMARY_KEYS, 'corruption_mean', 'certified')  # the headline scores of `hub list`
+DETERMINISTIC = 'deterministic certified l2 0.5'  # the recorded certificate of a model that declares its constant
+LIST_COLUMNS = (*SUMMARY_KEYS, 'corruption_mean', 'certified', DETERMINISTIC)  # the headline scores of `hub list`
 
 
 def tag_rows() -> List[Dict[str, Any]]:
@@ -20,7 +21,8 @@ def tag_rows() -> List[Dict[str, Any]]:
         meta = header_metadata(WEIGHTS_DIR / entry['file'])
         scores = json.loads(meta.get('robustness') or '{}')
         rows.append({'name': name, 'dataset': meta.get('dataset'), 'objective': meta.get('objective'),
-                     **{k: scores.get(k) for k in LIST_COLUMNS}})
+                     **{k: scores.get(k) for k in LIST_COLUMNS},
+                     DETERMINISTIC: (scores.get('deterministic_certified') or {}).get('0.5')})
     return rows
 
 
