@@ -1,6 +1,7 @@
 """Which Lipschitz-layer library the 1-Lipschitz models are built on: orthogonium against deel-torchlip, on the same
-small net (the shape of ``lip_convnet``, whose layers the orthogonium column uses: three 3x3 convs 1->32->64->64, two of them strided, a 256-unit dense layer,
-a 10-class head, pairwise max-min / GroupSort-2 activations), 1x28x28 inputs, batch 128, CPU.
+small net (the shape of ``lip_convnet``, whose layers the orthogonium column uses: three 3x3 convs 1->32->64->64, two
+of them strided, a 256-unit dense layer, a 10-class head, pairwise max-min / GroupSort-2 activations), 1x28x28
+inputs, batch 128, CPU.
 
 Measured per library, paired in one run (the variants alternate in each repeat; medians reported):
 - the training step (forward, backward, SGD) and the eval forward of the parametrized net;

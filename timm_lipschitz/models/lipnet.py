@@ -1,5 +1,6 @@
-"""1-Lipschitz networks as timm models, built on orthogonium's layers (a declared dependency; see the README's
-"1-Lipschitz models" for why orthogonium and not deel-torchlip).
+"""1-Lipschitz networks as timm models, built on orthogonium's reparametrizers (a declared dependency; the README's
+"1-Lipschitz models" says why orthogonium and not deel-torchlip). Each constrained layer keeps its free weight under
+timm's name (``<layer>.weight``) and computes the constrained one in ``forward`` with orthogonium's module.
 
 Every layer is 1-Lipschitz by construction, so the logits are ``1 / min(std)``-Lipschitz in [0,1] pixels and an
 image whose logit margin exceeds ``sqrt(2) * L * eps`` is certified at l2 radius ``eps`` with one forward pass:
@@ -16,7 +17,7 @@ The declared constant is the design value (``lipschitz_constant()``); :meth:`Lip
 measures the effective weights (exact per-layer norms, FFT + SVD), and the soundness check in
 :mod:`timm_lipschitz.robustness.soundness` refuses a model whose measured product exceeds the declaration.
 
-In eval mode the parametrization (AOL rescaling, QR) is computed once: the forward runs a plain copy of the model
+In eval mode the constrained weights (AOL rescaling, QR) are computed once: the forward runs a plain copy of the model
 (:func:`to_plain`, the export) cached until a trainable parameter changes (optimizer step, ``load_state_dict``,
 ``.to(dtype)``: the key is each parameter's storage, version counter, dtype and device) or the structure does
 (``reset_classifier``, a pruned stage). The cached copy is what eval, attacks and certificates see,

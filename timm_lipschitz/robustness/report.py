@@ -10,9 +10,9 @@ import torch.nn as nn
 from .noise import SweepResult
 from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key, wilson_interval
 
-__all__ = ['certificate_comparison', 'sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure', 'unique_label',
-           'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks',
-           'demo_grid', 'pyplot', 'lipschitz_markdown', 'certificate_markdown']
+__all__ = ['certificate_comparison', 'sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure',
+           'unique_label', 'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table',
+           'plot_attacks', 'demo_grid', 'pyplot', 'lipschitz_markdown', 'certificate_markdown']
 
 
 def unique_label(label: str, taken: Mapping[str, object]) -> str:

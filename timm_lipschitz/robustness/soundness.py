@@ -89,7 +89,8 @@ def check_certified_unbroken(radius: torch.Tensor, robust: Dict[str, Sequence[bo
         if broken.any():
             idx = broken.nonzero().flatten().tolist()
             raise SoundnessError(
-                f'{len(idx)} image(s) certified at l2 radius {eps} were broken by {what} at the same radius (evaluation '
-                f'order positions {idx[:10]}): the certificate is unsound for this model; nothing is reported.')
+                f'{len(idx)} image(s) certified at l2 radius {eps} were broken by {what} at the same radius '
+                f'(evaluation order positions {idx[:10]}): the certificate is unsound for this model; nothing is '
+                f'reported.')
         checked[str(eps)] = {'certified': int(certified.sum()), 'num_images': n}
     return {'attack': what, 'checked': checked, 'violations': 0}
