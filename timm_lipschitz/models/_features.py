@@ -91,3 +91,18 @@ class StagedFeatures:
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
+
+
+def reset_head(model, num_classes: int, global_pool: Optional[str], layer: Callable[..., torch.nn.Module]) -> None:
+    """timm's ``reset_classifier`` for a model with a flat ``fc`` head after ``head_hidden_size`` features: a new
+    ``layer(in, out, device=..., dtype=...)`` on the parameters' device and dtype (``Identity`` for 0 classes), in
+    the model's mode; ``global_pool=None`` keeps the current pooling (checked by the model's ``_check_pool``)."""
+    import torch.nn as nn
+    from timm.layers import get_device_dtype
+    if global_pool is not None:
+        model._check_pool(global_pool)
+        model.global_pool = global_pool
+    model.num_classes = num_classes
+    dd = get_device_dtype(model)
+    model.fc = layer(model.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+    model.fc.train(model.training)

@@ -36,7 +36,7 @@ from timm.models import generate_default_cfgs, register_model
 from ..errors import UsageError
 from ..modes import for_inference
 from ._bounds import DeclaresLipschitz, conv_operator_norm
-from ._features import StagedFeatures
+from ._features import StagedFeatures, reset_head
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
 __all__ = ['LipConvNet', 'CifarLipResNet', 'SLLBlock', 'AOLConv2d', 'OrthoLinear', 'to_plain', 'LIPSCHITZ_NAMES',
@@ -246,14 +246,7 @@ class LipschitzNet(StagedFeatures, DeclaresLipschitz, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new orthogonal head (a plain ``nn.Linear`` would make the declared constant false)."""
-        from timm.layers import get_device_dtype
-        if global_pool is not None:
-            self._check_pool(global_pool)
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        dd = get_device_dtype(self)
-        self.fc = ortho_linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.fc.train(self.training)
+        reset_head(self, num_classes, global_pool, ortho_linear)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

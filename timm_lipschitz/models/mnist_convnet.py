@@ -17,7 +17,7 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..errors import UsageError
 from ._bounds import DeclaresLipschitz, conv_bn_bound, linear_norm
-from ._features import StagedFeatures
+from ._features import StagedFeatures, reset_head
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
 __all__ = ['MnistConvNet', 'MNIST_MEAN', 'MNIST_STD']
@@ -90,14 +90,7 @@ class MnistConvNet(StagedFeatures, DeclaresLipschitz, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new classifier on the parameters' device and dtype; ``global_pool=None`` keeps the current one."""
-        from timm.layers import get_device_dtype
-        if global_pool is not None:
-            self._check_pool(global_pool)
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        dd = get_device_dtype(self)
-        self.fc = nn.Linear(self.head_hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
-        self.fc.train(self.training)
+        reset_head(self, num_classes, global_pool, nn.Linear)
 
     def feature_stages(self):
         """The three feature levels: conv, its ReLU, the pooled map (``forward_intermediates``)."""
