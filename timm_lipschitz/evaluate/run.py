@@ -113,7 +113,9 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
         declared = res['lipschitz']['declared']
         if declared:  # the premise checked first: a failed check stops the evaluation (SoundnessError)
             from ..robustness.soundness import check_declared
-            res['soundness'] = check_declared(model, subset, mean, std, seed=seed)
+            lip = res['lipschitz']  # its bound and PGD search (128 images) serve the check: not measured twice
+            res['soundness'] = check_declared(model, subset, mean, std, seed=seed, bound=lip['upper_bound']['bound'],
+                                              pgd=lip['pgd_lower_bound']['max'])
             # one forward per image: every image of the evaluation data (the full protocol's whole test split)
             res['margin_certificate'] = margin_certificate(model, data, declared, mean=mean, std=std)
             res['margin_certificate']['images'] = subset_record(data)

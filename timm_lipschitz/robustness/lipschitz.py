@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -97,9 +97,15 @@ def spectral_upper_bound(model: nn.Module, input_size: Optional[Sequence[int]] =
     if not isinstance(m, DeclaresLipschitz):
         raise NotImplementedError(f'no Lipschitz upper bound for {type(m).__name__}: it declares none '
                                   f'(lipschitz_constant()); this package\'s CifarResNet and MnistConvNet do.')
-    size = tuple(input_size or m.pretrained_cfg['input_size'])
-    _, sd = resolve_mean_std(m, mean, std)
-    return m.lipschitz_bound(size, per_channel(sd, size[0], 'std'))
+    return m.lipschitz_bound(*bound_inputs(m, input_size, mean, std))
+
+
+def bound_inputs(model: nn.Module, input_size: Optional[Sequence[int]] = None, mean=None,
+                 std=None) -> Tuple[Tuple[int, ...], Tuple[float, ...]]:
+    """The input size and per-channel std a model's bound and declared constant are taken at (its own by default)."""
+    size = tuple(input_size or model.pretrained_cfg['input_size'])
+    _, sd = resolve_mean_std(model, mean, std)
+    return size, per_channel(sd, size[0], 'std')
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..modes import eval_mode
-from ..normalization import Normalizer, per_channel, resolve_mean_std, unwrap_model
+from ..normalization import Normalizer, unwrap_model
 from .protocol import LIPSCHITZ_TOLERANCE
 
 __all__ = ['SoundnessError', 'check_declared', 'check_certified_unbroken', 'declared_constant', 'SOUNDNESS_IMAGES']
@@ -35,19 +35,21 @@ class SoundnessError(RuntimeError):
 def declared_constant(model: nn.Module, input_size: Optional[Sequence[int]] = None, mean=None,
                       std=None) -> Optional[float]:
     """The model's declared Lipschitz constant of its logits w.r.t. [0,1] pixels (None if it declares none)."""
+    from .lipschitz import bound_inputs
     m = unwrap_model(model)
     if not hasattr(m, 'lipschitz_constant'):
         return None
-    size = tuple(input_size or m.pretrained_cfg['input_size'])
-    _, sd = resolve_mean_std(m, mean, std)
-    return float(m.lipschitz_constant(size, per_channel(sd, size[0], 'std')))
+    return float(m.lipschitz_constant(*bound_inputs(m, input_size, mean, std)))
 
 
 def check_declared(model: nn.Module, data: Dataset, mean=None, std=None, images: int = SOUNDNESS_IMAGES,
                    iterations: int = POWER_ITERATIONS, tolerance: float = LIPSCHITZ_TOLERANCE, seed: int = 0,
-                   input_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+                   input_size: Optional[Sequence[int]] = None, bound: Optional[float] = None,
+                   pgd: Optional[float] = None) -> Dict[str, Any]:
     """Every measurement of the model's effective Lipschitz constant against its declaration (module doc); the
-    record of what was checked, or :class:`SoundnessError` naming what exceeded it."""
+    record of what was checked, or :class:`SoundnessError` naming what exceeded it. ``bound`` / ``pgd``: the
+    effective-layer bound and the PGD lower bound when the caller has just measured them on these weights (the
+    evaluation's Lipschitz section), instead of measuring them again."""
     from .lipschitz import jacobian_norm, pgd_lower_bound, spectral_upper_bound
     m = unwrap_model(model)
     size = tuple(input_size or m.pretrained_cfg['input_size'])
@@ -56,10 +58,11 @@ def check_declared(model: nn.Module, data: Dataset, mean=None, std=None, images:
         raise NotImplementedError(f'{type(m).__name__} declares no Lipschitz constant (lipschitz_constant()).')
     norm = Normalizer(mean, std)
     with eval_mode(m):
-        bound = spectral_upper_bound(m, size, mean, std)['bound']
+        bound = spectral_upper_bound(m, size, mean, std)['bound'] if bound is None else bound
         x = next(iter(DataLoader(data, batch_size=images)))[0]
         jac = jacobian_norm(lambda v: m(norm(m, v)), x, iterations, seed).max().item()
-        pgd = pgd_lower_bound(m, data, seed=seed, mean=mean, std=std, max_images=images)['max']
+        pgd = pgd_lower_bound(m, data, seed=seed, mean=mean, std=std, max_images=images)['max'] if pgd is None \
+            else pgd
     limit = declared * (1 + tolerance)
     record = {'declared': declared, 'tolerance': tolerance, 'effective_layer_bound': bound,
               'jacobian_norm_max': jac, 'pgd_lower_bound_max': pgd, 'num_images': int(len(x)),
