@@ -5,14 +5,16 @@ per-image 95% Wilson interval of every score (each model is one training seed).
         [--attack-images 500] [--black-box-images 100] [--autoattack-images 0] [--autoattack-eps linf=0.1 l2=1]
         [--skip-corruptions] [--skip-attacks] [--eps l2=0.5,1 linf=0.1] [--sigmas 0,0.3,0.5] [--lipschitz]
     python benchmarks/robustness_study.py NAME --render      # NAME.md again from NAME.json, nothing evaluated
+    python benchmarks/robustness_study.py NAME --merge PART [PART ...]   # NAME from runs made side by side
 
 MODEL is a run folder or a registered tag (``cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist``), optionally
 labelled ``label=MODEL``. Writes benchmarks/results/NAME/ (the eval outputs: eval.json, eval.md, heatmaps, family
 bars, attack curves) and benchmarks/results/NAME.{json,md} (the study tables), and prints the markdown.
-``--autoattack-images N`` adds AutoAttack (ART's ensemble: PGD, APGD-CE, APGD-DLR, DeepFool, Square; the worst case
-per image) and PGD on the same first N images at ``--autoattack-eps``: AutoAttack below PGD means the PGD screen
+``--autoattack-images N`` adds AutoAttack (ART's ensemble: APGD-CE, APGD-DLR, DeepFool, Square; the worst case
+per image, with the images each member broke first) and PGD on the same first N images at ``--autoattack-eps``: AutoAttack below PGD means the PGD screen
 overstated robustness there (too few steps, a weak loss, or masked gradients), which the PGD table alone would hide. Slow on a CPU: every image that survives runs every attack, Square's 5,000
-queries included (8 digits images, two ResNet-20s, three epsilons: 15 min on one thread). ``--eps`` narrows the PGD
+queries × 5 restarts included (8 digits images, two ResNet-20s, three epsilons: 15 min on one thread);
+``--autoattack-square-restarts 1`` runs Square as Croce & Hein's standard version does, about 5x cheaper. ``--eps`` narrows the PGD
 grid, ``--sigmas`` adds Gaussian-noise accuracy on the corruption images and ``--lipschitz`` the sampled and
 PGD-found k(x); with them NAME.md opens with one summary row per model (training time read from a run folder's
 final.json).
@@ -202,21 +204,53 @@ def autoattack_table(results: Dict[str, Any]) -> List[str]:
                 lo, hi = wilson_interval(a[norm][e], a['num_images'])
                 cells.append(f"{a[norm][e]:.1f} / {a['pgd'][norm][e]:.1f} [{lo:.1f}, {hi:.1f}]")
             lines.append(f'| {norm} | {e} | ' + ' | '.join(cells) + ' |')
+    broken = [k for k in labels if results[k]['autoattack'].get('broken_by')]
+    if broken:
+        lines += ['', 'Images each AutoAttack member broke first (the members run in this order on the images still '
+                  'standing):', '', '| model | norm | ε | ' + ' | '.join(_members(results, broken)) + ' |',
+                  '|---|---|---|' + '---|' * len(_members(results, broken))]
+        for k in broken:
+            for norm, by_eps in results[k]['autoattack']['broken_by'].items():
+                for e, counts in by_eps.items():
+                    lines.append(f'| {k} | {norm} | {e} | '
+                                 + ' | '.join(str(counts.get(m, '–')) for m in _members(results, broken)) + ' |')
     return lines
 
 
+def _members(results: Dict[str, Any], labels: List[str]) -> List[str]:
+    """AutoAttack's members in the order they ran (the first model's record)."""
+    first = next(iter(results[labels[0]]['autoattack']['broken_by'].values()))
+    return list(next(iter(first.values())))
+
+
+def merge(name: str, parts: List[str]) -> None:
+    """NAME from the results of several runs of this script (e.g. one per model, run side by side): their rows in the
+    order given, their headers kept. A label in two parts is refused rather than silently overwritten."""
+    results: Dict[str, Any] = {}
+    headers = []
+    for part in parts:
+        saved = read_results(part)
+        clash = sorted(set(results) & set(saved['results']))
+        if clash:
+            raise SystemExit(f'--merge: {part} repeats the rows {clash}; nothing merged.')
+        results.update(saved['results'])
+        headers.append(f"{part}: {saved['header']}")
+    save(name, f'Merged from {len(parts)} runs of robustness_study.py. ' + ' '.join(headers), results)
+
+
 def add_autoattack(results: Dict[str, Any], models, out: Path, images: int, eps: Dict[str, List[float]],
-                   steps: int, common: Dict[str, Any]) -> None:
+                   steps: int, common: Dict[str, Any], square_restarts: Any = None) -> None:
     """AutoAttack and PGD on the same first ``images`` images, into ``results[label]['autoattack']``."""
+    restarts = {'autoattack': {'square_restarts': square_restarts} if square_restarts else {}, 'pgd': {}}
     runs = {m: evaluate(models, str(out / m), max_images=images,
                         attacks=dict(method=m, norms=list(eps), eps=eps, max_images=images, steps=steps,
-                                     smoothing=False), **common)
+                                     smoothing=False, **restarts[m]), **common)
             for m in ('autoattack', 'pgd')}
     for label in runs['autoattack']:
         a, p = runs['autoattack'][label]['attacks'], runs['pgd'][label]['attacks']
         entry = results.setdefault(label, {})
         entry['autoattack'] = {'method': a['method'], 'pgd_method': p['method'], 'num_images': a['num_images'],
-                               'clean': a['clean'], 'warnings': a['warnings'],
+                               'clean': a['clean'], 'warnings': a['warnings'], 'broken_by': a.get('broken_by', {}),
                                'pgd': {n: p[n] for n in eps}, **{n: a[n] for n in eps}}
 
 
@@ -235,6 +269,8 @@ def main() -> None:
                    help='images for AutoAttack vs PGD on the same images (0: skip; slow on a CPU)')
     p.add_argument('--autoattack-eps', nargs='+', default=['linf=0.1', 'l2=1'],
                    help='NORM=EPS[,EPS] per norm for the AutoAttack comparison')
+    p.add_argument('--autoattack-square-restarts', type=int, default=None,
+                   help="restarts of AutoAttack's Square member (ART's default 5; Croce & Hein's standard version 1)")
     p.add_argument('--eps', nargs='+', metavar='NORM=LIST', help='PGD epsilons per norm (default: the library grid)')
     p.add_argument('--sigmas', default='0', help='Gaussian-noise levels on the corruption images, e.g. 0,0.3,0.5')
     p.add_argument('--lipschitz', action='store_true', help='sampled and PGD-found k(x) (1,000 / 128 images)')
@@ -244,9 +280,13 @@ def main() -> None:
     p.add_argument('--skip-corruptions', action='store_true')
     p.add_argument('--skip-attacks', action='store_true')
     p.add_argument('--render', action='store_true', help='only re-render NAME.md from NAME.json')
+    p.add_argument('--merge', nargs='+', metavar='PART',
+                   help='only write NAME from the saved results of these runs (their rows in this order)')
     args = p.parse_args()
     if args.render:
         return render(args.name)
+    if args.merge:
+        return merge(args.name, args.merge)
     aa_eps = {k: v for text in args.autoattack_eps for k, v in parse_eps(text, '--autoattack-eps').items()}
     if '*' in aa_eps:
         p.error('--autoattack-eps: name the norm of each epsilon list, e.g. linf=0.1 l2=1')
@@ -283,7 +323,7 @@ def main() -> None:
         results[label]['train_images_per_s'] = _final(spec).get('images_per_s')
     if args.autoattack_images:
         add_autoattack(results, models, out / 'autoattack', args.autoattack_images, aa_eps, args.attack_steps,
-                       common)
+                       common, args.autoattack_square_restarts)
     header = (f"Data: {args.data} test split ({args.images} images for the corruptions, {args.attack_images} for "
               f"PGD, the first {args.black_box_images} for Square, {args.certify_images} for smoothing"
               f"{f', {args.autoattack_images} for AutoAttack' if args.autoattack_images else ''}). Machine: "

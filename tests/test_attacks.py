@@ -80,7 +80,7 @@ def test_adversarial_images_stay_in_the_box_and_the_ball():
     y = np.arange(16) % 10
     est = _estimator(PixelModel(model).eval(), x.shape[1:], 10, torch.device('cpu'))
     for norm, eps in (('linf', 0.2), ('l2', 1.5)):
-        _, adv, _ = _robust('pgd', est, x, y, norm, eps, 10, 16, 0)
+        _, adv, _, _ = _robust('pgd', est, x, y, norm, eps, 10, 16, 0)
         delta = (adv - x).reshape(16, -1)
         size = np.abs(delta).max(1) if norm == 'linf' else np.linalg.norm(delta, axis=1)
         assert adv.min() >= 0 and adv.max() <= 1 and (size <= eps * (1 + 1e-5)).all()

@@ -127,7 +127,8 @@ def _estimator(model: PixelModel, shape: Sequence[int], num_classes: int, device
                              device_type='gpu' if device.type == 'cuda' else 'cpu')
 
 
-def _attack(method: str, estimator, norm: str, eps: float, steps: int, batch_size: int, progress: bool = False):
+def _attack(method: str, estimator, norm: str, eps: float, steps: int, batch_size: int, progress: bool = False,
+            square_restarts: Optional[int] = None):
     from art.attacks.evasion import AutoAttack, ProjectedGradientDescent, SquareAttack
     art_norm = np.inf if norm == 'linf' else 2
     if method == 'pgd':
@@ -140,19 +141,58 @@ def _attack(method: str, estimator, norm: str, eps: float, steps: int, batch_siz
     for member in attack.attacks:  # ART's AutoAttack takes no verbose flag; its members each have one
         if hasattr(member, 'verbose'):
             member.verbose = progress
+        if square_restarts is not None and isinstance(member, SquareAttack):
+            member.nb_restarts = square_restarts  # Croce & Hein's standard version: 1 (ART's default: 5)
     return attack
 
 
+def _member_name(member) -> str:
+    """How a report names one member of ART's AutoAttack (APGD twice, told apart by its loss)."""
+    name = type(member).__name__
+    if name == 'AutoProjectedGradientDescent':
+        return 'APGD-CE' if getattr(member, 'loss_type', '') == 'cross_entropy' else 'APGD-DLR'
+    return {'SquareAttack': 'Square', 'ProjectedGradientDescent': 'PGD'}.get(name, name)
+
+
+def _member_settings(member) -> str:
+    """A member's budget as it will run (read off the attack object, so the report cannot drift from ART)."""
+    name = _member_name(member)
+    if name == 'Square':
+        return f'Square {member.max_iter:,} queries × {member.nb_restarts} restart(s)'
+    if name.startswith('APGD'):
+        return f'{name} {member.max_iter} steps × {member.nb_random_init} start(s)'
+    if name == 'DeepFool':
+        return f'DeepFool {member.max_iter} steps'
+    return name
+
+
+def _broken_by(attack) -> Optional[Dict[str, int]]:
+    """How many images each AutoAttack member broke first (ART's ``best_attacks``; other methods: None). Shows
+    which members decide the result, e.g. whether the gradient-free Square breaks any image the gradient ones
+    left."""
+    best = getattr(attack, 'best_attacks', None)
+    if best is None:
+        return None
+    names = [_member_name(m) for m in attack.attacks]
+    counts = {n: 0 for n in names}
+    for index in np.asarray(best).tolist():
+        if 0 <= index < len(names):
+            counts[names[index]] += 1
+    return counts
+
+
 def _robust(method: str, estimator, x: np.ndarray, y: np.ndarray, norm: str, eps: float, steps: int,
-            batch_size: int, seed: int, progress: bool = False) -> Tuple[float, np.ndarray]:
+            batch_size: int, seed: int, progress: bool = False, square_restarts: Optional[int] = None
+            ) -> Tuple[float, np.ndarray, np.ndarray, Optional[Dict[str, int]]]:
     """Robust accuracy (%) of one attack: an image counts when its clean prediction is right and no adversarial image
-    in the ball changes it; also returns the adversarial images (to check the ball and the box) and the per-image
-    outcome (True: kept its label)."""
+    in the ball changes it; also returns the adversarial images (to check the ball and the box), the per-image
+    outcome (True: kept its label) and, for AutoAttack, how many images each member broke."""
+    attack = _attack(method, estimator, norm, eps, steps, batch_size, progress, square_restarts)
     with _numpy_seed(seed):
-        adv = _attack(method, estimator, norm, eps, steps, batch_size, progress).generate(x=x, y=y)
+        adv = attack.generate(x=x, y=y)
     clean_ok = estimator.predict(x, batch_size=batch_size).argmax(1) == y
     adv_ok = estimator.predict(adv, batch_size=batch_size).argmax(1) == y
-    return 100.0 * float((clean_ok & adv_ok).mean()), adv, clean_ok & adv_ok
+    return 100.0 * float((clean_ok & adv_ok).mean()), adv, clean_ok & adv_ok, _broken_by(attack)
 
 
 def _gather(data, max_images: int, seed: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
@@ -169,14 +209,15 @@ def _gather(data, max_images: int, seed: int) -> Tuple[np.ndarray, np.ndarray, D
 
 
 def check_request(norms: Union[str, Sequence[str]], method: str, steps: Any, max_images: Any = 1,
-                  names: Optional[Dict[str, str]] = None) -> List[str]:
+                  names: Optional[Dict[str, str]] = None, square_restarts: Any = None) -> List[str]:
     """The one check of an attack request, before any model or data loads; returns the norms as a list.
 
-    ``norms`` is a list or a comma list; ``names`` maps ``norms`` / ``method`` / ``steps`` / ``max_images`` to how the
-    caller names them (the command line: ``--attack``, ``--attack-method``, ...), so the error names the user's key.
+    ``norms`` is a list or a comma list; ``names`` maps ``norms`` / ``method`` / ``steps`` / ``max_images`` /
+    ``square_restarts`` to how the caller names them (the command line: ``--attack``, ``--attack-method``, ...), so
+    the error names the user's key.
     """
     names = {'norms': 'norms', 'method': 'attack method', 'steps': 'steps', 'max_images': 'max_images',
-             **(names or {})}
+             'square_restarts': 'square_restarts', **(names or {})}
     listed = [n.strip() for n in norms.split(',')] if isinstance(norms, str) else list(norms)
     listed = [n for n in listed if n]
     bad = [n for n in listed if n not in NORMS]
@@ -188,6 +229,13 @@ def check_request(norms: Union[str, Sequence[str]], method: str, steps: Any, max
     for key, value in (('steps', steps), ('max_images', max_images)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AttackError(f'{names[key]}={value!r} is not allowed; give an integer >= 1.')
+    if square_restarts is not None:
+        if isinstance(square_restarts, bool) or not isinstance(square_restarts, int) or square_restarts < 1:
+            raise AttackError(f'{names["square_restarts"]}={square_restarts!r} is not allowed; give an integer >= 1 '
+                              "(AutoAttack's Square restarts; leave it out for ART's default).")
+        if method != 'autoattack':
+            raise AttackError(f'{names["square_restarts"]}={square_restarts!r} applies to the autoattack method '
+                              f'only, not to {method!r}.')
     require_art()
     return listed
 
@@ -196,7 +244,7 @@ def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
                  eps: Optional[Dict[str, Sequence[float]]] = None, method: str = 'pgd', steps: int = ATTACK_STEPS,
                  max_images: int = ATTACK_IMAGES, seed: int = 0, batch_size: int = 128, mean=None, std=None,
                  black_box: bool = False, device: Optional[torch.device] = None,
-                 progress: bool = True) -> Dict[str, Any]:
+                 progress: bool = True, square_restarts: Optional[int] = None) -> Dict[str, Any]:
     """Robust accuracy of ``model`` under ``method`` at each norm and epsilon, on ``max_images`` images (a prefix of the
     split's evaluation order, :mod:`.subsets`).
 
@@ -205,9 +253,14 @@ def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
     "linf": {...}, "clean": acc, "num_images": n, "steps": s, "sanity": {...}, "square": {...} (black_box),
     "warnings": [...], "reported": {"<method>_<norm>@<eps>": acc}, "per_image": {"l2": {"0.5": "0110..."}}}``
     (accuracies in %; ``per_image``: one character per attacked image in evaluation order, 1 = kept its label; the
-    evaluation checks it against the deterministic certificate).
+    evaluation checks it against the deterministic certificate). AutoAttack adds ``"broken_by": {"l2": {"0.5":
+    {"APGD-CE": n, ...}}}``, the images each member broke first.
+
+    ``square_restarts`` (AutoAttack only): restarts of its Square member; ART's default is 5, Croce & Hein's standard
+    version runs 1. On a CPU Square is most of the cost (5,000 queries per restart on every image that survives the
+    gradient members), so 1 makes a 50-image check about 5x cheaper; the method string names the number used.
     """
-    norms = check_request(norms, method, steps, max_images)
+    norms = check_request(norms, method, steps, max_images, square_restarts=square_restarts)
     x, y, images = _gather(data, max_images, seed)
     if len(x) == 0:
         raise AttackError('the evaluation data is empty.')
@@ -216,31 +269,36 @@ def attack_sweep(model: nn.Module, data, norms: Sequence[str] = NORMS,
         pixel_model = PixelModel(model, mean, std).to(device)
         num_classes = int(getattr(model, 'num_classes', 0) or int(y.max()) + 1)
         result = _sweep(_estimator(pixel_model, x.shape[1:], num_classes, device), x, y, norms, eps, method, steps,
-                        seed, batch_size, black_box, progress)
+                        seed, batch_size, black_box, progress, square_restarts)
     result['subset'] = images
     return result
 
 
 def _sweep(estimator, x: np.ndarray, y: np.ndarray, norms: List[str], eps: Optional[Dict[str, Sequence[float]]],
-           method: str, steps: int, seed: int, batch_size: int, black_box: bool, progress: bool) -> Dict[str, Any]:
+           method: str, steps: int, seed: int, batch_size: int, black_box: bool, progress: bool,
+           square_restarts: Optional[int] = None) -> Dict[str, Any]:
     """Every norm and epsilon of the request against one ART estimator (the model in eval mode)."""
     clean = 100.0 * float((estimator.predict(x, batch_size=batch_size).argmax(1) == y).mean())
     grids = {n: sorted((eps or {}).get(n) or (eps or {}).get('*') or default_eps(n, x.shape[1:])) for n in norms}
-    out: Dict[str, Any] = {'attack': method, 'method': _describe(method, steps), 'clean': clean,
+    described = _attack(method, estimator, norms[0], 1.0, steps, batch_size, square_restarts=square_restarts)
+    out: Dict[str, Any] = {'attack': method, 'method': _describe(method, steps, described), 'clean': clean,
                            'num_images': int(len(x)), 'steps': steps, 'seed': seed, 'warnings': [], 'sanity': {},
                            'reported': {}, 'per_image': {}}
     d = int(np.prod(x.shape[1:]))
     for k, norm in enumerate(norms):
         out[norm] = {}
         for e in grids[norm]:
-            acc, adv, kept = _robust(method, estimator, x, y, norm, e, steps, batch_size,
-                                     stream_seed('attack_start', seed, k), progress)
+            acc, adv, kept, broken_by = _robust(method, estimator, x, y, norm, e, steps, batch_size,
+                                                stream_seed('attack_start', seed, k), progress, square_restarts)
             _check_ball(adv, x, norm, e)
             out[norm][eps_key(e)] = acc
+            if broken_by is not None:
+                out.setdefault('broken_by', {}).setdefault(norm, {})[eps_key(e)] = broken_by
             out['per_image'].setdefault(norm, {})[eps_key(e)] = ''.join('1' if v else '0' for v in kept)
         large = SANITY_EPS[norm] or float(np.sqrt(d)) / 2
         out['sanity'][norm] = {eps_key(large): _robust(method, estimator, x, y, norm, large, steps, batch_size,
-                                                       stream_seed('attack_start', seed, k), progress)[0]}
+                                                       stream_seed('attack_start', seed, k), progress,
+                                                       square_restarts)[0]}
         if black_box:
             out.setdefault('square', {})[norm] = {
                 eps_key(e): _robust('square', estimator, x, y, norm, e, steps, batch_size,
@@ -251,14 +309,16 @@ def _sweep(estimator, x: np.ndarray, y: np.ndarray, norms: List[str], eps: Optio
     return out
 
 
-def _describe(method: str, steps: int) -> str:
+def _describe(method: str, steps: int, attack=None) -> str:
+    """What ran, for every report; AutoAttack's members and budgets are read off ``attack``, the object ART runs."""
     import art
     if method == 'pgd':
         return f'PGD (ART {art.__version__} ProjectedGradientDescent, {steps} steps of 2.5 eps/{steps}, 1 random start)'
     if method == 'square':
         return f'Square Attack (ART {art.__version__}, {10 * steps} queries, gradient-free)'
-    return (f'AutoAttack (ART {art.__version__} implementation: PGD, APGD-CE, APGD-DLR, DeepFool, Square; worst case '
-            f'per image)')
+    members = '; '.join(_member_settings(m) for m in attack.attacks)
+    return f'AutoAttack (ART {art.__version__} implementation: {members}; worst case per image)'
+
 
 
 def _check_ball(adv: np.ndarray, x: np.ndarray, norm: str, eps: float) -> None:
