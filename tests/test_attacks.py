@@ -44,10 +44,23 @@ class Constant(nn.Module):
         return out
 
 
+class ThirdClass(nn.Module):
+    """A two-class model with a third logit far below the others: the same decision boundary, three classes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.num_classes, self.pretrained_cfg = model, 3, model.pretrained_cfg
+
+    def forward(self, x):
+        z = self.model(x)
+        return torch.cat([z, z.sum(1, keepdim=True) * 0 - 100], 1)
+
+
 def _linear_problem(n=60, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(d, generator=g)
-    x = 0.4 + 0.2 * torch.rand(n, 1, 4, 4, generator=g)      # inside [0.4, 0.6]: the box never binds
+    side = int(d ** 0.5)
+    x = 0.4 + 0.2 * torch.rand(n, 1, side, side, generator=g)  # inside [0.4, 0.6]: the box never binds
     b = float((x.flatten(1) @ w).median())
     s = x.flatten(1) @ w - b
     y = (s < 0).long()                                        # class 0 iff s > 0: every point correct
@@ -130,6 +143,33 @@ def test_masking_warnings_name_what_they_saw():
 def test_bad_attack_requests_get_clear_errors(call, message):
     with pytest.raises(AttackError, match=message):
         call()
+
+
+def test_autoattack_names_its_members_and_who_broke_each_image():
+    """On a linear model every image nearer the boundary than eps is broken (by a gradient member: the margin is
+    exact), the rest keep their label; the counts per member add up to the broken images, and the Square budget in
+    the method string is the one that ran."""
+    linear, x, y, dist, w = _linear_problem(n=12, d=64, seed=1)  # Square needs more than 4x4 pixels
+    dist = dist / w.norm()
+    model = ThirdClass(linear)  # APGD-DLR needs three classes; the third never wins
+    eps = float(dist.median())
+    r = attack_sweep(model, (x, y), norms=['l2'], eps={'l2': [eps]}, method='autoattack', max_images=12, steps=5,
+                     square_restarts=1, progress=False)
+    key = eps_key(eps)
+    assert r['l2'][key] == pytest.approx(100 * float((dist > eps * (1 + 1e-4)).float().mean()))
+    counts = r['broken_by']['l2'][key]
+    assert list(counts) == ['APGD-CE', 'APGD-DLR', 'DeepFool', 'Square']
+    assert sum(counts.values()) == round((r['clean'] - r['l2'][key]) * 12 / 100) > 0
+    assert 'Square 5,000 queries × 1 restart(s)' in r['method'] and 'APGD-CE 100 steps × 5 start(s)' in r['method']
+
+
+@pytest.mark.parametrize('kwargs,message', [
+    (dict(method='autoattack', square_restarts=0), 'square_restarts=0 is not allowed; give an integer >= 1'),
+    (dict(method='pgd', square_restarts=1), 'applies to the autoattack method only'),
+])
+def test_bad_square_restarts_get_clear_errors(kwargs, message):
+    with pytest.raises(AttackError, match=message):
+        attack_sweep(Constant(), (torch.rand(2, 1, 4, 4), torch.zeros(2).long()), **kwargs)
 
 
 def test_parse_eps_reads_fractions():

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Dict, List
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / 'benchmarks' / 'RESULTS.md'
 FILES = ROOT / 'benchmarks' / 'results'
@@ -198,3 +200,27 @@ def test_lipschitz_library_and_speed_rows_quote_their_json():
     assert first_number(cells[0]) == round(lip['eval_ratio'], 2)
     cells = row(text, 'lip_convnet training step / plain twin\'s')
     assert first_number(cells[0]) == round(lip['train_ratio'], 2)
+
+
+def _aa_entry(robust: float, broken: Dict[str, int]) -> dict:
+    return {'method': 'AutoAttack (ART)', 'pgd_method': 'PGD (ART)', 'num_images': 50, 'clean': 90.0, 'warnings': [],
+            'broken_by': {'l2': {'0.5': broken}}, 'pgd': {'l2': {'0.5': robust + 2}}, 'l2': {'0.5': robust}}
+
+
+def test_study_parts_run_side_by_side_merge_into_one_table(tmp_path, monkeypatch):
+    """--merge: the rows of parts in the order given, each member's breaks shown; a repeated row is refused."""
+    rs = _study_module()
+    import _results
+    monkeypatch.setattr(_results, 'OUT', tmp_path / 'out')
+    monkeypatch.setattr(_results, 'TRACKED', tmp_path / 'results')
+    members = {'APGD-CE': 30, 'APGD-DLR': 1, 'DeepFool': 0, 'Square': 2}
+    rs.save('part_b', 'second run', {'b': {'autoattack': _aa_entry(40.0, members)}})
+    rs.save('part_a', 'first run', {'a': {'autoattack': _aa_entry(8.0, {**members, 'Square': 0})}})
+    rs.merge('merged', ['part_a', 'part_b'])
+    saved = json.loads((tmp_path / 'out' / 'merged.json').read_text())
+    assert list(saved['results']) == ['a', 'b'] and 'part_a: first run' in saved['header']
+    md = (tmp_path / 'out' / 'merged.md').read_text()
+    assert '| l2 | 0.5 | 8.0 / 10.0 [' in md and '| b | l2 | 0.5 | 30 | 1 | 0 | 2 |' in md
+    assert '| model | norm | ε | APGD-CE | APGD-DLR | DeepFool | Square |' in md
+    with pytest.raises(SystemExit, match=r"part_a repeats the rows \['a'\]"):
+        rs.merge('merged', ['part_a', 'part_a'])

@@ -107,6 +107,10 @@ def test_the_eval_command_records_overrides(tmp_path, capsys):
                                                        r"from 1 to 5"),
     (['--sigmas', 'inf'], r'sigma values \[inf\] are not allowed; every sigma must be a finite number'),
     (['--attack', 'l2', '--eps', 'linf=0.1'], '--eps gives linf values, but --attack l2 does not run that norm'),
+    (['--attack', 'l2', '--attack-method', 'autoattack', '--autoattack-square-restarts', '0'],
+     '--autoattack-square-restarts=0 is not allowed; give an integer >= 1'),
+    (['--attack', 'l2', '--attack-method', 'pgd', '--autoattack-square-restarts', '1'],
+     '--autoattack-square-restarts=1 applies to the autoattack method only'),
 ])
 def test_out_of_range_values_are_refused_naming_the_flag(flags, message, tmp_path, capsys):
     from timm_lipschitz.cli import main
@@ -131,6 +135,14 @@ def test_no_progress_silences_the_certificates_and_the_attacks(capfd):
     est = _estimator(PixelModel(model), (1, 8, 8), 10, torch.device('cpu'))
     quiet = _attack('autoattack', est, 'l2', 0.5, 2, 8, progress=False)
     assert quiet.attacks and not any(getattr(a, 'verbose', False) for a in quiet.attacks)
+
+
+def test_fewer_square_restarts_are_a_stated_departure_from_the_protocol():
+    from timm_lipschitz.evaluate.record import departures
+    settings = {'split': 'test', 'max_images': None, 'attacks': {'method': 'autoattack', 'square_restarts': 1}}
+    assert departures('attacks', settings, {}) == ["AutoAttack's Square with 1 restart(s) (the protocol: ART's "
+                                                   'default)']
+    assert departures('attacks', {**settings, 'attacks': {'method': 'autoattack'}}, {}) == []
 
 
 # ---- files without NaN ----------------------------------------------------------------------------------------------

@@ -60,16 +60,19 @@ def attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     eps: Dict[str, List[float]] = {}
     for text in args.eps or []:
         eps.update(parse_eps(text))
+    restarts = getattr(args, 'autoattack_square_restarts', None)
     norms = check_request(args.attack, method, args.attack_steps, args.attack_images,
                           names={'norms': '--attack', 'method': '--attack-method', 'steps': '--attack-steps',
-                                 'max_images': '--attack-images'})
+                                 'max_images': '--attack-images', 'square_restarts': '--autoattack-square-restarts'},
+                          square_restarts=restarts)
     unused = [n for n in eps if n != '*' and n not in norms]
     if unused:
         raise UsageError(f'--eps gives {", ".join(unused)} values, but --attack {args.attack} does not run '
                          f'{"that norm" if len(unused) == 1 else "those norms"}: they would be unused. Add '
                          f'{",".join(unused)} to --attack or drop those --eps values.')
     return {'norms': norms, 'eps': eps or None, 'method': method, 'steps': args.attack_steps,
-            'max_images': args.attack_images, 'black_box': args.black_box, 'batch_size': args.batch_size}
+            'max_images': args.attack_images, 'black_box': args.black_box, 'batch_size': args.batch_size,
+            **({'square_restarts': restarts} if restarts is not None else {})}
 
 
 def corruption_request(args: argparse.Namespace) -> Sequence[int]:

@@ -41,6 +41,9 @@ def departures(kind: str, settings: Dict[str, Any], result: Dict[str, Any]) -> L
             out.append(f"{request['max_images']} images attacked (the protocol: {ATTACK_IMAGES})")
         if request.get('steps', ATTACK_STEPS) != ATTACK_STEPS:
             out.append(f"{request['steps']} steps (the protocol: {ATTACK_STEPS})")
+        if request.get('square_restarts') is not None:
+            out.append(f"AutoAttack's Square with {request['square_restarts']} restart(s) (the protocol: ART's "
+                       'default)')
     return out
 
 
