@@ -5,7 +5,7 @@ per-image 95% Wilson interval of every score (each model is one training seed).
         [--attack-images 500] [--black-box-images 100] [--autoattack-images 0] [--autoattack-eps linf=0.1 l2=1]
         [--skip-corruptions] [--skip-attacks] [--eps l2=0.5,1 linf=0.1] [--sigmas 0,0.3,0.5] [--lipschitz]
     python benchmarks/robustness_study.py NAME --render      # NAME.md again from NAME.json, nothing evaluated
-    python benchmarks/robustness_study.py NAME --merge PART [PART ...]   # NAME from runs made side by side
+    python benchmarks/robustness_study.py NAME --merge [LABEL=]PART ...   # NAME from runs made side by side
 
 MODEL is a run folder or a registered tag (``cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist``), optionally
 labelled ``label=MODEL``. Writes benchmarks/results/NAME/ (the eval outputs: eval.json, eval.md, heatmaps, family
@@ -224,34 +224,30 @@ def _members(results: Dict[str, Any], labels: List[str]) -> List[str]:
 
 
 def merge(name: str, parts: List[str]) -> None:
-    """NAME from the results of several runs of this script (e.g. one per model, run side by side): their rows in the
-    order given, their headers kept. A label in two parts is refused rather than silently overwritten."""
+    """NAME from the saved results of several runs of this script, e.g. one AutoAttack run per model made side by
+    side, added to an earlier study (NAME itself may be a part: it is read before it is written).
+
+    Rows are matched by label, in the order first seen; a part's row adds its measurements to the row. ``LABEL=PART``
+    gives a one-row part's row that label (the same run measured under another study's name). A measurement that two
+    parts give for the same row is refused rather than silently overwritten."""
     results: Dict[str, Any] = {}
     headers = []
-    for part in parts:
+    for spec in parts:
+        label, _, part = spec.rpartition('=')
         saved = read_results(part)
-        clash = sorted(set(results) & set(saved['results']))
-        if clash:
-            raise SystemExit(f'--merge: {part} repeats the rows {clash}; nothing merged.')
-        results.update(saved['results'])
+        rows = saved['results']
+        if label:
+            if len(rows) != 1:
+                raise SystemExit(f'--merge {spec}: {part} holds {len(rows)} rows; a label renames a one-row part.')
+            rows = {label: next(iter(rows.values()))}
+        for row_label, row in rows.items():
+            entry = results.setdefault(row_label, {})
+            clash = sorted(set(entry) & set(row))
+            if clash:
+                raise SystemExit(f'--merge: {part} gives {clash} of the row {row_label!r} again; nothing merged.')
+            entry.update(row)
         headers.append(f"{part}: {saved['header']}")
     save(name, f'Merged from {len(parts)} runs of robustness_study.py. ' + ' '.join(headers), results)
-
-
-def add_autoattack(results: Dict[str, Any], models, out: Path, images: int, eps: Dict[str, List[float]],
-                   steps: int, common: Dict[str, Any], square_restarts: Any = None) -> None:
-    """AutoAttack and PGD on the same first ``images`` images, into ``results[label]['autoattack']``."""
-    restarts = {'autoattack': {'square_restarts': square_restarts} if square_restarts else {}, 'pgd': {}}
-    runs = {m: evaluate(models, str(out / m), max_images=images,
-                        attacks=dict(method=m, norms=list(eps), eps=eps, max_images=images, steps=steps,
-                                     smoothing=False, **restarts[m]), **common)
-            for m in ('autoattack', 'pgd')}
-    for label in runs['autoattack']:
-        a, p = runs['autoattack'][label]['attacks'], runs['pgd'][label]['attacks']
-        entry = results.setdefault(label, {})
-        entry['autoattack'] = {'method': a['method'], 'pgd_method': p['method'], 'num_images': a['num_images'],
-                               'clean': a['clean'], 'warnings': a['warnings'], 'broken_by': a.get('broken_by', {}),
-                               'pgd': {n: p[n] for n in eps}, **{n: a[n] for n in eps}}
 
 
 def main() -> None:

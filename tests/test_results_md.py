@@ -222,5 +222,12 @@ def test_study_parts_run_side_by_side_merge_into_one_table(tmp_path, monkeypatch
     md = (tmp_path / 'out' / 'merged.md').read_text()
     assert '| l2 | 0.5 | 8.0 / 10.0 [' in md and '| b | l2 | 0.5 | 30 | 1 | 0 | 2 |' in md
     assert '| model | norm | ε | APGD-CE | APGD-DLR | DeepFool | Square |' in md
-    with pytest.raises(SystemExit, match=r"part_a repeats the rows \['a'\]"):
+    with pytest.raises(SystemExit, match=r"part_a gives \['autoattack'\] of the row 'a' again"):
         rs.merge('merged', ['part_a', 'part_a'])
+    rs.save('study', 'the study', {'a': {'train_time_s': 5.0}, 'renamed': {'train_time_s': 7.0}})
+    rs.merge('study', ['study', 'part_a', 'renamed=part_b'])  # a study gains its AutoAttack column in place
+    rows = json.loads((tmp_path / 'out' / 'study.json').read_text())['results']
+    assert rows['a']['train_time_s'] == 5.0 and rows['a']['autoattack']['l2']['0.5'] == 8.0
+    assert rows['renamed']['autoattack']['l2']['0.5'] == 40.0 and 'b' not in rows
+    with pytest.raises(SystemExit, match='merged holds 2 rows; a label renames a one-row part'):
+        rs.merge('study', ['x=merged'])
