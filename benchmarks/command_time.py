@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
@@ -29,6 +31,8 @@ from _results import write_results  # noqa: E402  (benchmarks/_results.py, besid
 def time_command(cmd: List[str], repeats: int, expect: List[str]) -> Dict[str, Any]:
     """Wall seconds of each run and whether each printed every expected text."""
     times, printed, code = [], True, 0
+    first = Path(cmd[0])  # found from here, though it runs in a scratch folder
+    cmd = [str(first.resolve()) if first.exists() else shutil.which(cmd[0]) or cmd[0]] + cmd[1:]
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as scratch:
             t = time.perf_counter()

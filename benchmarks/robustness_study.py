@@ -250,6 +250,22 @@ def merge(name: str, parts: List[str]) -> None:
     save(name, f'Merged from {len(parts)} runs of robustness_study.py. ' + ' '.join(headers), results)
 
 
+def _what_ran(args: argparse.Namespace) -> str:
+    """The images of each measurement that ran, and only those (a skipped one is not described as if it had run)."""
+    ran = []
+    if not args.skip_corruptions:
+        ran.append(f'{args.images} images for noise and the corruptions')
+    if not args.skip_attacks:
+        ran.append(f'{args.attack_images} for PGD')
+        if args.black_box_images:
+            ran.append(f'the first {args.black_box_images} for Square')
+    if not args.skip_attacks or args.certify:
+        ran.append(f'{args.certify_images} for smoothing')
+    if args.autoattack_images:
+        ran.append(f'the first {args.autoattack_images} for AutoAttack and for PGD on the same images')
+    return ', '.join(ran) or 'nothing measured'
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('name')
@@ -320,9 +336,7 @@ def main() -> None:
     if args.autoattack_images:
         add_autoattack(results, models, out / 'autoattack', args.autoattack_images, aa_eps, args.attack_steps,
                        common, args.autoattack_square_restarts)
-    header = (f"Data: {args.data} test split ({args.images} images for the corruptions, {args.attack_images} for "
-              f"PGD, the first {args.black_box_images} for Square, {args.certify_images} for smoothing"
-              f"{f', {args.autoattack_images} for AutoAttack' if args.autoattack_images else ''}). Machine: "
+    header = (f"Data: {args.data} test split ({_what_ran(args)}). Machine: "
               f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} thread(s); {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}.")
     save(args.name, header, results)

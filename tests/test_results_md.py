@@ -231,3 +231,78 @@ def test_study_parts_run_side_by_side_merge_into_one_table(tmp_path, monkeypatch
     assert rows['renamed']['autoattack']['l2']['0.5'] == 40.0 and 'b' not in rows
     with pytest.raises(SystemExit, match='merged holds 2 rows; a label renames a one-row part'):
         rs.merge('study', ['x=merged'])
+
+
+AUTOATTACK_PARTS = FILES / 'autoattack_cpu'
+
+
+def _aa_per_image(part: str) -> str:
+    """The l2 0.5 AutoAttack outcome per image (1 = kept its label) of one part run, in evaluation order."""
+    models = json.loads((AUTOATTACK_PARTS / part / 'autoattack' / 'autoattack' / 'eval.json').read_text())['models']
+    (entry,) = models.values()
+    assert entry['attacks']['subset']['rule'].startswith('stratified prefix')
+    return entry['attacks']['per_image']['l2']['0.5']
+
+
+def test_autoattack_broke_no_image_the_deterministic_certificate_holds_at_its_radius():
+    """Soundness, with the strongest attack run: every image the 1-Lipschitz nets certify at l2 0.5 (the study's
+    per-image radii) kept its label under AutoAttack at l2 0.5 (the same images: subsets are prefixes of one order)."""
+    certified = json.loads((FILES / 'study_fmnist_certified' / 'eval.json').read_text())['models']
+    checked = 0
+    for label, part in (('1-Lipschitz net, margin ε0.5', 'aa30_lip_e05'),
+                        ('1-Lipschitz net, margin ε0.75', 'aa30_lip_e075'), ('1-Lipschitz net, hinge', 'aa30_lip_hinge')):
+        kept = _aa_per_image(part)
+        radius = certified[label]['margin_certificate']['radius'][:len(kept)]
+        sure = [i for i, r in enumerate(radius) if r >= 0.5]
+        assert sure and all(kept[i] == '1' for i in sure), (label, sure, kept)
+        checked += len(sure)
+    assert checked >= 30
+
+
+def test_autoattack_rows_of_the_studies_are_rendered_from_their_json():
+    """The AutoAttack columns and the per-member table of the three studies are what robustness_study renders."""
+    rs = _study_module()
+    for title, name in (('### AutoAttack on the worst-direction study', 'study_fmnist_resnet20_adversarial'),
+                        ('### AutoAttack on the worst-direction study', 'study_fmnist_mnistnet_adversarial'),
+                        ('## Deterministic certificates of 1-Lipschitz networks against smoothing and attacks',
+                         'study_fmnist_certified')):
+        results = study(name)
+        assert all('autoattack' in r for r in results.values()), name
+        text = section(title)
+        lines = rs.autoattack_table(results)
+        table = lines[2:lines.index('', 2)] if '' in lines[2:] else lines[2:]  # AutoAttack / PGD per norm and ε
+        assert len(table) >= 3
+        for line in table:
+            assert line in text, (name, line)
+
+
+def _aa_part(name: str) -> dict:
+    (entry,) = json.loads((AUTOATTACK_PARTS / f'{name}.json').read_text())['results'].values()
+    return entry['autoattack']
+
+
+def test_autoattack_section_claims_hold_in_the_json():
+    """What the AutoAttack subsection says of all its runs: the largest PGD-to-AutoAttack gap per norm, Square never
+    breaking an image, and the same result with one Square restart as with ART's five (same images)."""
+    text = section('### AutoAttack on the worst-direction study')
+    rows = [r['autoattack'] for name in ('study_fmnist_resnet20_adversarial', 'study_fmnist_mnistnet_adversarial')
+            for r in study(name).values()]
+    gap = {norm: max(round(a['pgd'][norm][e] - a[norm][e], 6) for a in rows for e in a[norm]) for norm in ('l2', 'linf')}
+    assert gap == {'l2': 4.0, 'linf': 6.0}
+    assert 'at most 2 of those images more\n  than PGD does under L2 0.5 (4 points' in section('## The hinge in the worst')
+    parts = sorted(AUTOATTACK_PARTS.glob('*.json'))
+    square = [counts['Square'] for part in parts for by_eps in _aa_part(part.stem)['broken_by'].values()
+              for counts in by_eps.values()]
+    assert len(square) >= 20 and sum(square) == 0 and 'Square broke no image in any run' in text
+    for five, one, value in (('aacheck5_mn_hinge', 'aa31_mn_hinge', 66.0), ('aacheck5_hinge_tag', 'aacheck_hinge_tag', 6.0)):
+        a5, a1 = _aa_part(five), _aa_part(one)
+        assert '× 5 restart(s)' in a5['method'] and '× 1 restart(s)' in a1['method']
+        assert a5['l2']['0.5'] == a1['l2']['0.5'] == value and f'{value:.1f}%' in text
+
+
+def test_first_use_certify_command_time_quotes_its_json():
+    r = json.loads((FILES / 'certify_command_cpu.json').read_text())
+    assert r['exit_code'] == 0 and r['printed_expected'] and r['met'] and r['target_s'] == 300
+    assert r['command'].startswith('timm-lipschitz eval --model lip_convnet.lipschitz_margin_e075_tau8_fmnist '
+                                   '--pretrained --certify --max-images 200')
+    assert f"**{r['median_s']:.1f} s**" in section('## Deterministic certificates of 1-Lipschitz networks')
