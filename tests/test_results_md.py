@@ -248,7 +248,7 @@ def test_autoattack_broke_no_image_the_deterministic_certificate_holds_at_its_ra
     """Soundness, with the strongest attack run: every image the 1-Lipschitz nets certify at l2 0.5 (the study's
     per-image radii) kept its label under AutoAttack at l2 0.5 (the same images: subsets are prefixes of one order)."""
     certified = json.loads((FILES / 'study_fmnist_certified' / 'eval.json').read_text())['models']
-    checked = 0
+    checked, counts = 0, []
     for label, part in (('1-Lipschitz net, margin ε0.5', 'aa30_lip_e05'),
                         ('1-Lipschitz net, margin ε0.75', 'aa30_lip_e075'), ('1-Lipschitz net, hinge', 'aa30_lip_hinge')):
         kept = _aa_per_image(part)
@@ -256,7 +256,13 @@ def test_autoattack_broke_no_image_the_deterministic_certificate_holds_at_its_ra
         sure = [i for i, r in enumerate(radius) if r >= 0.5]
         assert sure and all(kept[i] == '1' for i in sure), (label, sure, kept)
         checked += len(sure)
+        counts.append(len(sure))
+        a = _aa_part(part)
+        assert a['pgd']['l2']['0.5'] - a['l2']['0.5'] <= 2.0  # "at most 1 image more than PGD"
     assert checked >= 30
+    text = ' '.join(section('## Deterministic certificates of 1-Lipschitz networks').split())
+    assert f'certify {counts[0]}, {counts[1]} and {counts[2]} images at l2 0.5' in text
+    assert f'broke none of these {checked} images' in text
 
 
 def test_autoattack_rows_of_the_studies_are_rendered_from_their_json():
