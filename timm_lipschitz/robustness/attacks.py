@@ -9,8 +9,9 @@ the epsilon-ball. Methods:
 - ``pgd`` (the cheap screen, default): ART's ProjectedGradientDescent, ``steps`` iterations of size
   ``2.5 eps / steps``, one random start (Madry et al.);
 - ``autoattack`` (the standard of RobustBench, named as such in every report): ART's AutoAttack, which runs ART's
-  PGD, APGD-CE, APGD-DLR, DeepFool and Square and keeps the worst case per image (Croce & Hein's original uses
-  APGD-CE, APGD-T, FAB-T and Square: ART's ensemble is named with its members);
+  APGD-CE, APGD-DLR, DeepFool and Square in turn on the images still standing and keeps the worst case per image
+  (Croce & Hein's original uses APGD-CE, APGD-T, FAB-T and Square: the report names ART's members and budgets as
+  read off the attack object, and counts the images each member broke first);
 - ``square``: ART's Square Attack, gradient-free, also run beside a gradient attack with ``black_box=True`` to
   detect gradient masking.
 
