@@ -206,14 +206,15 @@ def autoattack_table(results: Dict[str, Any]) -> List[str]:
             lines.append(f'| {norm} | {e} | ' + ' | '.join(cells) + ' |')
     broken = [k for k in labels if results[k]['autoattack'].get('broken_by')]
     if broken:
+        members = _members(results, broken)
         lines += ['', 'Images each AutoAttack member broke first (the members run in this order on the images still '
-                  'standing):', '', '| model | norm | ε | ' + ' | '.join(_members(results, broken)) + ' |',
-                  '|---|---|---|' + '---|' * len(_members(results, broken))]
+                  'standing):', '', '| model | norm | ε | ' + ' | '.join(members) + ' |',
+                  '|---|---|---|' + '---|' * len(members)]
         for k in broken:
             for norm, by_eps in results[k]['autoattack']['broken_by'].items():
                 for e, counts in by_eps.items():
-                    lines.append(f'| {k} | {norm} | {e} | '
-                                 + ' | '.join(str(counts.get(m, '–')) for m in _members(results, broken)) + ' |')
+                    lines.append(f'| {k} | {norm} | {e} | ' + ' | '.join(str(counts.get(m, '–')) for m in members)
+                                 + ' |')
     return lines
 
 

@@ -60,7 +60,7 @@ def attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     eps: Dict[str, List[float]] = {}
     for text in args.eps or []:
         eps.update(parse_eps(text))
-    restarts = getattr(args, 'autoattack_square_restarts', None)
+    restarts = args.autoattack_square_restarts
     norms = check_request(args.attack, method, args.attack_steps, args.attack_images,
                           names={'norms': '--attack', 'method': '--attack-method', 'steps': '--attack-steps',
                                  'max_images': '--attack-images', 'square_restarts': '--autoattack-square-restarts'},

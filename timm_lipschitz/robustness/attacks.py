@@ -184,16 +184,16 @@ def _broken_by(attack) -> Optional[Dict[str, int]]:
 
 def _robust(method: str, estimator, x: np.ndarray, y: np.ndarray, norm: str, eps: float, steps: int,
             batch_size: int, seed: int, progress: bool = False, square_restarts: Optional[int] = None
-            ) -> Tuple[float, np.ndarray, np.ndarray, Optional[Dict[str, int]]]:
+            ) -> Tuple[float, np.ndarray, np.ndarray, Any]:
     """Robust accuracy (%) of one attack: an image counts when its clean prediction is right and no adversarial image
     in the ball changes it; also returns the adversarial images (to check the ball and the box), the per-image
-    outcome (True: kept its label) and, for AutoAttack, how many images each member broke."""
+    outcome (True: kept its label) and the ART attack that ran (the report reads its members and their breaks)."""
     attack = _attack(method, estimator, norm, eps, steps, batch_size, progress, square_restarts)
     with _numpy_seed(seed):
         adv = attack.generate(x=x, y=y)
     clean_ok = estimator.predict(x, batch_size=batch_size).argmax(1) == y
     adv_ok = estimator.predict(adv, batch_size=batch_size).argmax(1) == y
-    return 100.0 * float((clean_ok & adv_ok).mean()), adv, clean_ok & adv_ok, _broken_by(attack)
+    return 100.0 * float((clean_ok & adv_ok).mean()), adv, clean_ok & adv_ok, attack
 
 
 def _gather(data, max_images: int, seed: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
@@ -227,16 +227,15 @@ def check_request(norms: Union[str, Sequence[str]], method: str, steps: Any, max
                           f'{NORMS}.')
     if method not in METHODS:
         raise AttackError(f'{names["method"]} {method!r} is not allowed; choose one of {METHODS}.')
-    for key, value in (('steps', steps), ('max_images', max_images)):
+    counts = [('steps', steps), ('max_images', max_images)]
+    if square_restarts is not None:  # left out: ART's default
+        counts.append(('square_restarts', square_restarts))
+    for key, value in counts:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AttackError(f'{names[key]}={value!r} is not allowed; give an integer >= 1.')
-    if square_restarts is not None:
-        if isinstance(square_restarts, bool) or not isinstance(square_restarts, int) or square_restarts < 1:
-            raise AttackError(f'{names["square_restarts"]}={square_restarts!r} is not allowed; give an integer >= 1 '
-                              "(AutoAttack's Square restarts; leave it out for ART's default).")
-        if method != 'autoattack':
-            raise AttackError(f'{names["square_restarts"]}={square_restarts!r} applies to the autoattack method '
-                              f'only, not to {method!r}.')
+    if square_restarts is not None and method != 'autoattack':
+        raise AttackError(f'{names["square_restarts"]}={square_restarts!r} applies to the autoattack method only, '
+                          f'not to {method!r}.')
     require_art()
     return listed
 
@@ -281,18 +280,17 @@ def _sweep(estimator, x: np.ndarray, y: np.ndarray, norms: List[str], eps: Optio
     """Every norm and epsilon of the request against one ART estimator (the model in eval mode)."""
     clean = 100.0 * float((estimator.predict(x, batch_size=batch_size).argmax(1) == y).mean())
     grids = {n: sorted((eps or {}).get(n) or (eps or {}).get('*') or default_eps(n, x.shape[1:])) for n in norms}
-    described = _attack(method, estimator, norms[0], 1.0, steps, batch_size, square_restarts=square_restarts)
-    out: Dict[str, Any] = {'attack': method, 'method': _describe(method, steps, described), 'clean': clean,
-                           'num_images': int(len(x)), 'steps': steps, 'seed': seed, 'warnings': [], 'sanity': {},
-                           'reported': {}, 'per_image': {}}
+    out: Dict[str, Any] = {'attack': method, 'clean': clean, 'num_images': int(len(x)), 'steps': steps, 'seed': seed,
+                           'warnings': [], 'sanity': {}, 'reported': {}, 'per_image': {}}
     d = int(np.prod(x.shape[1:]))
     for k, norm in enumerate(norms):
         out[norm] = {}
         for e in grids[norm]:
-            acc, adv, kept, broken_by = _robust(method, estimator, x, y, norm, e, steps, batch_size,
-                                                stream_seed('attack_start', seed, k), progress, square_restarts)
+            acc, adv, kept, attack = _robust(method, estimator, x, y, norm, e, steps, batch_size,
+                                             stream_seed('attack_start', seed, k), progress, square_restarts)
             _check_ball(adv, x, norm, e)
             out[norm][eps_key(e)] = acc
+            broken_by = _broken_by(attack)
             if broken_by is not None:
                 out.setdefault('broken_by', {}).setdefault(norm, {})[eps_key(e)] = broken_by
             out['per_image'].setdefault(norm, {})[eps_key(e)] = ''.join('1' if v else '0' for v in kept)
@@ -306,11 +304,12 @@ def _sweep(estimator, x: np.ndarray, y: np.ndarray, norms: List[str], eps: Optio
                                     stream_seed('attack_start', seed, k))[0] for e in grids[norm]}
         rep = reported_eps(norm, grids[norm], x.shape[1:])
         out['reported'][f'{method}_{norm}@{eps_key(rep)}'] = out[norm][eps_key(rep)]
+    out['method'] = _describe(method, steps, attack)  # the last attack run: every one had the same settings
     out['warnings'] = masking_warnings(out)
     return out
 
 
-def _describe(method: str, steps: int, attack=None) -> str:
+def _describe(method: str, steps: int, attack) -> str:
     """What ran, for every report; AutoAttack's members and budgets are read off ``attack``, the object ART runs."""
     import art
     if method == 'pgd':
@@ -319,8 +318,6 @@ def _describe(method: str, steps: int, attack=None) -> str:
         return f'Square Attack (ART {art.__version__}, {10 * steps} queries, gradient-free)'
     members = '; '.join(_member_settings(m) for m in attack.attacks)
     return f'AutoAttack (ART {art.__version__} implementation: {members}; worst case per image)'
-
-
 
 def _check_ball(adv: np.ndarray, x: np.ndarray, norm: str, eps: float) -> None:
     """Every adversarial image lies in [0, 1] and in the epsilon-ball (a broken attack would inflate the results)."""
