@@ -39,7 +39,7 @@ from timm_lipschitz.evaluate import evaluate, load_model  # noqa: E402
 from timm_lipschitz.robustness.attacks import parse_eps  # noqa: E402
 from timm_lipschitz.robustness.certify import max_certified_radius  # noqa: E402
 from timm_lipschitz.robustness.corruptions import CORRUPTIONS, FAMILIES, MISSING  # noqa: E402
-from timm_lipschitz.robustness.protocol import wilson_interval  # noqa: E402
+from timm_lipschitz.protocol import wilson_interval  # noqa: E402
 
 from _results import OUT, read_results, write_results  # noqa: E402  (benchmarks/_results.py, beside this script)
 

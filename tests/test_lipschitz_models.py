@@ -9,7 +9,7 @@ import torch.nn as nn
 import timm_lipschitz  # noqa: F401
 from timm_lipschitz.models import LIPSCHITZ_NAMES, to_plain
 from timm_lipschitz.robustness.lipschitz import jacobian_norm, margin_certificate
-from timm_lipschitz.robustness.protocol import LIPSCHITZ_TOLERANCE
+from timm_lipschitz.protocol import LIPSCHITZ_TOLERANCE
 from timm_lipschitz.robustness.soundness import SoundnessError, check_certified_unbroken, check_declared
 
 SMALL = {'lip_convnet': {}, 'cifar_lipresnet_xs': {}}

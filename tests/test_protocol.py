@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from timm_lipschitz.robustness.protocol import (PAPER_SIGMAS, PRESETS, format_cell, index_on_grid, mean_std,
+from timm_lipschitz.protocol import (PAPER_SIGMAS, PRESETS, format_cell, index_on_grid, mean_std,
                                                 parse_sigmas, resolve_protocol, summarize, value_at)
 from timm_lipschitz.seeding import STREAMS, stream_seed
 

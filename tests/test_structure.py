@@ -50,11 +50,11 @@ def _where(value) -> list:
 
 
 @pytest.mark.parametrize('value,home', [
-    ((0.0, 0.3, 0.5), ['robustness/protocol.py']),                     # the paper's table columns
-    ((0.0, 0.25, 0.5, 0.75, 1.0), ['robustness/protocol.py']),         # certified-accuracy radii
-    ((1, 2, 3, 4, 5), ['robustness/protocol.py']),                     # corruption severities
-    ((0.04, 0.06, 0.08, 0.09, 0.10), ['robustness/protocol.py']),      # CIFAR-10-C Gaussian sigmas
-    ('0:0.5:0.01', ['robustness/protocol.py']),                        # the default evaluation grid
+    ((0.0, 0.3, 0.5), ['protocol.py']),                     # the paper's table columns
+    ((0.0, 0.25, 0.5, 0.75, 1.0), ['protocol.py']),         # certified-accuracy radii
+    ((1, 2, 3, 4, 5), ['protocol.py']),                     # corruption severities
+    ((0.04, 0.06, 0.08, 0.09, 0.10), ['protocol.py']),      # CIFAR-10-C Gaussian sigmas
+    ('0:0.5:0.01', ['protocol.py']),                        # the default evaluation grid
     ('1,2,3,4,5', []),                                                 # the --severities default is derived
     (('paper', 'mnist', 'cifar10c_gaussian'), []),                     # --preset's choices are the presets
     ('| clean | sigma 0.3 | sigma 0.5 | grid mean |', []),              # the card's summary header is derived

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UsageError, UserError
-from .robustness.protocol import (ATTACK_IMAGES, ATTACK_STEPS, CERTIFY_PRESETS, EVAL_SPLIT, PAPER_GRID, PRESETS,
+from .protocol import (ATTACK_IMAGES, ATTACK_STEPS, CERTIFY_PRESETS, EVAL_SPLIT, PAPER_GRID, PRESETS,
                                   SEVERITIES, SMOOTHING)
 from .sweep.slurm import MAX_REQUEUES
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List
 
-from .robustness.protocol import SUMMARY_KEYS, summary_label
+from .protocol import SUMMARY_KEYS, summary_label
 from .zoo import WEIGHTS_DIR, header_metadata, shipped
 
 __all__ = ['tag_rows', 'tag_table', 'LIST_COLUMNS']

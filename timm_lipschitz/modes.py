@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-__all__ = ['eval_mode', 'for_inference']
+__all__ = ['eval_mode', 'for_inference', 'for_evaluation']
 
 
 @contextlib.contextmanager
@@ -26,3 +26,11 @@ def for_inference(model: Any) -> Any:
     RobustBench entry point returns one, as RobustBench's own zoo models are)."""
     model.eval()
     return model
+
+
+def for_evaluation(model: Any) -> Any:
+    """The model an evaluation runs: the plain export of a model that offers one (``to_plain()``: the 1-Lipschitz
+    nets, whose constrained weights are then computed once instead of at every forward; the same outputs), else the
+    model itself. The model the caller holds is never switched into a cached mode, so training it stays exact."""
+    export = getattr(model, 'to_plain', None)
+    return export() if callable(export) else model

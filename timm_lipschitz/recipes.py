@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from .errors import UsageError
-from .robustness.protocol import PAPER_GRID
+from .protocol import PAPER_GRID
 
 __all__ = ['DEFAULTS', 'SCHEMA', 'load_recipe', 'resolve_recipe', 'apply_overrides', 'validate_recipe',
            'RecipeError', 'deep_merge', 'set_dotted', 'get_dotted', 'RECIPES_DIR', 'TRACKERS', 'RESUME_SAFE',
@@ -360,7 +360,7 @@ def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
     What needs the model or the machine (``model.kwargs``, fp16 without a GPU) is checked by the trainer before
     any data is read (:func:`timm_lipschitz.train.check_runtime`).
     """
-    from .robustness.protocol import parse_sigmas
+    from .protocol import parse_sigmas
     _check(recipe, SCHEMA, '')
     for key, allowed in CHOICES.items():
         v = get_dotted(recipe, key)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import UsageError
-from ..robustness.protocol import SEVERITIES
+from ..protocol import SEVERITIES
 
 __all__ = ['run_from_args', 'attack_request', 'corruption_request', 'certify_request']
 
@@ -92,7 +92,7 @@ def corruption_request(args: argparse.Namespace) -> Sequence[int]:
 def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
     """The randomized-smoothing settings (``--certify`` and the attacks' certified column), checked by the
     certificate module's one check and named by their flags."""
-    from ..robustness.protocol import CERTIFY_PRESETS, SMOOTHING
+    from ..protocol import CERTIFY_PRESETS, SMOOTHING
     preset = CERTIFY_PRESETS.get(getattr(args, 'certify_preset', None) or '', {})
     chosen = {k: getattr(args, k) for k in ('n0', 'n', 'alpha') if getattr(args, k) is not None}
     settings = {**SMOOTHING, **preset, **chosen, 'sigma': args.certify_sigma, 'num_images': args.certify_images}

@@ -1,6 +1,6 @@
 """What an evaluation may write into a run's or checkpoint's own record (its ``robustness.json``, the metadata summary
 and the model card): only what was measured under the full protocol of
-:mod:`timm_lipschitz.robustness.protocol` (every image of the test split, severities 1-5 over the benchmark
+:mod:`timm_lipschitz.protocol` (every image of the test split, severities 1-5 over the benchmark
 corruptions, the default epsilon grid, attack size and steps), or, when the user asks for it (``--record``), a
 departure that the record and the card then state. Every recorded score carries its split, image count and grid.
 """
@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from ..robustness.protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, FULL_CORRUPTIONS, SEVERITIES
+from ..protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, FULL_CORRUPTIONS, SEVERITIES
 
 __all__ = ['departures', 'record_in_folders', 'RECORD_KEYS']
 

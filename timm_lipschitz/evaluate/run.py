@@ -14,7 +14,7 @@ from ..errors import UsageError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
 from ..modes import eval_mode
 from ..naming import FILE_CHARS, safe_name
-from ..robustness.protocol import SEVERITIES
+from ..protocol import SEVERITIES
 from ..robustness.subsets import evaluation_subset, subset_record
 from .loading import check_overrides, data_for, device_name, model_input_size, resolve_device
 from .record import record_in_folders
@@ -63,7 +63,7 @@ def check_out_dir(out: Path) -> Path:
 def _smoothing(model: nn.Module, data: Dataset, certify_args: Dict[str, Any], mean, std, seed: int,
                radii: Optional[Sequence[float]] = None, progress: bool = True) -> Dict[str, Any]:
     """Randomized-smoothing certificates with the settings ``certify_args`` gives (certify_dataset's defaults for
-    the others), at ``radii`` (default :data:`~timm_lipschitz.robustness.protocol.CERT_RADII`)."""
+    the others), at ``radii`` (default :data:`~timm_lipschitz.protocol.CERT_RADII`)."""
     from ..robustness.certify import CERT_RADII, certify_dataset
     settings = {k: certify_args[k] for k in SMOOTHING_SETTINGS if certify_args.get(k) is not None}
     return certify_dataset(model, data, model.num_classes, radii=CERT_RADII if radii is None else radii, mean=mean,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
-from ..robustness.protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid, summary_label
+from ..protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid, summary_label
 
 __all__ = ['render_card', 'card_sections', 'CITATION', 'HUB_DATASETS', 'preprocessing_text', 'model_index']
 

@@ -26,7 +26,7 @@ from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps, read_json
 from ..normalization import unwrap_model
 from ..runs import finished_summary
-from ..robustness.protocol import SUMMARY_KEYS
+from ..protocol import SUMMARY_KEYS
 from .card import render_card
 
 __all__ = ['save_pretrained', 'read_metadata', 'load_robustness', 'load_checkpoint', 'load_pretrained',

@@ -9,7 +9,8 @@ Register more with ``@register_loss(name)`` on an
 :class:`Objective` subclass (see the README's "Add your own objective"). Importing this package does not import
 torch: the command line reads the objectives' arguments to validate a recipe before torch is loaded.
 """
-from .adversarial import PGDAdversarial, Trades, pgd_attack, worst_direction
+from ..ratio import worst_direction
+from .adversarial import PGDAdversarial, Trades, pgd_attack
 from .base import HyperparameterError, LossOutput, Objective
 from .lipschitz import OUTPUTS, LipschitzHinge, build_task_loss, lipschitz_ratio, model_output
 from .margin import HingeKR, LipschitzMargin

@@ -1,9 +1,8 @@
 """Worst-direction searches and the adversarial-training peers, in [0,1] pixel space through the model's
 normalization (as the paper's noise).
 
-- :func:`worst_direction` maximizes k = ||f(x + d) - f(x)|| / ||d|| over the L2 sphere ||d|| = radius by normalized
-  gradient ascent from a random start: the one search behind the evaluation's PGD lower bound
-  (:func:`timm_lipschitz.robustness.lipschitz.pgd_lower_bound`) and the hinge's ``perturbation='adversarial'``.
+- :func:`hinge_perturbation` points the hinge's ``perturbation='adversarial'`` at the worst direction
+  (:func:`timm_lipschitz.ratio.worst_direction`, the search the evaluation's PGD lower bound runs too).
 - :func:`pgd_attack` is projected gradient ascent of a loss within an L2 or L-inf ball and the [0,1] box, from a
   random start: the training attack of ``pgd_adversarial`` (Madry et al. 2018) and ``trades`` (Zhang et al. 2019).
   ART stays the evaluation's attack library, so training and evaluation attacks are not the same code.
@@ -21,44 +20,16 @@ from .._lazy import lazy_module
 from ..modes import eval_mode
 from .base import (LossOutput, Objective, check_choice, check_count, check_non_negative, check_positive,
                    full_precision)
-from .ratio import lipschitz_ratio
+from ..ratio import per_sample_norm as _per_sample_norm, worst_direction
 from .registry import register_loss
 
 torch = lazy_module('torch', __name__)
 F = lazy_module('torch.nn.functional', __name__)
 
-__all__ = ['worst_direction', 'pgd_attack', 'hinge_perturbation', 'PGDAdversarial', 'Trades', 'NORMS']
+__all__ = ['pgd_attack', 'hinge_perturbation', 'PGDAdversarial', 'Trades', 'NORMS']
 
 NORMS = ('l2', 'linf')
 _EPS = 1e-12
-
-
-def _per_sample_norm(t):
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
-
-
-def worst_direction(forward: Callable[[Any], Any], images, radius: float, steps: int, step_size: float, start,
-                    output: str = 'logits') -> Tuple[Any, Any]:
-    """Maximize ||f(x + d) - f(x)|| / ||d|| over ||d|| = ``radius`` (per image) by normalized gradient ascent from
-    ``start`` (any tensor shaped like the images; it is scaled onto the sphere). Returns ``(best_d, best_ratio)``:
-    the direction that gave each image's largest ratio among the ``steps + 1`` visited, and that ratio. Every ratio
-    is attained by a real pair of inputs, so its maximum is a lower bound of the local Lipschitz constant."""
-    with torch.no_grad():
-        f0 = forward(images)
-    d = radius * start / _per_sample_norm(start)
-    best = torch.zeros(len(images), device=images.device)
-    best_d = d.detach().clone()
-    for _ in range(steps + 1):
-        d.requires_grad_(True)
-        ratio = lipschitz_ratio(f0, forward(images + d), d, output)
-        better = ratio.detach() > best
-        best = torch.maximum(best, ratio.detach())
-        best_d = torch.where(better.view(-1, *([1] * (d.ndim - 1))), d.detach(), best_d)
-        grad, = torch.autograd.grad(ratio.sum(), d)
-        with torch.no_grad():
-            d = d + step_size * radius * grad / _per_sample_norm(grad).clamp_min(_EPS)
-            d = radius * d / _per_sample_norm(d).clamp_min(_EPS)
-    return best_d, best
 
 
 def _project(delta, norm: str, epsilon: float, images):

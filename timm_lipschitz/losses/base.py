@@ -19,6 +19,7 @@ from ..errors import UsageError
 from ..modes import eval_mode
 from ..naming import compact
 from ..normalization import Normalizer, check_pixels, warn_if_not_pixels
+from ..ratio import full_precision
 from .noise import NoiseStream
 
 torch = lazy_module('torch', __name__)
@@ -47,11 +48,6 @@ class HyperparameterError(UsageError):
     def renamed(self, prefix: str) -> 'HyperparameterError':
         """The same error with the argument named ``<prefix><name>`` (e.g. ``loss.sigma``)."""
         return HyperparameterError(prefix + self.name, self.value, self.rule)
-
-
-def full_precision(t):
-    """At least float32: low-precision autocast outputs are upcast, float64 (gradcheck) is kept."""
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _is_number(value: Any) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 from .._lazy import lazy_module
 from .base import (HyperparameterError, LossOutput, Objective, check_choice, check_count, check_non_negative,
                    check_positive)
-from .ratio import OUTPUTS, lipschitz_ratio, model_output
+from ..ratio import ADVERSARIAL_STEP, OUTPUTS, lipschitz_ratio, model_output
 from .registry import create_loss, list_losses, loss_class, register_loss
 from .standard import TaskLoss
 
@@ -31,7 +31,6 @@ F = lazy_module('torch.nn.functional', __name__)
 __all__ = ['LipschitzHinge', 'lipschitz_ratio', 'model_output', 'OUTPUTS', 'PERTURBATIONS', 'build_task_loss']
 
 PERTURBATIONS = ('gaussian', 'adversarial')
-ADVERSARIAL_STEP = 0.25  # the search's step, a fraction of the radius (the evaluation's PGD lower bound uses it too)
 
 
 def task_losses() -> list:

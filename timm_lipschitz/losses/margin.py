@@ -1,25 +1,24 @@
-"""The Lipschitz-margin objective (Tsuzuku, Sato & Sugiyama 2018): cross-entropy on logits whose true class is
-lowered by sqrt(2) * L * epsilon.
+"""The Lipschitz-margin objective (Tsuzuku, Sato & Sugiyama 2018) and the hinge-KR loss of 1-Lipschitz networks.
 
-If the logits are L-Lipschitz in l2, a logit difference moves by at most sqrt(2) * L * ||d|| under a distortion d, so
-an image whose margin exceeds sqrt(2) * L * epsilon keeps its label within the l2 ball of radius epsilon: training
-for that margin trains for a certificate, the form the 1-Lipschitz network comparisons use. ``lipschitz`` is L: a
-number (1 for a network that is 1-Lipschitz by construction) or ``'model'``, the model's own declared constant
-(``model.lipschitz_constant()``, read at each step without gradient). For ordinary networks the declared constant is
-a product of per-layer norms, often astronomically loose, so ``'model'`` is mostly for small or constrained nets.
+The margin objective trains for the deterministic certificate of :mod:`timm_lipschitz.certificates`: a
+cross-entropy on logits shifted by that certificate's margin at radius epsilon (:func:`~timm_lipschitz.certificates.
+margin_shift`: the true logit lowered by sqrt(2) L epsilon, or, for a head of unit rows, each other logit raised by
+epsilon L_body ||w_y - w_j||). ``lipschitz`` is L: a number (1 for a network that is 1-Lipschitz by construction) or
+``'model'``, the model's own declaration at the std the objective normalizes with. For ordinary networks the declared
+constant is a product of per-layer norms, often astronomically loose, so ``'model'`` is mostly for constrained nets.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Sequence, Union
 
 from .._lazy import lazy_module
-from ..normalization import unwrap_model
 from .base import HyperparameterError, LossOutput, Objective, check_positive, full_precision
 from .registry import register_loss
 
 torch = lazy_module('torch', __name__)
 F = lazy_module('torch.nn.functional', __name__)
+certificates = lazy_module('timm_lipschitz.certificates', __name__)
+orthogonium_losses = lazy_module('orthogonium.losses', __name__)
 
 __all__ = ['LipschitzMargin', 'HingeKR']
 
@@ -42,23 +41,20 @@ class LipschitzMargin(Objective):
         self.lipschitz = lipschitz if lipschitz == 'model' else _positive_or_model(lipschitz)
         self.temperature = check_positive('temperature', temperature)
 
-    def constant(self, model: Any) -> float:
-        """L: the number given, or the model's declared constant."""
-        if self.lipschitz != 'model':
-            return float(self.lipschitz)
-        m = unwrap_model(model)
-        if not hasattr(m, 'lipschitz_constant'):
-            raise HyperparameterError('lipschitz', 'model', f'{type(m).__name__} declares no Lipschitz constant '
-                                                            f'(lipschitz_constant()); give L as a number')
-        return float(m.lipschitz_constant())
+    def check_model(self, model: Any) -> None:
+        """``lipschitz='model'`` needs a model that declares its constants."""
+        if self.lipschitz == 'model' and not certificates.declares(model):
+            raise HyperparameterError('lipschitz', 'model', f'{type(model).__name__} declares no Lipschitz constant; '
+                                                            f'give L as a number')
 
     def __call__(self, model, images, targets) -> LossOutput:
         logits = full_precision(self.forward_model(model, images))
-        margin = math.sqrt(2) * self.constant(model) * self.epsilon
-        shifted = logits - margin * F.one_hot(targets, logits.shape[1]).to(logits.dtype)
-        loss = F.cross_entropy(self.temperature * shifted, targets)
+        self.check_model(model)
+        shift = certificates.margin_shift(model, logits, targets, self.epsilon, self.lipschitz,
+                                          self.normalizer.mean, self.normalizer.std)
+        loss = F.cross_entropy(self.temperature * (logits + shift), targets)
         return LossOutput(loss, logits, {'ce': F.cross_entropy(logits.detach(), targets),
-                                         'margin': torch.tensor(margin)})
+                                         'margin': shift.detach().abs().max(1).values.mean()})
 
 
 def _positive_or_model(value: Any) -> float:
@@ -87,8 +83,7 @@ class HingeKR(Objective):
         self.alpha = float(alpha) if _is_fraction(alpha) else _bad_alpha(alpha)
         self.min_margin = check_positive('min_margin', min_margin)
         self.temperature = check_positive('temperature', temperature)
-        from orthogonium.losses import SoftHKRMulticlassLoss
-        self._loss = SoftHKRMulticlassLoss(alpha=self.alpha, min_margin=self.min_margin,
+        self._loss = orthogonium_losses.SoftHKRMulticlassLoss(alpha=self.alpha, min_margin=self.min_margin,
                                            temperature=self.temperature)
 
     def state_dict(self) -> Dict[str, Any]:

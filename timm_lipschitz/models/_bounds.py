@@ -1,24 +1,42 @@
-"""Each model declares its own Lipschitz constant: a sound upper bound of the l2 Lipschitz constant of its logits
-with respect to [0,1] pixels, the input normalization folded in (dividing by a std below 1 multiplies it).
+"""What a model declares of its own Lipschitz constants, and the exact per-layer norms it is measured by.
 
-A model class that can bound itself mixes in :class:`DeclaresLipschitz` and lists its factors
-(:meth:`~DeclaresLipschitz.lipschitz_factors`, on normalized inputs); the evaluation reads the constant from the
-model (``model.lipschitz_constant()``) instead of knowing the architectures. Every factor is itself an upper bound:
-a zero-padded convolution is a sub-block of the circular convolution on the padded grid, whose norm is computed
-exactly as the largest singular value over FFT frequencies; stride only subsamples (norm 1); eval-mode BatchNorm is
-folded into the convolution right before it and otherwise bounded by max |gamma / sqrt(var + eps)|; a residual
-block x + F(x) is bounded by 1 + L(F).
+A model class that can bound itself mixes in :class:`DeclaresLipschitz`: it lists its measured factors
+(:meth:`~DeclaresLipschitz.lipschitz_factors`, on normalized inputs, the linear head last) and declares the constants
+of its body (input to pre-logits) and of its logits (:meth:`~DeclaresLipschitz.declared_lipschitz`). For an ordinary
+network the declaration is the product of the measured factors; a 1-Lipschitz net declares design values
+(``lipschitz_by_design``) that its measured factors are checked against. Everything a declaration is used for (the
+input normalization folded in, certified radii, the soundness checks) is :mod:`timm_lipschitz.certificates`.
+
+Every factor is itself an upper bound: a zero-padded convolution is a sub-block of the circular convolution on the
+padded grid, whose norm is computed exactly as the largest singular value over FFT frequencies; stride only
+subsamples (norm 1); eval-mode BatchNorm is folded into the convolution right before it and otherwise bounded by
+max |gamma / sqrt(var + eps)|; a residual block x + F(x) is bounded by 1 + L(F).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import math
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ['DeclaresLipschitz', 'bn_scale', 'conv_operator_norm', 'conv_bn_bound', 'linear_norm']
+__all__ = ['DeclaresLipschitz', 'BlockBound', 'bn_scale', 'conv_operator_norm', 'conv_bn_bound', 'linear_norm',
+           'effective_weight']
 
 Factors = List[Tuple[str, float]]
+
+
+class BlockBound(NamedTuple):
+    """A block's bound on inputs of one size, and the size of its output (the next block's input)."""
+    bound: float
+    out_hw: Tuple[int, int]
+
+
+def effective_weight(layer: nn.Module) -> torch.Tensor:
+    """The weight a layer computes with: a constrained layer's ``constrained_weight()``, else its ``weight``."""
+    with torch.no_grad():
+        w = layer.constrained_weight() if hasattr(layer, 'constrained_weight') else layer.weight
+        return w.detach()
 
 
 def bn_scale(bn: nn.Module) -> torch.Tensor:
@@ -61,28 +79,22 @@ def linear_norm(layer: nn.Linear) -> float:
 
 
 class DeclaresLipschitz:
-    """A model that bounds its own Lipschitz constant (of its eval-mode logits, w.r.t. [0,1] pixels)."""
+    """A model that declares the Lipschitz constants of its eval-mode body and logits w.r.t. its normalized input."""
 
     lipschitz_method = ('product of exact per-layer norms of circular-padded convs (FFT + SVD, no iteration), '
                         'folded eval BatchNorm, residual 1 + L(F); sound for zero padding')
+    lipschitz_by_design = False  # True: declared design values, checked against the measured factors
 
     def lipschitz_factors(self, hw: Tuple[int, int]) -> Factors:
-        """The per-layer bounds whose product bounds the logits w.r.t. the normalized input of size ``hw``."""
+        """The measured per-layer bounds on a normalized input of size ``hw``, the linear head (``fc``) last."""
         raise NotImplementedError
 
-    def lipschitz_bound(self, input_size: Optional[Sequence[int]] = None,
-                        std: Optional[Sequence[float]] = None) -> Dict[str, Any]:
-        """The bound with its factors: the normalization's 1 / min(std) first (``std`` default: the model's own)."""
-        size = tuple(input_size or self.pretrained_cfg['input_size'])
-        sd = [float(s) for s in (std if std is not None else self.pretrained_cfg.get('std', (1.0,)))]
-        factors: Factors = [('normalize', 1.0 / min(sd))] + self.lipschitz_factors(tuple(size[1:]))
-        bound = 1.0
-        for _, v in factors:
-            bound *= v
-        return {'bound': bound, 'factors': dict(factors), 'input_size': list(size), 'method': self.lipschitz_method}
+    def declared_lipschitz(self, hw: Tuple[int, int]) -> Tuple[float, float]:
+        """(body, logits): the declared constants of the pre-logits and of the logits; here the measured products."""
+        factors = self.lipschitz_factors(hw)
+        body = math.prod(v for _, v in factors[:-1])
+        return body, body * factors[-1][1]
 
-    def lipschitz_constant(self, input_size: Optional[Sequence[int]] = None,
-                           std: Optional[Sequence[float]] = None) -> float:
-        """The declared constant: every pair of inputs x, y in [0,1] pixel space has
-        ||f(x) - f(y)|| <= lipschitz_constant() * ||x - y|| (eval mode, these weights)."""
-        return self.lipschitz_bound(input_size, std)['bound']
+    def head_rows(self) -> str:
+        """How the linear head's rows are constrained: ``orthogonal``, ``unit_rows`` or ``free``."""
+        return 'free'

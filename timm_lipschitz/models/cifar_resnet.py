@@ -19,7 +19,7 @@ from timm.layers import BatchNormAct2d, create_classifier
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from ..errors import UsageError
-from ._bounds import DeclaresLipschitz, bn_scale, conv_bn_bound, linear_norm
+from ._bounds import BlockBound, DeclaresLipschitz, bn_scale, conv_bn_bound, linear_norm
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
@@ -92,11 +92,11 @@ class BasicBlock(nn.Module):
         x = self.bn2(self.conv2(x))
         return self.act2(x + shortcut)
 
-    def lipschitz_bound(self, hw: Tuple[int, int]) -> Tuple[float, Tuple[int, int]]:
+    def block_bound(self, hw: Tuple[int, int]) -> BlockBound:
         """shortcut + conv-BN * conv-BN (ReLU is 1-Lipschitz), and the output size."""
         a, hw1 = conv_bn_bound(self.conv1, self.bn1, hw)
         b, hw2 = conv_bn_bound(self.conv2, self.bn2, hw1)
-        return _shortcut_bound(self.downsample, hw) + a * b, hw2
+        return BlockBound(_shortcut_bound(self.downsample, hw) + a * b, hw2)
 
 
 class PreActBasicBlock(nn.Module):
@@ -126,12 +126,12 @@ class PreActBasicBlock(nn.Module):
         x = self.conv2(self.act2(self.bn2(x)))
         return x + shortcut
 
-    def lipschitz_bound(self, hw: Tuple[int, int]) -> Tuple[float, Tuple[int, int]]:
+    def block_bound(self, hw: Tuple[int, int]) -> BlockBound:
         """shortcut + BN * conv * BN * conv (BN before a conv is bounded by its largest scale)."""
         a, hw1 = conv_bn_bound(self.conv1, None, hw)
         b, hw2 = conv_bn_bound(self.conv2, None, hw1)
         a, b = a * bn_scale(self.bn1).abs().max().item(), b * bn_scale(self.bn2).abs().max().item()
-        return _shortcut_bound(self.downsample, hw) + a * b, hw2
+        return BlockBound(_shortcut_bound(self.downsample, hw) + a * b, hw2)
 
 
 def _shortcut_bound(downsample: Optional[nn.Module], hw: Tuple[int, int]) -> float:
@@ -290,7 +290,7 @@ class CifarResNet(StagedFeatures, DeclaresLipschitz, nn.Module):
         factors = [('stem', v)]
         for stage in (self.layer1, self.layer2, self.layer3):
             for block in stage:
-                v, hw = block.lipschitz_bound(hw)
+                v, hw = block.block_bound(hw)
                 factors.append((f'block{len(factors) + 1}', v))  # numbered after the normalization factor
         if self.preact:
             factors.append(('norm', bn_scale(self.norm).abs().max().item()))

@@ -2,31 +2,29 @@
 "1-Lipschitz models" says why orthogonium and not deel-torchlip). Each constrained layer keeps its free weight under
 timm's name (``<layer>.weight``) and computes the constrained one in ``forward`` with orthogonium's module.
 
-Every layer is 1-Lipschitz by construction, so the logits are ``1 / min(std)``-Lipschitz in [0,1] pixels and an
-image whose logit margin exceeds ``sqrt(2) * L * eps`` is certified at l2 radius ``eps`` with one forward pass:
+Every layer before the head is 1-Lipschitz by construction:
 
 - convolutions are AOL-rescaled (Prach & Lampert 2022: ``W diag(d)``, ``d`` from ``|W^T W|``; a bound, not an
   estimate); a stride only subsamples the output;
-- dense layers and the head are exactly orthogonal (orthogonium's QR orthogonalization: no power-iteration state);
+- dense layers are exactly orthogonal (orthogonium's QR orthogonalization: no power-iteration state);
 - activations are MaxMin (pairwise sort: 1-Lipschitz and gradient-norm preserving);
 - residual blocks are SLL blocks ``x - 2 W^T relu(W x + b)`` with an AOL-rescaled ``W`` (Araujo et al. 2023): the
   Jacobian ``I - 2 W^T D W`` with ``D`` in [0, 1] is symmetric with eigenvalues in [1 - 2 ||W||^2, 1];
 - the global pool is the norm-preserving sum / sqrt(H W).
 
-The declared constant is the design value (``lipschitz_constant()``); :meth:`LipschitzNet.lipschitz_factors`
-measures the effective weights (exact per-layer norms, FFT + SVD), and the soundness check in
-:mod:`timm_lipschitz.robustness.soundness` refuses a model whose measured product exceeds the declaration.
+The head is orthogonal (the logits are 1-Lipschitz) or has rows of unit norm (``head='unit_rows'``, LiResNet's
+last-layer normalization). The models declare these design values (:meth:`LipschitzNet.declared_lipschitz`) and
+measure their effective weights (:meth:`lipschitz_factors`, exact per-layer norms); what a declaration certifies, and
+the checks that hold a model to it, are :mod:`timm_lipschitz.certificates`.
 
-In eval mode the constrained weights (AOL rescaling, QR) are computed once: the forward runs a plain copy of the model
-(:func:`to_plain`, the export) cached until a trainable parameter changes (optimizer step, ``load_state_dict``,
-``.to(dtype)``: the key is each parameter's storage, version counter, dtype and device) or the structure does
-(``reset_classifier``, a pruned stage). The cached copy is what eval, attacks and certificates see,
-and what the soundness check measures. In eval mode no gradient reaches the parameters; train in train mode.
+The constrained weights are computed at every forward, in train and eval mode alike, so a gradient always reaches
+the parameters. An evaluation computes them once: it runs :func:`to_plain`, the export to plain layers.
+Reparametrizations run in float32 under autocast (bf16 / fp16 training), so the constraint is not rounded away.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -35,12 +33,13 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..errors import UsageError
 from ..modes import for_inference
-from ._bounds import DeclaresLipschitz, conv_operator_norm
+from ._bounds import BlockBound, DeclaresLipschitz, conv_operator_norm, effective_weight
 from ._features import StagedFeatures, reset_head
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
-__all__ = ['LipConvNet', 'CifarLipResNet', 'SLLBlock', 'AOLConv2d', 'OrthoLinear', 'to_plain', 'LIPSCHITZ_NAMES',
-           'MaxMin', 'aol_conv', 'ortho_linear', 'effective_weight']
+__all__ = ['LipConvNet', 'CifarLipResNet', 'LipschitzNet', 'SLLBlock', 'AOLConv2d', 'OrthoLinear', 'UnitRowLinear',
+           'to_plain', 'LIPSCHITZ_NAMES', 'HEADS', 'MaxMin', 'aol_conv', 'ortho_linear', 'unit_row_linear',
+           'in_float32']
 
 LIPSCHITZ_NAMES = ('lip_convnet', 'cifar_lipresnet_xs', 'cifar_lipresnet_s')
 
@@ -50,6 +49,14 @@ def _orthogonium():
         import orthogonium  # noqa: F401
     except ImportError as e:  # a declared dependency: only a broken install gets here
         raise ImportError('the 1-Lipschitz models need orthogonium: pip install orthogonium') from e
+
+
+def in_float32(reparametrize: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """``reparametrize(weight)`` computed in float32 with autocast off, returned in the weight's dtype: under bf16 /
+    fp16 autocast the AOL rescaling, the QR and the row norms would otherwise run in half precision (and a CPU has
+    no half-precision QR)."""
+    with torch.autocast(weight.device.type, enabled=False):
+        return reparametrize(weight.float()).to(weight.dtype)
 
 
 class AOLConv2d(nn.Conv2d):
@@ -67,7 +74,7 @@ class AOLConv2d(nn.Conv2d):
         self.reparam = MultiStepAOLReparametrizer(min(cin, cout), groups=1, niter=1).to(self.weight)
 
     def constrained_weight(self) -> torch.Tensor:
-        return self.reparam(self.weight)
+        return in_float32(self.reparam, self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.constrained_weight(), self.bias)
@@ -79,7 +86,22 @@ class AOLConv2d(nn.Conv2d):
         return _fill(conv, self.constrained_weight(), self.bias)
 
 
-class OrthoLinear(nn.Linear):
+class _ConstrainedLinear(nn.Linear):
+    """A dense layer computing with ``constrained_weight()`` of its free weight; exported as a plain ``nn.Linear``."""
+
+    def constrained_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.constrained_weight(), self.bias)
+
+    def plain(self) -> nn.Linear:
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                          device=self.weight.device, dtype=self.weight.dtype)
+        return _fill(layer, self.constrained_weight(), self.bias)
+
+
+class OrthoLinear(_ConstrainedLinear):
     """A dense layer whose weight is exactly orthogonal (orthogonium's QR orthogonalization of the free weight at each
     forward; norm 1, no power-iteration state)."""
 
@@ -91,16 +113,19 @@ class OrthoLinear(nn.Linear):
         self.orthogonalize = BatchedQROrthogonalization((cout, cin))
 
     def constrained_weight(self) -> torch.Tensor:
-        w = self.weight  # QR in at least float32 (no half-precision QR on a CPU; and its rounding would cost the bound)
-        return self.orthogonalize(w.float() if w.dtype in (torch.float16, torch.bfloat16) else w).to(w.dtype)
+        return in_float32(self.orthogonalize, self.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.constrained_weight(), self.bias)
 
-    def plain(self) -> nn.Linear:
-        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device=self.weight.device, dtype=self.weight.dtype)
-        return _fill(layer, self.constrained_weight(), self.bias)
+def _unit_rows(w: torch.Tensor) -> torch.Tensor:
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+class UnitRowLinear(_ConstrainedLinear):
+    """A classifier whose rows have unit l2 norm (LiResNet's last-layer normalization). Its norm is at most
+    sqrt(rows), so only the per-pair certificate ``(f_y - f_j) / (L_body ||w_y - w_j||)`` is tight for it."""
+
+    def constrained_weight(self) -> torch.Tensor:
+        return in_float32(_unit_rows, self.weight)
 
 
 def _fill(layer: nn.Module, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Module:
@@ -119,54 +144,75 @@ def ortho_linear(cin: int, cout: int, bias: bool = True, **dd) -> OrthoLinear:
     return OrthoLinear(cin, cout, bias=bias, **dd)
 
 
+def unit_row_linear(cin: int, cout: int, bias: bool = True, **dd) -> UnitRowLinear:
+    return UnitRowLinear(cin, cout, bias=bias, **dd)
+
+
+class _PairSort(torch.autograd.Function):
+    """MaxMin with one saved comparison: the forward writes max and min into the two halves of one output (no
+    concatenation), the backward routes each half's gradient through the saved mask. orthogonium's MaxMin
+    (``torch.maximum`` / ``minimum`` + ``cat``) computes the comparison three more times in its backward; this is the
+    same map with the same gradient (ties, a null set, send it whole to one side) at a third of the cost."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, axis: int) -> torch.Tensor:  # type: ignore[override]
+        a, b = _halves(z, axis)
+        mask = a >= b
+        out = torch.empty_like(z)
+        torch.maximum(a, b, out=out.narrow(axis, 0, a.shape[axis]))
+        torch.minimum(a, b, out=out.narrow(axis, a.shape[axis], a.shape[axis]))
+        ctx.save_for_backward(mask)
+        ctx.axis = axis
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (mask,), axis = ctx.saved_tensors, ctx.axis
+        g_max, g_min = _halves(grad, axis)
+        if torch.is_grad_enabled():  # a double backward (a Jacobian-vector product): differentiable ops only
+            return torch.cat([torch.where(mask, g_max, g_min), torch.where(mask, g_min, g_max)], axis), None
+        out = torch.empty_like(grad)
+        torch.where(mask, g_max, g_min, out=out.narrow(axis, 0, g_max.shape[axis]))
+        torch.where(mask, g_min, g_max, out=out.narrow(axis, g_max.shape[axis], g_max.shape[axis]))
+        return out, None
+
+
+def _halves(z: torch.Tensor, axis: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    half = z.shape[axis] // 2
+    return z.narrow(axis, 0, half), z.narrow(axis, half, half)
+
+
 class MaxMin(nn.Module):
-    """orthogonium's MaxMin (sorts channel pairs: 1-Lipschitz, gradient-norm preserving), with a faster path where
-    no gradient is taken: max and min written into the two halves of one output, no concatenation (the cached eval
-    forward is then no slower than ReLU's)."""
+    """MaxMin (Anil et al. 2019; orthogonium's ``MaxMin`` layout: the channel halves ``a``, ``b`` become
+    ``max(a, b)``, ``min(a, b)``): 1-Lipschitz and gradient-norm preserving. Written as one autograd function
+    (:class:`_PairSort`); without a gradient, max and min go straight into the two halves of one output."""
 
     def __init__(self, axis: int = 1):
         super().__init__()
-        _orthogonium()
-        from orthogonium.layers import MaxMin as PairSort
         self.axis = axis
-        self.pairs = PairSort(axis)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and z.requires_grad:
-            return self.pairs(z)
-        half = z.shape[self.axis] // 2
-        a, b = z.narrow(self.axis, 0, half), z.narrow(self.axis, half, half)
+            return _PairSort.apply(z, self.axis)
+        a, b = _halves(z, self.axis)
         out = torch.empty_like(z)
-        torch.maximum(a, b, out=out.narrow(self.axis, 0, half))
-        torch.minimum(a, b, out=out.narrow(self.axis, half, half))
+        torch.maximum(a, b, out=out.narrow(self.axis, 0, a.shape[self.axis]))
+        torch.minimum(a, b, out=out.narrow(self.axis, a.shape[self.axis], a.shape[self.axis]))
         return out
-
-
-def effective_weight(layer: nn.Module) -> torch.Tensor:
-    """The weight a layer computes with: its constrained weight, or the plain weight of an exported layer."""
-    with torch.no_grad():
-        w = layer.constrained_weight() if hasattr(layer, 'constrained_weight') else layer.weight
-        return w.detach()
 
 
 def to_plain(model: nn.Module) -> nn.Module:
     """The export: a copy of ``model`` (eval mode, no gradients) in which every constrained layer is the plain layer
-    holding its current constrained weight (``nn.Conv2d``, ``nn.Linear``, an SLL block with a fixed kernel); same
-    outputs, no orthogonium computation, ``torch.export``-able."""
-    cache = model.__dict__.pop('_effective', None)
-    try:
-        plain = copy.deepcopy(model)
-    finally:
-        if cache is not None:
-            model.__dict__['_effective'] = cache
+    holding its current constrained weight (``nn.Conv2d``, ``nn.Linear``, an SLL block with a fixed kernel); the same
+    outputs, no orthogonium computation, ``torch.export``-able. The evaluation runs this copy
+    (:func:`timm_lipschitz.modes.for_evaluation`): the constrained weights are computed once, not at every forward."""
+    plain = copy.deepcopy(model)
     for_inference(plain)  # the export is for inference only: never trained, eval mode for good
     for parent in list(plain.modules()):
         for name, child in list(parent.named_children()):
             if hasattr(child, 'plain'):
                 setattr(parent, name, child.plain())
-    plain.requires_grad_(False)
-    plain.__dict__['_is_plain'] = True
-    return plain
+    return plain.requires_grad_(False)
 
 
 class SLLBlock(nn.Module):
@@ -185,7 +231,7 @@ class SLLBlock(nn.Module):
         self.reparam = AOLReparametrizer(inner, groups=1).to(self.kernel)
 
     def constrained_weight(self) -> torch.Tensor:
-        return self.kernel if self.reparam is None else self.reparam(self.kernel)
+        return self.kernel if self.reparam is None else in_float32(self.reparam, self.kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.constrained_weight()  # computed once, used twice
@@ -199,45 +245,51 @@ class SLLBlock(nn.Module):
         block.reparam = None
         return for_inference(block)
 
-    def lipschitz_bound(self, hw: Tuple[int, int]) -> float:
-        """max(1, 2 ||W||^2 - 1) with the exact norm of the effective ``W``: 1 when the constraint holds."""
+    def block_bound(self, hw: Tuple[int, int]) -> BlockBound:
+        """max(1, 2 ||W||^2 - 1) with the exact norm of the effective ``W`` (1 when the constraint holds); the block
+        keeps the size."""
         w = conv_operator_norm(effective_weight(self), hw)
-        return max(1.0, 2 * w * w - 1)
+        return BlockBound(max(1.0, 2 * w * w - 1), hw)
+
+
+HEADS = ('orthogonal', 'unit_rows')
+
+
+def _head(kind: str, cin: int, cout: int, **dd) -> nn.Module:
+    """The classifier of a 1-Lipschitz net: an orthogonal layer (1-Lipschitz: the whole-model certificate applies)
+    or unit-norm rows (LiResNet's last-layer normalization: the logits are only sqrt(classes) L_body-Lipschitz, and
+    the per-pair certificate ``(f_y - f_j) / (L_body ||w_y - w_j||)`` is the one that holds)."""
+    return (ortho_linear if kind == 'orthogonal' else unit_row_linear)(cin, cout, **dd)
+
+
+def _check_head(head: str) -> str:
+    if head not in HEADS:
+        raise UsageError(f'head={head!r} is not allowed; use one of {list(HEADS)}.')
+    return head
 
 
 class LipschitzNet(StagedFeatures, DeclaresLipschitz, nn.Module):
-    """What the 1-Lipschitz models share: the cached eval forward, the constrained head, the declared constant."""
+    """What the 1-Lipschitz models share: the constrained head and the design declaration (body 1; logits 1 for an
+    orthogonal head, sqrt(classes) for unit rows), checked against the measured factors."""
 
     lipschitz_method = ('1-Lipschitz by construction (orthogonium AOL convolutions, orthogonal dense layers, MaxMin, '
                         'SLL residual blocks); checked against the exact per-layer norms of the effective weights')
+    lipschitz_by_design = True
     head_hidden_size: int
     num_classes: int
+    head: str
 
-    # ---- the eval cache ------------------------------------------------------------------------------------------
-    def _weights_key(self) -> Tuple:
-        """What the cached copy depends on: each trainable parameter's storage, version counter, dtype and device,
-        and the structure (the modules, the pooling): ``reset_classifier`` or pruning a stage also drop the cache."""
-        return (self.global_pool, tuple(id(m) for m in self.modules()),
-                tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters() if p.requires_grad))
+    def declared_lipschitz(self, hw: Tuple[int, int]) -> Tuple[float, float]:
+        """(body, logits) by design, w.r.t. the normalized input: every layer before the head is 1-Lipschitz; an
+        orthogonal head keeps 1, a head of unit rows has norm at most sqrt(classes) (its Frobenius norm)."""
+        classes = self.num_classes if self.num_classes > 0 else 1
+        return 1.0, 1.0 if self.head == 'orthogonal' else float(classes) ** 0.5
 
-    def effective(self) -> nn.Module:
-        """The plain copy the eval forward runs (built when missing or when a trainable parameter changed)."""
-        key = self._weights_key()
-        cached = self.__dict__.get('_effective')
-        if cached is None or cached[0] != key:
-            cached = (key, to_plain(self))
-            self.__dict__['_effective'] = cached
-        return cached[1]
+    def head_rows(self) -> str:
+        return self.head
 
-    def _cached(self) -> bool:
-        return not self.training and not self.__dict__.get('_is_plain', False)
-
-    # ---- the declared constant ----------------------------------------------------------------------------------
-    def lipschitz_constant(self, input_size: Optional[Sequence[int]] = None,
-                           std: Optional[Sequence[float]] = None) -> float:
-        """The design constant: 1 for the layers, times the normalization's 1 / min(std)."""
-        sd = [float(s) for s in (std if std is not None else self.pretrained_cfg.get('std', (1.0,)))]
-        return 1.0 / min(sd)
+    def to_plain(self) -> nn.Module:
+        return to_plain(self)
 
     # ---- timm's contract ----------------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -245,54 +297,72 @@ class LipschitzNet(StagedFeatures, DeclaresLipschitz, nn.Module):
         return 'fc' if name_only else self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """A new orthogonal head (a plain ``nn.Linear`` would make the declared constant false)."""
-        reset_head(self, num_classes, global_pool, ortho_linear)
+        """A new head of the model's own kind (a plain ``nn.Linear`` would make the declaration false)."""
+        reset_head(self, num_classes, global_pool, lambda cin, cout, **dd: _head(self.head, cin, cout, **dd))
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         pass  # small nets: nothing worth recomputing; kept so timm utilities may call it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._cached():
-            return self.effective()(x)
         return self.forward_head(self.forward_features(x))
 
 
+def _hidden(hidden_dim: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+    dims = (hidden_dim,) if isinstance(hidden_dim, int) else tuple(hidden_dim)
+    if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 2 or d % 2 for d in dims):
+        raise UsageError(f'hidden_dim={hidden_dim!r} is not allowed; give an even integer >= 2 or a list of them '
+                         f'(MaxMin pairs units).')
+    return dims
+
+
+def _conv_plan(widths: Sequence[int], strides: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    widths, strides = tuple(widths), tuple(strides)
+    if not widths or any(isinstance(c, bool) or not isinstance(c, int) or c < 2 or c % 2 for c in widths):
+        raise UsageError(f'widths={widths!r} is not allowed; give even integers >= 2 (MaxMin pairs channels).')
+    if len(strides) != len(widths) or any(s not in (1, 2) for s in strides):
+        raise UsageError(f'strides={strides!r} is not allowed; give one stride (1 or 2) per width {widths}.')
+    return widths, strides
+
+
 class LipConvNet(LipschitzNet):
-    """A small 1-Lipschitz conv net for 28/32 px images: three 3x3 AOL convs (``widths``; the last two with stride 2),
-    each followed by MaxMin, then an orthogonal hidden layer (``hidden_dim``), MaxMin and an orthogonal head.
+    """A small 1-Lipschitz conv net for 28/32 px images: 3x3 AOL convs (``widths``, ``strides``; default 32-64-64,
+    the last two with stride 2), each followed by MaxMin, then orthogonal hidden layers (``hidden_dim``: one width or
+    a list, each followed by MaxMin) and the head (``head``: orthogonal, or unit rows). ``widths=(32, 32, 64, 64),
+    strides=(1, 2, 1, 2), hidden_dim=(512, 512)`` is the 4C3F layout of GloRo and BCOP.
 
     timm's conventions as in ``mnist_convnet``: ``forward_features`` returns the last conv map (``num_features``
-    channels), the flatten + hidden layer is the "pooling" (``global_pool='flatten'``, ``''`` returns the map) and
-    ``forward_head(pre_logits=True)`` returns the hidden activations. Feature levels: the three conv stages.
+    channels), the flatten + hidden layers are the "pooling" (``global_pool='flatten'``, ``''`` returns the map) and
+    ``forward_head(pre_logits=True)`` returns the last hidden activations. Feature levels: the conv stages.
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: Union[int, Tuple[int, int]] = 28,
-                 widths: Sequence[int] = (32, 64, 64), hidden_dim: int = 256, drop_rate: float = 0.,
+                 widths: Sequence[int] = (32, 64, 64), strides: Sequence[int] = (1, 2, 2),
+                 hidden_dim: Union[int, Sequence[int]] = 256, head: str = 'orthogonal', drop_rate: float = 0.,
                  global_pool: str = 'flatten', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if h < 4 or w < 4:
             raise UsageError(f'img_size={img_size!r} is too small; height and width must be >= 4.')
-        if any(c % 2 for c in widths) or hidden_dim % 2:
-            raise UsageError(f'widths={tuple(widths)} and hidden_dim={hidden_dim} must be even (MaxMin pairs '
-                             f'channels).')
+        widths, strides = _conv_plan(widths, strides)
+        hidden = _hidden(hidden_dim)
         self._check_pool(global_pool)
         self.num_classes, self.in_chans, self.drop_rate, self.global_pool = num_classes, in_chans, drop_rate, \
             global_pool
-        c1, c2, c3 = widths
-        self.stage1 = nn.Sequential(aol_conv(in_chans, c1, **dd), MaxMin())
-        self.stage2 = nn.Sequential(aol_conv(c1, c2, stride=2, **dd), MaxMin())
-        self.stage3 = nn.Sequential(aol_conv(c2, c3, stride=2, **dd), MaxMin())
-        fh, fw = (h + 3) // 4, (w + 3) // 4
-        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=c1, reduction=1, module='stage1'),
-                                                   dict(num_chs=c2, reduction=2, module='stage2'),
-                                                   dict(num_chs=c3, reduction=4, module='stage3')]
-        self.fc1 = ortho_linear(c3 * fh * fw, hidden_dim, **dd)
+        self.head = _check_head(head)
+        self.feature_info: List[Dict[str, Any]] = []
+        cin, reduction = in_chans, 1
+        for i, (c, s) in enumerate(zip(widths, strides), 1):
+            setattr(self, f'stage{i}', nn.Sequential(aol_conv(cin, c, stride=s, **dd), MaxMin()))
+            h, w, reduction, cin = (h - 1) // s + 1, (w - 1) // s + 1, reduction * s, c
+            self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f'stage{i}'))
+        self.num_stages, self.num_hidden = len(widths), len(hidden)
+        for i, (a, b) in enumerate(zip((cin * h * w,) + hidden, hidden), 1):
+            setattr(self, f'fc{i}', ortho_linear(a, b, **dd))
         self.act = MaxMin()
-        self.num_features, self.head_hidden_size = c3, hidden_dim
-        self.fc = ortho_linear(hidden_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.num_features, self.head_hidden_size = cin, hidden[-1]
+        self.fc = _head(head, hidden[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _check_pool(global_pool: str) -> None:
@@ -301,35 +371,38 @@ class LipConvNet(LipschitzNet):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(stem=r'^stage1', blocks=r'^stage[23]|^fc1')
+        return dict(stem=r'^stage1\.', blocks=r'^stage(?!1\.)\d+|^fc\d')
 
     def feature_stages(self):
-        return self.stage1, self.stage2, self.stage3
+        return tuple(getattr(self, f'stage{i}') for i in range(1, self.num_stages + 1))
+
+    def hidden_layers(self) -> Tuple[nn.Module, ...]:
+        return tuple(getattr(self, f'fc{i}') for i in range(1, self.num_hidden + 1))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self._cached():
-            return self.effective().forward_features(x)
-        return self.stage3(self.stage2(self.stage1(x)))
+        for stage in self.feature_stages():
+            x = stage(x)
+        return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self._cached():
-            return self.effective().forward_head(x, pre_logits)
         if self.global_pool == '':
             return x
-        x = self.act(self.fc1(torch.flatten(x, 1)))
+        x = torch.flatten(x, 1)
+        for layer in self.hidden_layers():
+            x = self.act(layer(x))
         if self.drop_rate:
             x = F.dropout(x, p=float(self.drop_rate), training=self.training)
         return x if pre_logits else self.fc(x)
 
     def lipschitz_factors(self, hw: Tuple[int, int]) -> List[Tuple[str, float]]:
-        """Exact norms of the effective weights (the cached copy in eval mode): convs, hidden layer, head."""
-        m = self.effective() if self._cached() else self
+        """Exact norms of the effective weights: each conv, each hidden layer, the head last."""
         factors = []
-        for i, stage in enumerate((m.stage1, m.stage2, m.stage3), 1):
+        for i, stage in enumerate(self.feature_stages(), 1):
             conv = stage[0]
             factors.append((f'conv{i}', conv_operator_norm(effective_weight(conv), hw)))
             hw = tuple((hw[k] - 1) // conv.stride[k] + 1 for k in range(2))
-        return factors + [('fc1', _linear(m.fc1)), ('fc', _linear(m.fc))]
+        factors += [(f'fc{i}', _linear(layer)) for i, layer in enumerate(self.hidden_layers(), 1)]
+        return factors + [('fc', _linear(self.fc))]
 
 
 def _linear(layer: nn.Module) -> float:
@@ -342,18 +415,18 @@ def _linear(layer: nn.Module) -> float:
 class CifarLipResNet(LipschitzNet):
     """A CIFAR-style 1-Lipschitz residual net: a 3x3 AOL stem, three stages of ``blocks`` SLL blocks at ``widths``
     channels (a stride-2 AOL conv between stages, each conv followed by MaxMin), the norm-preserving global pool
-    (sum / sqrt(H W)) and an orthogonal head. Feature levels: the three stages."""
+    (sum / sqrt(H W)) and the head (``head``: orthogonal, or unit rows). Feature levels: the three stages."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (16, 32, 64),
-                 blocks: int = 1, inner_factor: int = 2, drop_rate: float = 0., global_pool: str = 'avg',
-                 device=None, dtype=None):
+                 blocks: int = 1, inner_factor: int = 2, head: str = 'orthogonal', drop_rate: float = 0.,
+                 global_pool: str = 'avg', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if any(c % 2 for c in widths):
-            raise UsageError(f'widths={tuple(widths)} must be even (MaxMin pairs channels).')
+        widths, _ = _conv_plan(widths, (1,) * len(tuple(widths)))
         self._check_pool(global_pool)
         self.num_classes, self.in_chans, self.drop_rate, self.global_pool = num_classes, in_chans, drop_rate, \
             global_pool
+        self.head = _check_head(head)
         self.stem = nn.Sequential(aol_conv(in_chans, widths[0], **dd), MaxMin())
         stages = []
         for i, c in enumerate(widths):
@@ -362,7 +435,7 @@ class CifarLipResNet(LipschitzNet):
         self.stages = nn.Sequential(*stages)
         self.feature_info = [dict(num_chs=c, reduction=2 ** i, module=f'stages.{i}') for i, c in enumerate(widths)]
         self.num_features = self.head_hidden_size = widths[-1]
-        self.fc = ortho_linear(widths[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.fc = _head(head, widths[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _check_pool(global_pool: str) -> None:
@@ -378,13 +451,9 @@ class CifarLipResNet(LipschitzNet):
         return (lambda x: self.stages[0](self.stem(x)), *self.stages[1:])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self._cached():
-            return self.effective().forward_features(x)
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self._cached():
-            return self.effective().forward_head(x, pre_logits)
         if self.global_pool == '':
             return x
         x = x.sum((2, 3)) / (x.shape[2] * x.shape[3]) ** 0.5
@@ -394,16 +463,15 @@ class CifarLipResNet(LipschitzNet):
 
     def lipschitz_factors(self, hw: Tuple[int, int]) -> List[Tuple[str, float]]:
         """Exact norms of the effective weights: stem, each downsampling conv, each SLL block, pool (1), head."""
-        m = self.effective() if self._cached() else self
-        factors = [('stem', conv_operator_norm(effective_weight(m.stem[0]), hw))]
-        for i, stage in enumerate(m.stages):
+        factors = [('stem', conv_operator_norm(effective_weight(self.stem[0]), hw))]
+        for i, stage in enumerate(self.stages):
             for j, layer in enumerate(stage):
                 if isinstance(layer, SLLBlock):
-                    factors.append((f'stage{i}.block{j}', layer.lipschitz_bound(hw)))
+                    factors.append((f'stage{i}.block{j}', layer.block_bound(hw).bound))
                 elif hasattr(layer, 'stride'):
                     factors.append((f'stage{i}.down', conv_operator_norm(effective_weight(layer), hw)))
                     hw = tuple((hw[k] - 1) // layer.stride[k] + 1 for k in range(2))
-        return factors + [('pool', 1.0), ('fc', _linear(m.fc))]
+        return factors + [('pool', 1.0), ('fc', _linear(self.fc))]
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .protocol import CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, PRESETS, TABLE_SIGMAS, parse_sigmas
+from ..protocol import CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, PRESETS, TABLE_SIGMAS, parse_sigmas
 
 _LAZY = {
     'noise': ('noise_sweep', 'SweepResult', 'unit_noise', 'batch_unit_noise', 'IndexedDataset', 'noisy_images'),

@@ -36,7 +36,7 @@ from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer
 from ..seeding import stream_seed
-from .protocol import ATTACK_IMAGES, ATTACK_STEPS
+from ..protocol import ATTACK_IMAGES, ATTACK_STEPS
 
 __all__ = ['attack_sweep', 'check_request', 'require_art', 'PixelModel', 'NORMS', 'METHODS', 'default_eps', 'reported_eps', 'parse_eps',
            'AttackError', 'SANITY_EPS', 'eps_key']

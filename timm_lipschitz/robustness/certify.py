@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer
 from ..seeding import stream_seed
-from .protocol import CERT_RADII, SMOOTHING
+from ..protocol import CERT_RADII, SMOOTHING
 from .subsets import evaluation_subset, positions_in, subset_record
 
 __all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'check_settings', 'cohen_tsv', 'max_certified_radius', 'theorem1_radius',

@@ -13,7 +13,7 @@ Determinism: the random parts of one (seed, image index, corruption, severity) c
 process or device. Gaussian noise is the evaluation protocol's ``cifar10c_gaussian`` preset, the very same code
 path: a unit draw of the ``evaluation_noise`` stream scaled by the severity's sigma, clipped and stored as uint8.
 Every output is clipped to [0, 1] and truncated to uint8 levels (``np.uint8(...)``, how CIFAR-10-C stored its
-images; :func:`~timm_lipschitz.robustness.protocol.to_uint8_levels`).
+images; :func:`~timm_lipschitz.protocol.to_uint8_levels`).
 
 Other sizes: CIFAR-10-C's constants hold for images up to 64 px, as published. Constants in pixels (blur radii and
 sigmas, the glass-blur displacement, the motion-blur length) stay in pixels, so on 16 px images a blur spans twice
@@ -39,7 +39,7 @@ import torch
 
 from ..errors import UsageError
 from ..seeding import stream_seed
-from .protocol import CIFAR10C_GAUSSIAN, SEVERITIES
+from ..protocol import CIFAR10C_GAUSSIAN, SEVERITIES
 
 __all__ = ['CORRUPTIONS', 'BENCHMARK', 'EXTRA', 'FAMILIES', 'MISSING', 'SEVERITIES', 'CORRUPTION_IDS', 'check_severity', 'corrupt', 'corrupt_batch',
            'resolve_corruptions', 'corruption_sweep', 'corruption_names', 'gaussian_kernel1d', 'disk_kernel',
@@ -456,7 +456,7 @@ def corrupt_batch(images: torch.Tensor, name: str, severity: int, seed: int, ind
     """A batch (N, C, H, W) of [0, 1] images corrupted image by image; image i's randomness is the ``corruption``
     stream of (seed, indices[i], name, severity), so the result does not depend on the batch."""
     from .noise import batch_unit_noise, noisy_images
-    from .protocol import to_uint8_levels
+    from ..protocol import to_uint8_levels
     if name not in CORRUPTIONS:
         raise UsageError(f'unknown corruption {name!r}; allowed: {", ".join(CORRUPTIONS)}.')
     if name in MISSING:

@@ -15,14 +15,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..losses.adversarial import worst_direction
-from ..losses.lipschitz import ADVERSARIAL_STEP, lipschitz_ratio
+from ..ratio import ADVERSARIAL_STEP, lipschitz_ratio, worst_direction
 from ..models._bounds import DeclaresLipschitz, bn_scale, conv_operator_norm  # noqa: F401 (re-exported)
 from ..modes import eval_mode
 from ..normalization import Normalizer, per_channel, resolve_mean_std, unwrap_model
 from ..seeding import stream_seed
 from .noise import IndexedDataset, batch_unit_noise
-from .protocol import CERT_RADII, LIPSCHITZ_TOLERANCE
+from ..protocol import CERT_RADII, LIPSCHITZ_TOLERANCE
 
 __all__ = ['sampled_k', 'pgd_lower_bound', 'jacobian_norm', 'spectral_upper_bound', 'conv_operator_norm', 'bn_scale',
            'margin_certificate']

@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer, warn_if_not_pixels
 from ..seeding import stream_seed
-from .protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, SigmaSpec, mean_std,
+from ..protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, SigmaSpec, mean_std,
                        parse_sigmas, resolve_protocol, summarize, to_uint8_levels, value_at)
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'CIFAR10C_GAUSSIAN', 'parse_sigmas', 'unit_noise', 'noise_sweep',

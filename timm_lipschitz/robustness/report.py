@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from .noise import SweepResult
-from .protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key, wilson_interval
+from ..protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key, wilson_interval
 
 __all__ = ['certificate_comparison', 'sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure',
            'unique_label', 'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table',

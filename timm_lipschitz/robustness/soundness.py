@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..modes import eval_mode
 from ..normalization import Normalizer, unwrap_model
-from .protocol import LIPSCHITZ_TOLERANCE
+from ..protocol import LIPSCHITZ_TOLERANCE
 
 __all__ = ['SoundnessError', 'check_declared', 'check_certified_unbroken', 'declared_constant', 'SOUNDNESS_IMAGES']
 

@@ -2,7 +2,7 @@
 data-fraction study (the paper's Fig. 1) and the sensitivity slopes (its Section 7).
 
 What a row is (standard training, the paper's method as published, its label) is asked of the row's objective;
-cells use the evaluation protocol's lookup and mean ± std convention (:mod:`timm_lipschitz.robustness.protocol`).
+cells use the evaluation protocol's lookup and mean ± std convention (:mod:`timm_lipschitz.protocol`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..fileio import atomic_write_text
 from ..losses import loss_class
 from ..recipes import get_dotted
-from ..robustness.protocol import TABLE_SIGMAS, format_cell, mean_std, summary_key, value_at
+from ..protocol import TABLE_SIGMAS, format_cell, mean_std, summary_key, value_at
 from .points import format_value
 
 __all__ = ['paper_tables', 'objective_table', 'sensitivity', 'fraction_study', 'render', 'is_standard']

@@ -11,7 +11,7 @@ import torch
 from accelerate.tracking import GeneralTracker
 
 from ..fileio import atomic_write_json, atomic_write_text, dumps
-from ..modes import eval_mode
+from ..modes import eval_mode, for_evaluation
 from ..normalization import unwrap_model
 from ..recipes import flatten
 from ..runs import FINAL_NAME, METRICS_NAME, StateSaveError, segments, space_message
@@ -78,6 +78,7 @@ def reproduce_command(out: Path) -> str:
 def evaluate_clean(model, loader, accelerator, normalizer) -> float:
     """Top-1 accuracy (%) on clean images, gathered across processes."""
     correct = total = 0
+    model = for_evaluation(unwrap_model(model))
     with eval_mode(model):
         for images, labels in loader:
             logits = model(normalizer(model, images))
@@ -109,7 +110,7 @@ def _final_robustness(run, model, progress: bool) -> Optional[Dict[str, Any]]:
     from ..robustness import noise_sweep
     from ..robustness.subsets import subset_record
     e = run.recipe['eval']
-    result = noise_sweep(unwrap_model(model), run.eval_ds, e['sigmas'], e['repeats'], e['seed'], clip=e['clip'],
+    result = noise_sweep(for_evaluation(unwrap_model(model)), run.eval_ds, e['sigmas'], e['repeats'], e['seed'], clip=e['clip'],
                          batch_size=e['batch_size'], accelerator=run.accelerator, progress=progress,
                          mean=run.objective.normalizer.mean, std=run.objective.normalizer.std).to_dict()
     return {**result, 'images': subset_record(run.eval_ds)}

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
-from ..errors import UsageError
+from .errors import UsageError
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
            'LIPSCHITZ_TOLERANCE', 'PAPER_GRID', 'MNIST_GRID', 'SEVERITIES', 'CERT_RADII', 'EVAL_SPLIT', 'FULL_CORRUPTIONS', 'ATTACK_IMAGES',
