@@ -7,14 +7,22 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from ..certificates import (DETERMINISTIC_KEY, Declaration, check_certified_unbroken, check_declared, declaration,
+                            deterministic_certificate)
 from ..errors import UsageError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
-from ..modes import eval_mode
+from ..modes import eval_mode, for_evaluation
 from ..naming import FILE_CHARS, safe_name
-from ..protocol import SEVERITIES
+from ..protocol import CERT_RADII, SEVERITIES
+from ..robustness.certify import certify_dataset, theorem1_radius
+from ..robustness.corruptions import corruption_sweep
+from ..robustness.lipschitz import pgd_lower_bound, sampled_k
+from ..robustness.noise import noise_sweep
+from ..robustness.report import certificate_markdown, lipschitz_markdown
 from ..robustness.subsets import evaluation_subset, subset_record
 from .loading import check_overrides, data_for, device_name, model_input_size, resolve_device
 from .record import record_in_folders
@@ -64,29 +72,24 @@ def _smoothing(model: nn.Module, data: Dataset, certify_args: Dict[str, Any], me
                radii: Optional[Sequence[float]] = None, progress: bool = True) -> Dict[str, Any]:
     """Randomized-smoothing certificates with the settings ``certify_args`` gives (certify_dataset's defaults for
     the others), at ``radii`` (default :data:`~timm_lipschitz.protocol.CERT_RADII`)."""
-    from ..robustness.certify import CERT_RADII, certify_dataset
     settings = {k: certify_args[k] for k in SMOOTHING_SETTINGS if certify_args.get(k) is not None}
     return certify_dataset(model, data, model.num_classes, radii=CERT_RADII if radii is None else radii, mean=mean,
                            std=std, seed=seed, progress=progress, **settings)
 
 
-def _lipschitz(model: nn.Module, subset: Dataset, mean, std, seed: int) -> Dict[str, Any]:
-    from ..robustness.lipschitz import pgd_lower_bound, sampled_k, spectral_upper_bound
-    from ..robustness.soundness import declared_constant
-    try:
-        upper = spectral_upper_bound(model, mean=mean, std=std)
-    except NotImplementedError as e:
-        upper = {'bound': None, 'method': str(e)}
+def _lipschitz(model: nn.Module, subset: Dataset, decl: Optional[Declaration], mean, std,
+               seed: int) -> Dict[str, Any]:
+    """The estimates (sampled k, the PGD lower bound) beside the model's declaration (None: it declares none)."""
+    upper = {'bound': decl.logits, 'body': decl.body, 'method': decl.method} if decl else \
+        {'bound': None, 'method': f'{type(model).__name__} declares no Lipschitz constant'}
     return {f'k_sigma_{K_SIGMA:g}': sampled_k(model, subset, K_SIGMA, seed=seed, mean=mean, std=std),
             'pgd_lower_bound': pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std,
                                                max_images=PGD_BOUND_IMAGES),
-            'upper_bound': upper, 'declared': declared_constant(model, mean=mean, std=std)}
+            'upper_bound': upper, 'declared': decl.record() if decl else None}
 
 
 def _theorem1(model: nn.Module, subset: Dataset, lipschitz_target: float, mean, std, seed: int) -> Dict[str, Any]:
     """The paper's Theorem 1 radius, with the measured lower bound of the softmax's constant that conditions it."""
-    from ..robustness.certify import theorem1_radius
-    from ..robustness.lipschitz import pgd_lower_bound
     lower = pgd_lower_bound(model, subset, seed=seed, mean=mean, std=std, max_images=PGD_BOUND_IMAGES,
                             output='probs')['max']
     return {'lipschitz_target': lipschitz_target, 'radius': theorem1_radius(lipschitz_target, 'probs'),
@@ -95,34 +98,34 @@ def _theorem1(model: nn.Module, subset: Dataset, lipschitz_target: float, mean, 
 
 def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify: bool,
                       certify_args: Dict[str, Any], mean=None, std=None, seed: int = 0,
-                      lipschitz_target: Optional[float] = None, progress: bool = True) -> Dict[str, Any]:
-    """Lipschitz estimates and bounds, and certificates (randomized smoothing, the Lipschitz margin and, for a model
-    trained with a target L_n, the paper's conditional Theorem 1 radius): the measurements and their markdown."""
-    from ..robustness.lipschitz import margin_certificate
-    from ..robustness.report import certificate_markdown, lipschitz_markdown
+                      lipschitz_target: Optional[float] = None, progress: bool = True,
+                      decl: Optional[Declaration] = None) -> Dict[str, Any]:
+    """Lipschitz estimates and the declaration, and certificates (randomized smoothing, the deterministic
+    certificate of :mod:`timm_lipschitz.certificates` and, for a model trained with a target L_n, the paper's
+    conditional Theorem 1 radius): the measurements and their markdown. ``decl``: the model's declaration when the
+    caller has it (default: read here, once)."""
     res: Dict[str, Any] = {}
     subset = evaluation_subset(data, LIPSCHITZ_IMAGES, seed)
-    if lipschitz or certify:
-        res['lipschitz'] = _lipschitz(model, subset, mean, std, seed)
-        res['lipschitz_md'] = {'title': 'Lipschitz constant of the logits w.r.t. [0,1] pixels',
-                               'table': lipschitz_markdown(res['lipschitz'])}
+    if not (lipschitz or certify):
+        return res
+    decl = decl or declaration(model, mean=mean, std=std)
+    res['lipschitz'] = _lipschitz(model, subset, decl, mean, std, seed)
+    res['lipschitz_md'] = {'title': 'Lipschitz constant of the logits w.r.t. [0,1] pixels',
+                           'table': lipschitz_markdown(res['lipschitz'])}
     if certify:
         smooth = res['smoothing'] = _smoothing(model, data, certify_args, mean, std, seed, progress=progress)
         smooth.update({k: certify_args[k] for k in ('preset', 'departs_from_preset') if k in certify_args})
         res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
-        declared = res['lipschitz']['declared']
-        if declared:  # the premise checked first: a failed check stops the evaluation (SoundnessError)
-            from ..robustness.soundness import check_declared
-            lip = res['lipschitz']  # its bound and PGD search (128 images) serve the check: not measured twice
-            res['soundness'] = check_declared(model, subset, mean, std, seed=seed, bound=lip['upper_bound']['bound'],
-                                              pgd=lip['pgd_lower_bound']['max'])
+        if decl is not None:  # the premise checked first: a failed check stops the evaluation (SoundnessError)
+            res['soundness'] = check_declared(model, subset, decl, mean, std, seed=seed,
+                                              pgd=res['lipschitz']['pgd_lower_bound']['max'])
             # one forward per image: every image of the evaluation data (the full protocol's whole test split)
-            res['margin_certificate'] = margin_certificate(model, data, declared, mean=mean, std=std)
-            res['margin_certificate']['images'] = subset_record(data)
+            cert = res[DETERMINISTIC_KEY] = deterministic_certificate(model, data, decl, mean=mean, std=std)
+            cert['images'] = subset_record(data)
         if lipschitz_target:
             res['theorem1'] = _theorem1(model, subset, lipschitz_target, mean, std, seed)
         res['certify_md'] = {'title': 'certified accuracy (%) at l2 radius', 'table': certificate_markdown(
-            smooth, res.get('margin_certificate'), res.get('theorem1'))}
+            smooth, res.get(DETERMINISTIC_KEY), res.get('theorem1'))}
     return res
 
 
@@ -153,10 +156,11 @@ def _lipschitz_target(info: Dict[str, Any]) -> Optional[float]:
 
 
 def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str, s: Dict[str, Any]):
-    """Every requested measurement of one model on its data: (eval.json entry, noise sweep)."""
-    from ..robustness import noise_sweep
+    """Every requested measurement of one model on its data: (eval.json entry, noise sweep). The measurements run
+    the model's evaluation form (:func:`~timm_lipschitz.modes.for_evaluation`: a 1-Lipschitz net's plain export)."""
     device = resolve_device(s['device'])
     overrides = check_overrides(model, s['input_size'], s['mean'], s['std'])
+    model = for_evaluation(model)
     sweep = noise_sweep(model.to(device), ds, s['sigmas'], s['repeats'], s['seed'], clip=s['clip'],
                         quantize=s['quantize'], batch_size=s['batch_size'], mean=s['mean'], std=s['std'],
                         progress=s['progress'])
@@ -165,7 +169,6 @@ def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str
                              'images': subset_record(ds), 'overrides': overrides,
                              'sweep': sweep.to_dict()}
     if s['corruptions'] is not None:
-        from ..robustness.corruptions import corruption_sweep
         entry['corruptions'] = corruption_sweep(model.to(device), ds, s['corruptions'], s['severities'], s['seed'],
                                                 batch_size=s['batch_size'], mean=s['mean'], std=s['std'],
                                                 progress=s['progress'])
@@ -174,25 +177,22 @@ def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str
                                     s['seed'], s['progress'])
     model.cpu()
     if s['lipschitz'] or s['certify']:
+        decl = declaration(model, mean=s['mean'], std=s['std'])
         entry.update(extra_evaluations(model, ds, lipschitz=s['lipschitz'], certify=s['certify'],
                                        certify_args=s['certify_args'], mean=s['mean'], std=s['std'], seed=s['seed'],
-                                       lipschitz_target=_lipschitz_target(info), progress=s['progress']))
-    if 'margin_certificate' in entry and 'l2' in entry.get('attacks', {}):
-        entry['soundness']['certified_vs_attack'] = _certified_unbroken(model, ds, entry, s)
+                                       lipschitz_target=_lipschitz_target(info), progress=s['progress'], decl=decl))
+        if DETERMINISTIC_KEY in entry and 'l2' in entry.get('attacks', {}):
+            entry['soundness']['certified_vs_attack'] = _certified_unbroken(model, ds, entry, decl, s)
     return entry, sweep
 
 
-def _certified_unbroken(model: nn.Module, ds: Dataset, entry: Dict[str, Any], s: Dict[str, Any]) -> Dict[str, Any]:
+def _certified_unbroken(model: nn.Module, ds: Dataset, entry: Dict[str, Any], decl: Declaration,
+                        s: Dict[str, Any]) -> Dict[str, Any]:
     """No image certified at an attacked l2 radius was broken there (the certificate recomputed on the attacked
-    images themselves); :class:`~timm_lipschitz.robustness.soundness.SoundnessError` otherwise."""
-    import torch
-
-    from ..robustness.lipschitz import margin_certificate
-    from ..robustness.soundness import check_certified_unbroken
+    images themselves); :class:`~timm_lipschitz.certificates.SoundnessError` otherwise."""
     attacks = entry['attacks']
     images = evaluation_subset(ds, attacks['num_images'], s['seed'])
-    cert = margin_certificate(model, images, entry['margin_certificate']['lipschitz_bound'], mean=s['mean'],
-                              std=s['std'])
+    cert = deterministic_certificate(model, images, decl, mean=s['mean'], std=s['std'])
     flags = {e: [c == '1' for c in kept] for e, kept in attacks['per_image']['l2'].items()}
     return check_certified_unbroken(torch.tensor(cert['radius']), flags, attacks['method'])
 

@@ -1,30 +1,29 @@
-"""Lipschitz estimates and bounds of a classifier, measured from [0,1] pixels (normalization included):
+"""Lipschitz estimates of a classifier, measured from [0,1] pixels (normalization included):
 
 - :func:`sampled_k` - the paper's k(x) = ||f(x + n) - f(x)|| / ||n|| at a given sigma (mean, p95, max);
 - :func:`pgd_lower_bound` - gradient ascent on ||f(x + d) - f(x)|| / ||d|| over l2 balls: a lower bound of the
   local (and so of the global) Lipschitz constant;
-- :func:`spectral_upper_bound` - a sound global upper bound, as the model declares it: each model class owns its
-  bound (``model.lipschitz_constant()``, :mod:`timm_lipschitz.models._bounds`), the product of per-layer l2
-  operator norms, normalization folded in.
+- :func:`jacobian_norm` - the largest singular value of the input-to-output Jacobian, by power iteration.
+
+The sound upper bound, what a model declares of itself, is :mod:`timm_lipschitz.certificates`; its soundness check
+holds the declaration against these estimates.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
+from torch.autograd.functional import jvp, vjp  # double-backward forms: work with any module's forward
 from torch.utils.data import DataLoader, Dataset
 
-from ..ratio import ADVERSARIAL_STEP, lipschitz_ratio, worst_direction
-from ..models._bounds import DeclaresLipschitz, bn_scale, conv_operator_norm  # noqa: F401 (re-exported)
 from ..modes import eval_mode
-from ..normalization import Normalizer, per_channel, resolve_mean_std, unwrap_model
+from ..normalization import Normalizer
+from ..ratio import ADVERSARIAL_STEP, lipschitz_ratio, worst_direction
 from ..seeding import stream_seed
 from .noise import IndexedDataset, batch_unit_noise
-from ..protocol import CERT_RADII, LIPSCHITZ_TOLERANCE
 
-__all__ = ['sampled_k', 'pgd_lower_bound', 'jacobian_norm', 'spectral_upper_bound', 'conv_operator_norm', 'bn_scale',
-           'margin_certificate']
+__all__ = ['sampled_k', 'pgd_lower_bound', 'jacobian_norm']
 
 
 @torch.no_grad()
@@ -73,7 +72,6 @@ def jacobian_norm(f, x: torch.Tensor, iters: int = 30, seed: int = 0) -> torch.T
     """The largest singular value of the input-to-output Jacobian of ``f`` at each image of ``x``, by power iteration
     on J^T J (a jvp, then a vjp, per step). ``f`` must treat images independently (eval mode). Each value is
     attained by the model, so it is a lower bound of its Lipschitz constant: a declared constant below it is false."""
-    from torch.autograd.functional import jvp, vjp  # the double-backward forms: work with any module's forward
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(x.shape, generator=g).to(x)
     x = x.detach()
@@ -84,50 +82,3 @@ def jacobian_norm(f, x: torch.Tensor, iters: int = 30, seed: int = 0) -> torch.T
         sigma = u.flatten(1).norm(dim=1).detach()
         _, v = vjp(f, x, u)                                # J^T J v
     return sigma.cpu()
-
-
-# ---- sound upper bound -----------------------------------------------------------------------------------------
-def spectral_upper_bound(model: nn.Module, input_size: Optional[Sequence[int]] = None, mean=None,
-                         std=None) -> Dict[str, Any]:
-    """A sound upper bound of the l2 Lipschitz constant of the logits w.r.t. [0,1] pixels (of the eval-mode model),
-    as the model declares it (:class:`~timm_lipschitz.models._bounds.DeclaresLipschitz`); a model that declares
-    none raises ``NotImplementedError``."""
-    m = unwrap_model(model)  # weights and BN running statistics only: the model's mode is left as it is
-    if not isinstance(m, DeclaresLipschitz):
-        raise NotImplementedError(f'no Lipschitz upper bound for {type(m).__name__}: it declares none '
-                                  f'(lipschitz_constant()); this package\'s CifarResNet and MnistConvNet do.')
-    return m.lipschitz_bound(*bound_inputs(m, input_size, mean, std))
-
-
-def bound_inputs(model: nn.Module, input_size: Optional[Sequence[int]] = None, mean=None,
-                 std=None) -> Tuple[Tuple[int, ...], Tuple[float, ...]]:
-    """The input size and per-channel std a model's bound and declared constant are taken at (its own by default)."""
-    size = tuple(input_size or model.pretrained_cfg['input_size'])
-    _, sd = resolve_mean_std(model, mean, std)
-    return size, per_channel(sd, size[0], 'std')
-
-
-@torch.no_grad()
-def margin_certificate(model: nn.Module, data: Dataset, lipschitz_bound: float, batch_size: int = 256,
-                       radii: Sequence[float] = CERT_RADII, mean=None, std=None,
-                       tolerance: float = LIPSCHITZ_TOLERANCE) -> Dict[str, Any]:
-    """The deterministic certificate: image i is certified at every l2 radius up to margin_i / (sqrt(2) L (1 + tol))
-    when it is classified correctly (each logit difference is sqrt(2) L-Lipschitz when the logits are L-Lipschitz);
-    ``L`` is the model's declared constant, ``tol`` the tolerance its soundness check allows. ``radius`` lists the
-    per-image radius in evaluation order (-1: misclassified)."""
-    norm = Normalizer(mean, std)
-    scale = 2 ** 0.5 * lipschitz_bound * (1 + tolerance)
-    with eval_mode(model):
-        radius = []
-        for images, labels in DataLoader(data, batch_size=batch_size):
-            logits = model(norm(model, images))
-            top2 = logits.topk(2, dim=1)
-            margin = top2.values[:, 0] - top2.values[:, 1]
-            correct = top2.indices[:, 0] == labels
-            radius.append(torch.where(correct, margin / scale, torch.full_like(margin, -1.0)))
-        r = torch.cat(radius)
-        return {'lipschitz_bound': lipschitz_bound, 'tolerance': tolerance, 'radii': list(radii),
-                'num_images': len(r), 'clean': 100.0 * (r >= 0).float().mean().item(),
-                'certified_accuracy': [100.0 * (r >= t).float().mean().item() if t > 0 else
-                                       100.0 * (r >= 0).float().mean().item() for t in radii],
-                'mean_radius': r.clamp_min(0).mean().item(), 'radius': [round(v, 6) for v in r.tolist()]}
