@@ -45,7 +45,7 @@ _estimates = lazy_module('timm_lipschitz.robustness.lipschitz', __name__)
 __all__ = ['Declaration', 'Certificate', 'declaration', 'declares', 'linear_head_weight', 'pair_distances',
            'radii', 'margin_shift', 'certify', 'deterministic_certificate', 'check_declared',
            'check_certified_unbroken', 'SoundnessError', 'read_summary', 'summary_record', 'DETERMINISTIC_KEY',
-           'RULES', 'SOUNDNESS_IMAGES']
+           'RULES', 'SOUNDNESS_IMAGES', 'eval_entry']
 
 DETERMINISTIC_KEY = 'deterministic_certificate'
 RULES = ('whole_model', 'per_pair')

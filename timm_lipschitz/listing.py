@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List
 
+from .certificates import read_summary
 from .protocol import SUMMARY_KEYS, summary_label
 from .zoo import WEIGHTS_DIR, header_metadata, shipped
 
-__all__ = ['tag_rows', 'tag_table', 'LIST_COLUMNS']
+__all__ = ['tag_rows', 'tag_table', 'LIST_COLUMNS', 'DETERMINISTIC_RADII']
 
-DETERMINISTIC = 'deterministic certified l2 0.5'  # the recorded certificate of a model that declares its constant
-LIST_COLUMNS = (*SUMMARY_KEYS, 'corruption_mean', 'certified', DETERMINISTIC)  # the headline scores of `hub list`
+DETERMINISTIC_RADII = ('0.25', '0.5', '1')  # l2 radii of the recorded deterministic certificate in `hub list`
+DETERMINISTIC = tuple(f'deterministic certified l2 {r}' for r in DETERMINISTIC_RADII)
+LIST_COLUMNS = (*SUMMARY_KEYS, 'corruption_mean', 'certified', *DETERMINISTIC)  # the headline scores of `hub list`
 
 
 def tag_rows() -> List[Dict[str, Any]]:
@@ -20,9 +22,10 @@ def tag_rows() -> List[Dict[str, Any]]:
     for name, entry in sorted(shipped().items()):
         meta = header_metadata(WEIGHTS_DIR / entry['file'])
         scores = json.loads(meta.get('robustness') or '{}')
+        cert = (read_summary(scores) or {}).get('certified') or {}
         rows.append({'name': name, 'dataset': meta.get('dataset'), 'objective': meta.get('objective'),
                      **{k: scores.get(k) for k in LIST_COLUMNS},
-                     DETERMINISTIC: (scores.get('deterministic_certified') or {}).get('0.5')})
+                     **{column: cert.get(r) for column, r in zip(DETERMINISTIC, DETERMINISTIC_RADII)}})
     return rows
 
 

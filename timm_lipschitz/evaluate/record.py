@@ -10,15 +10,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
+from ..certificates import DETERMINISTIC_KEY
 from ..protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, FULL_CORRUPTIONS, SEVERITIES
 
-__all__ = ['departures', 'record_in_folders', 'RECORD_KEYS']
-
-RECORD_KEYS = {'margin_certificate': 'deterministic_certificate'}  # eval.json key -> robustness.json key
+__all__ = ['departures', 'record_in_folders']
 
 
 def departures(kind: str, settings: Dict[str, Any], result: Dict[str, Any]) -> List[str]:
-    """How a ``corruptions``, ``attacks`` or ``margin_certificate`` result departs from the full protocol (empty: it
+    """How a ``corruptions``, ``attacks`` or ``deterministic_certificate`` result departs from the full protocol (empty: it
     follows it; the certificate's protocol is every image of the test split)."""
     out: List[str] = []
     if settings['split'] != EVAL_SPLIT:
@@ -68,7 +67,7 @@ def record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: D
         if folder is None:
             continue
         extra = {}
-        for kind in ('corruptions', 'attacks', 'margin_certificate'):
+        for kind in ('corruptions', 'attacks', DETERMINISTIC_KEY):
             if kind not in entry:
                 continue
             gaps = departures(kind, settings, entry[kind])
@@ -76,10 +75,10 @@ def record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: D
                 skipped.setdefault(str(folder), []).append(f'{kind}: ' + '; '.join(gaps))
                 continue
             result = {**entry[kind], 'protocol': _protocol(kind, settings, entry, gaps)}
-            if kind == 'margin_certificate':  # the folder keeps the scores and the check, not the per-image radii
-                result = {k: v for k, v in result.items() if k != 'radius'}
+            if kind == DETERMINISTIC_KEY:  # the folder keeps the scores and the check, not the per-image radii
+                result = {k: v for k, v in result.items() if k not in ('radius', 'rule')}
                 result['soundness'] = entry.get('soundness')
-            extra[RECORD_KEYS.get(kind, kind)] = result
+            extra[kind] = result
         if extra:
             record_evaluation(folder, **extra)
     for folder, why in skipped.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Optional
 
+from ..certificates import DETERMINISTIC_KEY, RULES
 from ..protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid, summary_label
 
 __all__ = ['render_card', 'card_sections', 'CITATION', 'HUB_DATASETS', 'preprocessing_text', 'model_index']
@@ -70,7 +71,7 @@ def _metrics(record: Dict[str, Any]) -> List[Dict[str, Any]]:
     for key, value in ((record.get('attacks') or {}).get('reported') or {}).items():
         if value is not None:
             out.append({'type': 'robust_accuracy', 'value': round(float(value), 2), 'name': f'Robust accuracy {key}'})
-    cert = record.get('deterministic_certificate')
+    cert = record.get(DETERMINISTIC_KEY)
     if cert:
         for r, a in zip(cert['radii'], cert['certified_accuracy']):
             if r > 0:
@@ -142,21 +143,14 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
                            f"mean over severities {corruptions['severities']}, {{images}}. Mean corruption accuracy: "
                            f"**{corruptions['mean']:.2f}** (clean {corruptions['clean']:.2f}).",
                            corruption_table({'accuracy': corruptions}))
-    cert = record.get('deterministic_certificate')
+    cert = record.get(DETERMINISTIC_KEY)
     if cert:
-        sound = cert.get('soundness') or {}
-        lines += _recorded(
-            'Deterministic certificate (Lipschitz margin)', cert, cert.get('num_images'),
-            f"Certified accuracy (%) at each l2 radius in [0,1] pixel space: an image counts when it is classified "
-            f"correctly and its logit margin exceeds sqrt(2) L (1 + {cert.get('tolerance', 0):g}) r, with the "
-            f"model's declared Lipschitz constant L = {cert['lipschitz_bound']:.4g}; one forward pass per image, no "
-            f"sampling, {{images}}. Checked before certifying: the exact norms of the effective layers multiply to "
-            f"{sound.get('effective_layer_bound', float('nan')):.4g}, the largest Jacobian norm found is "
-            f"{sound.get('jacobian_norm_max', float('nan')):.4g} and the PGD lower bound "
-            f"{sound.get('pgd_lower_bound_max', float('nan')):.4g}, all within L.",
-            '\n'.join(['| l2 radius | ' + ' | '.join(f'{r:g}' for r in cert['radii']) + ' |',
-                       '|---|' + '---|' * len(cert['radii']),
-                       '| certified accuracy | ' + ' | '.join(f'{a:.2f}' for a in cert['certified_accuracy']) + ' |']))
+        lines += _recorded('Deterministic certificate (Lipschitz margin)', cert, cert.get('num_images'),
+                           _certificate_text(cert),
+                           '\n'.join(['| l2 radius | ' + ' | '.join(f'{r:g}' for r in cert['radii']) + ' |',
+                                      '|---|' + '---|' * len(cert['radii']),
+                                      '| certified accuracy | ' + ' | '.join(
+                                          f'{a:.2f}' for a in cert['certified_accuracy']) + ' |']))
     attacks = record.get('attacks')
     if attacks:
         from ..robustness.report import attack_table
@@ -202,3 +196,30 @@ def render_card(name: str, config: Dict[str, Any], meta: Dict[str, str], record:
         lines += ['## Reproduce', '', '```bash', command, '```', '']
     lines += ['## Citation', '', 'The training method is that of:', '', '```bibtex', CITATION, '```', '']
     return '\n'.join(lines)
+
+
+def _certificate_text(cert: Dict[str, Any]) -> str:
+    """What the card says of a recorded deterministic certificate: the rule, the declared constants and the checks
+    that passed before it was computed (read from the record; a record written before 0.3 has one constant)."""
+    lip, sound, tol = cert.get('lipschitz'), cert.get('soundness') or {}, cert.get('tolerance', 0)
+    logits = lip['logits'] if isinstance(lip, dict) else cert.get('lipschitz_bound')
+    rule = (f"its logit margin exceeds sqrt(2) L (1 + {tol:g}) r, with the model's declared Lipschitz constant "
+            f"L = {logits:.4g}")
+    if isinstance(lip, dict):
+        used = cert.get('rules') or {}
+        rule = (f"for every other class j, f_y - f_j exceeds L_body ||w_y - w_j|| (1 + {tol:g}) r (the per-pair rule "
+                f"of a linear head: L_body = {lip['body']:.4g}, the declared constant of the layers before the "
+                f"{lip['head'].replace('_', ' ')} head) or its margin exceeds sqrt(2) L (1 + {tol:g}) r (the "
+                f"whole-model rule, L = {logits:.4g}); the larger radius counts"
+                + (f" (per pair for {used.get(RULES[1], 0):,} correct images, whole model for "
+                   f"{used.get(RULES[0], 0):,})" if used else ''))
+    checks = [f'{what} {sound[key]:.4g}' for key, what in (
+        ('effective_body_bound', 'the exact norms of the effective layers before the head multiply to'),
+        ('effective_layer_bound', 'with the head to'), ('body_jacobian_norm_max', 'the largest Jacobian norm of the '
+                                                                                  'pre-logits found is'),
+        ('jacobian_norm_max', 'of the logits'), ('pgd_lower_bound_max', 'the PGD lower bound is')) if key in sound]
+    return (f"Certified accuracy (%) at each l2 radius r in [0,1] pixel space: an image of class y counts when it is "
+            f"classified correctly and {rule}; one forward pass per image, no sampling, {{images}}."
+            + (f" Checked before certifying: {', '.join(checks)}, all within the declared constants." if checks
+               else ''))
+

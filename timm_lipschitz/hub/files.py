@@ -22,6 +22,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch.nn as nn
 
+from ..certificates import DETERMINISTIC_KEY, summary_record
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps, read_json
 from ..normalization import unwrap_model
@@ -67,12 +68,10 @@ def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
         out['corruption_images'] = corruptions['num_images']
         out['corruption_severities'] = list(corruptions['severities'])
         out.update(_protocol_summary('corruption', corruptions))
-    cert = record.get('deterministic_certificate')
+    cert = record.get(DETERMINISTIC_KEY)
     if cert:
-        out['lipschitz_constant'] = cert['lipschitz_bound']
-        out['deterministic_certified'] = {f'{r:g}': a for r, a in zip(cert['radii'], cert['certified_accuracy'])}
-        out['deterministic_certified_images'] = cert['num_images']
-        out.update(_protocol_summary('deterministic_certificate', cert))
+        out[DETERMINISTIC_KEY] = summary_record(cert)
+        out.update(_protocol_summary(DETERMINISTIC_KEY, cert))
     attacks = record.get('attacks')
     if attacks:
         out.update(attacks.get('reported', {}))

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..certificates import eval_entry
 from .noise import SweepResult
 from ..protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key, wilson_interval
 
@@ -320,7 +321,7 @@ def certificate_markdown(smooth: Dict[str, Any], margin: Optional[Dict[str, Any]
                         for r, v in zip(radii, smooth['certified_accuracy'])) +
              f" | {smooth['average_certified_radius']:.3f} |"]
     if margin is not None:
-        lines.append('| Lipschitz margin (global upper bound) | ' +
+        lines.append('| deterministic (declared Lipschitz constants) | ' +
                      ' | '.join(f'{v:.1f}' for v in margin['certified_accuracy']) + f" | {margin['mean_radius']:.2e} |")
     if smooth['max_radius'] < max(radii):
         lines += ['', f"–: beyond randomized smoothing's reach with these settings: no radius above σ Φ⁻¹(α^(1/n)) "
@@ -337,7 +338,7 @@ def certificate_markdown(smooth: Dict[str, Any], margin: Optional[Dict[str, Any]
 def _at_radius(entry: Mapping, r: float) -> Dict[str, Optional[float]]:
     """One model's scores at l2 radius ``r``: deterministic and smoothing certified accuracy, PGD / AutoAttack."""
     out: Dict[str, Optional[float]] = {'deterministic': None, 'smoothing': None, 'attack': None}
-    cert = entry.get('margin_certificate')
+    cert = eval_entry(entry)
     if cert is not None and cert.get('radius') is not None:
         radius = cert['radius']
         out['deterministic'] = 100.0 * sum(1 for v in radius if v >= max(r, 0.0)) / len(radius)
@@ -360,7 +361,7 @@ def certificate_comparison(results: Mapping[str, Mapping]) -> str:
     declared constant, one forward pass), randomized-smoothing certified accuracy (n forward passes) and the robust
     accuracy an attack leaves (an upper bound of what any certificate can reach); radius 0 is clean accuracy. Each
     column names its image count. Empty when no model has a deterministic certificate."""
-    labels = [k for k, v in results.items() if 'margin_certificate' in v]
+    labels = [k for k, v in results.items() if eval_entry(v) is not None]
     if not labels:
         return ''
     lines = ['| model | l2 radius | deterministic certified | smoothing certified | attack robust |',
@@ -368,8 +369,8 @@ def certificate_comparison(results: Mapping[str, Mapping]) -> str:
     for label in labels:
         e = results[label]
         attacks = e.get('attacks') or {}
-        radii = sorted(set(e['margin_certificate']['radii']) | {float(k) for k in attacks.get('l2', {})})
-        n = (e['margin_certificate']['num_images'], (e.get('smoothing') or attacks.get('smoothing') or {}).get(
+        radii = sorted(set(eval_entry(e)['radii']) | {float(k) for k in attacks.get('l2', {})})
+        n = (eval_entry(e)['num_images'], (e.get('smoothing') or attacks.get('smoothing') or {}).get(
             'num_images'), attacks.get('num_images'))
         for r in radii:
             v = _at_radius(e, r)
