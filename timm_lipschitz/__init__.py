@@ -1,7 +1,11 @@
 """timm-lipschitz: noise-robust image classifiers with the Lipschitz hinge loss (Usama & Chang), as a timm plugin.
 
-``import timm_lipschitz`` registers the CIFAR ResNet/PreResNet family and the paper's MNIST net with timm, so
-``timm.create_model("cifar_resnet20")`` works like any built-in model. timm has no plugin entry points, so the
+It ships the paper's method (the ``lipschitz_hinge`` objective and its peers, :func:`create_loss`), 1-Lipschitz
+networks whose declared constant certifies each prediction (``lip_convnet``, ``cifar_lipresnet_*``;
+:func:`certify`, :mod:`.certificates`), and the CIFAR ResNet/PreResNet family and the paper's MNIST net.
+
+``import timm_lipschitz`` registers the models with timm, so ``timm.create_model("cifar_resnet20")`` works like any
+built-in model. timm has no plugin entry points, so the
 import is the registration. It happens at once when timm is already imported, and otherwise the moment timm is
 imported (an import hook): ``import timm_lipschitz`` itself loads neither torch nor timm, which keeps the command
 line's ``--help`` and recipe checks fast.
@@ -12,16 +16,23 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any
 
-__version__ = '0.2.0'
+from . import certificates  # torch-free at import, as are the objectives: torch loads on first use
+from ._lazy import lazy_module
+from .certificates import certify
+from .losses import LossOutput, Objective, create_loss, list_losses, register_loss
 
-_LAZY = {
-    'create_loss': 'losses', 'list_losses': 'losses', 'register_loss': 'losses', 'LossOutput': 'losses',
-    'Objective': 'losses', 'list_registered': 'models',
-}
+__version__ = '0.3.0'
+
 __all__ = ['__version__', 'models', 'list_registered', 'create_loss', 'list_losses', 'register_loss', 'LossOutput',
-           'Objective']
+           'Objective', 'certify', 'certificates']
+
+models = lazy_module(f'{__name__}.models', __name__)  # torch and timm load on first use (or when timm is imported)
+
+
+def list_registered() -> list:
+    """Names of the architectures this package registers with timm."""
+    return models.list_registered()
 
 
 def _register_models() -> None:
@@ -61,11 +72,3 @@ def _install() -> None:
 
 
 _install()
-
-
-def __getattr__(name: str) -> Any:
-    if name == 'models':
-        return importlib.import_module(f'{__name__}.models')
-    if name in _LAZY:
-        return getattr(importlib.import_module(f'{__name__}.{_LAZY[name]}'), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

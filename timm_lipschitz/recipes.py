@@ -6,6 +6,9 @@ mistaken recipe in well under a second.
 from __future__ import annotations
 
 import copy
+import importlib
+import importlib.machinery
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -14,7 +17,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from .errors import UsageError
-from .protocol import PAPER_GRID
+from .losses import HyperparameterError, loss_class
+from .protocol import PAPER_GRID, parse_sigmas
 
 __all__ = ['DEFAULTS', 'SCHEMA', 'load_recipe', 'resolve_recipe', 'apply_overrides', 'validate_recipe',
            'RecipeError', 'deep_merge', 'set_dotted', 'get_dotted', 'RECIPES_DIR', 'TRACKERS', 'RESUME_SAFE',
@@ -278,7 +282,6 @@ def _is_num(v: Any) -> bool:
 
 def _check_loss(loss: Any) -> None:
     """The loss name, its argument names, and the objective's own argument checks (reported as ``loss.<arg>``)."""
-    from .losses import HyperparameterError, loss_class
     if not isinstance(loss, dict) or not isinstance(loss.get('name'), str):
         raise RecipeError(f'loss must be a mapping with a name, got {loss!r}.')
     try:
@@ -345,7 +348,6 @@ def _check_numbers(recipe: Dict[str, Any]) -> None:
 
 
 def _check_trackers(log_with: List[Any]) -> None:
-    import importlib.util
     for name in log_with:
         _require(name in TRACKERS, 'log_with', name, f'choose trackers among {sorted(TRACKERS)}')
         if not any(importlib.util.find_spec(pkg) is not None for pkg in TRACKERS[name]):
@@ -360,7 +362,6 @@ def validate_recipe(recipe: Dict[str, Any]) -> Dict[str, Any]:
     What needs the model or the machine (``model.kwargs``, fp16 without a GPU) is checked by the trainer before
     any data is read (:func:`timm_lipschitz.train.check_runtime`).
     """
-    from .protocol import parse_sigmas
     _check(recipe, SCHEMA, '')
     for key, allowed in CHOICES.items():
         v = get_dotted(recipe, key)
@@ -422,8 +423,6 @@ def _plugin_origin(name: str, recipe_dir: Optional[Path]) -> Tuple[Optional[str]
     """Where ``import name`` would load the plugin from, and whether that is the current directory or the recipe's
     folder (``python -m`` puts the current directory first on the path, so a file there shadows any package). A
     folder the user put on ``PYTHONPATH`` by name is their own choice, not a local one."""
-    import importlib.machinery
-    import importlib.util
     top = name.split('.')[0]
     local = _local_dirs(recipe_dir)
     chosen = {Path(p).resolve() for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p}  # the user's own
@@ -442,7 +441,6 @@ def import_plugins(modules: List[Any], recipe_dir: Optional[Path] = None) -> Non
     import says which file it runs, and a module found in the current directory or the recipe's folder (a recipe
     downloaded next to a ``.py`` file) is refused unless the user trusts it (``--trust-local-plugins`` or
     ``TIMM_LIPSCHITZ_TRUST_LOCAL_PLUGINS=1``)."""
-    import importlib
     for name in modules:
         if not isinstance(name, str) or not name.replace('.', '').replace('_', '').isalnum():
             raise RecipeError(f'plugins: {name!r} is not a module name.')

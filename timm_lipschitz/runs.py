@@ -31,9 +31,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+import yaml
+
+from ._lazy import lazy_module
 from .errors import UserError
-from .fileio import atomic_write_json, read_json
-from .recipes import under
+from .fileio import atomic_write_json, atomic_write_text, read_json
+from .recipes import flatten, recipe_differences, under
+
+torch = lazy_module('torch', __name__)  # the run rules are torch-free: a refused run folder is answered fast
+accelerate_utils = lazy_module('accelerate.utils', __name__)
 
 __all__ = ['latest_state', 'save_state', 'space_message', 'RunFolderError', 'StateSaveError', 'RunClaim', 'run_status',
            'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'STOPPED_NAME', 'FINAL_NAME', 'DIVERGED_NAME',
@@ -135,7 +141,6 @@ def save_state(accelerator, output_dir: Path, step: int, keep: int) -> Path:
 def _any_process(accelerator, flag: bool) -> bool:
     if accelerator.num_processes == 1:
         return flag
-    import torch
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(t, 'sum').item() > 0)
 
@@ -199,9 +204,6 @@ def check_new_run(out: Path) -> None:
 def check_resume(out: Path, recipe: Dict[str, Any]) -> List[str]:
     """Refuses a resume whose recipe differs from the saved one in a key that shapes the weights; returns the
     allowed differences (to be recorded)."""
-    import yaml
-
-    from .recipes import recipe_differences
     saved_file = out / 'recipe.yaml'
     if not saved_file.is_file():
         return []
@@ -209,7 +211,6 @@ def check_resume(out: Path, recipe: Dict[str, Any]) -> List[str]:
     recipe = with_recorded_normalization(recipe, saved)
     refused, allowed = recipe_differences(saved, recipe)
     if refused:
-        from .recipes import flatten
         a, b = flatten(saved), flatten(recipe)
         shown = '; '.join(f'{k}: {a.get(k, "(default)")!r} -> {b.get(k, "(default)")!r}' for k in refused[:8])
         raise RunFolderError(
@@ -383,7 +384,6 @@ class RunClaim:
 def open_run_folder(accelerator, out: Path, recipe: Dict[str, Any], resume: bool) -> Iterator[Dict[str, Any]]:
     """Claim the run folder for this run and apply the rules above (module doc), on the main process; its
     answer, or its error, reaches every process. Yields what resuming needs; releases the claim at the end."""
-    from accelerate.utils import broadcast_object_list
     claim = RunClaim(out)
     answer: List[Any] = [None, None]
     if accelerator.is_main_process:
@@ -392,7 +392,7 @@ def open_run_folder(accelerator, out: Path, recipe: Dict[str, Any], resume: bool
         except (UserError, OSError) as e:
             answer = [None, e]
     if accelerator.num_processes > 1:
-        broadcast_object_list(answer, from_process=0)
+        accelerate_utils.broadcast_object_list(answer, from_process=0)
     try:
         if answer[1] is not None:
             raise answer[1]
@@ -417,7 +417,6 @@ def apply_run_rules(out: Path, recipe: Dict[str, Any], resume: bool, claim: RunC
         check_not_shorter(out, recipe)
         if any(not under(k, WEIGHT_NEUTRAL) for k in allowed):
             archive_segment(out)
-        import yaml
         saved = yaml.safe_load((out / 'recipe.yaml').read_text()) if (out / 'recipe.yaml').is_file() else {}
         _, broken = read_metrics(out / METRICS_NAME, repair=True)
         if broken:
@@ -447,7 +446,6 @@ def read_metrics(path: Union[str, Path], repair: bool = False) -> Tuple[List[Dic
         except json.JSONDecodeError:
             broken += 1
     if repair and (broken or not path.read_bytes().endswith(b'\n')):
-        from .fileio import atomic_write_text
         atomic_write_text(path, ''.join(x + '\n' for x in kept))
     return rows, broken
 

@@ -13,8 +13,8 @@ Shape policy (:func:`adapt_images`), applied once when ``input_size=(C, H, W)`` 
 """
 from __future__ import annotations
 
+import hashlib
 import math
-
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import UsageError
+from .transforms import apply_transform
 
 __all__ = ['DatasetInfo', 'TensorImageDataset', 'DataError', 'adapt_images', 'check_labels', 'to_float',
            'split_fingerprint', 'timm_crop_pct']
@@ -134,7 +135,6 @@ class TensorImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        from .transforms import apply_transform
         return to_float(apply_transform(self.transform, self.images[i], i)), int(self.labels[i])
 
     def subset(self, indices: torch.Tensor) -> 'TensorImageDataset':
@@ -150,7 +150,6 @@ def split_fingerprint(dataset) -> str:
     """sha256 (first 16 hex) of a split's labels and images: every image of an in-memory split, and
     :data:`FINGERPRINT_SAMPLES` evenly spread decoded images of one read from files. Two roots that give the same
     fingerprint hold the same split (a resume may then read it from the new root)."""
-    import hashlib
     h = hashlib.sha256(f'{len(dataset)}'.encode())
     if hasattr(dataset, 'images') and hasattr(dataset, 'labels'):
         h.update(dataset.labels.numpy().tobytes())

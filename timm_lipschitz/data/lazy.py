@@ -8,7 +8,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from .base import DatasetInfo, TensorImageDataset, adapt_images, to_float
+from .base import adapt_images, DatasetInfo, TensorImageDataset, to_float
+from .transforms import apply_transform
 
 __all__ = ['LazyImageDataset', 'pil_to_uint8']
 
@@ -42,7 +43,6 @@ class LazyImageDataset(Dataset):
         return adapt_images(img.unsqueeze(0), self.info.input_size)[0], int(label)
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        from .transforms import apply_transform
         img, label = self.raw(i)
         return to_float(apply_transform(self.transform, img, i)), label
 

@@ -8,16 +8,24 @@ provide it.
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
+from PIL import Image, UnidentifiedImageError
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torchvision.datasets import ImageFolder
 
 from ..errors import UsageError
 from ..seeding import stream_seed
-from .base import DataError, DatasetInfo, TensorImageDataset, adapt_images
+from .base import adapt_images, DataError, DatasetInfo, TensorImageDataset
 from .idx import read_idx
 from .lazy import LazyImageDataset, pil_to_uint8
 
@@ -65,7 +73,6 @@ def _missing(name: str, looked: Sequence[Path], how: str) -> DataError:
 def _download(name: str, cls_name: str, root: Path, layout: str, **kw: Any) -> None:
     """Fetch with torchvision's own downloader (checksummed); the files are then read by the readers here. A failed
     download (offline, a proxy) says so and how to place the files by hand."""
-    import torchvision.datasets as tvd
     try:
         getattr(tvd, cls_name)(str(root), download=True, **kw)
     except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; checksum failures RuntimeError
@@ -89,7 +96,6 @@ def _find(name: str, root: Path, download: bool, folders: Sequence[Path], ready:
 
 
 def _unpickle(path: Path) -> Dict[Any, Any]:
-    import pickle
     try:
         with open(path, 'rb') as f:
             return pickle.load(f, encoding='bytes')
@@ -194,7 +200,6 @@ def _fashion_mnist(split: str, root: Path, download: bool) -> Raw:
 
 def _seeded_split(n: int, labels: np.ndarray, split: str) -> np.ndarray:
     """The fixed 80/20 split (seed 0), stratified by class where every class has two images or more."""
-    from sklearn.model_selection import train_test_split
     stratify = labels if np.unique(labels, return_counts=True)[1].min() >= 2 else None
     train, test = train_test_split(np.arange(n), test_size=TEST_FRACTION, random_state=SPLIT_SEED,
                                    stratify=stratify)
@@ -222,7 +227,6 @@ def _mnist_5k(split: str, root: Path, download: bool) -> Raw:
 @register_dataset('digits')
 def _digits(split: str, root: Path, download: bool) -> Raw:
     """scikit-learn's 1,797 8x8 handwritten digits (values 0..16 scaled to 0..255), split 80/20, seed 0."""
-    from sklearn.datasets import load_digits
     d = load_digits()
     idx = _seeded_split(len(d.target), d.target, split)
     images = torch.from_numpy(np.round(d.images[idx] * (255 / 16)).astype(np.uint8)).unsqueeze(1)
@@ -269,14 +273,11 @@ def held_out_by_hash(relative_path: Path) -> bool:
     """Whether an image of a folder without split folders belongs to the held-out test split: a hash of its path
     within the folder (class folder and file name) below :data:`TEST_FRACTION`. Each file decides for itself, so
     adding or removing files never moves another across (a rank-based split would reshuffle the hold-out)."""
-    import hashlib
     digest = hashlib.sha256(f'{SPLIT_SEED}/{relative_path.as_posix()}'.encode()).digest()
     return int.from_bytes(digest[:8], 'big') / 2 ** 64 < TEST_FRACTION
 
 
 def _imagefolder(split: str, root: Path, channels: int) -> Tuple[Callable, int, List[str], str]:
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets import ImageFolder
     if not root.is_dir():
         raise _missing('imagefolder', [root], 'Give data.root: a folder with one sub-folder of images per class '
                                               '(optionally under train/ and test/ or val/).')
@@ -349,7 +350,6 @@ def _hf(dataset_id: str, split: str, root: Optional[Path], download: bool, chann
 
 def _check_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
     """Extra keyword arguments must be ones the source takes (data.kwargs in a recipe)."""
-    import inspect
     source = _imagefolder if name == 'imagefolder' else _hf if name.startswith('hf:') else _SOURCES.get(name)
     if source is None:
         return

@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import UsageError
-from ..protocol import SEVERITIES
+from ..protocol import CERTIFY_PRESETS, SEVERITIES, SMOOTHING
+from ..robustness.attacks import check_request, parse_eps
+from ..robustness.certify import check_settings
+from ..robustness.corruptions import resolve_corruptions
+from .loading import load_model, resolve_device
+from .run import check_out_dir, evaluate
 
 __all__ = ['run_from_args', 'attack_request', 'corruption_request', 'certify_request']
 
@@ -52,8 +57,6 @@ def attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """--attack and its flags as attack_sweep's keyword arguments, checked by the attack module's one check."""
     if args.attack is None:
         return None
-    from ..robustness.attacks import check_request, parse_eps
-    from .loading import resolve_device
     method = args.attack_method
     if method == 'auto':
         method = 'autoattack' if resolve_device(args.device).type == 'cuda' else 'pgd'
@@ -84,7 +87,6 @@ def corruption_request(args: argparse.Namespace) -> Sequence[int]:
         raise UsageError(f'--severities {args.severities!r}: {bad} are not allowed; give severities from '
                          f'{min(SEVERITIES)} to {max(SEVERITIES)}.')
     if args.corruptions is not None:
-        from ..robustness.corruptions import resolve_corruptions
         resolve_corruptions(args.corruptions)
     return severities
 
@@ -92,7 +94,6 @@ def corruption_request(args: argparse.Namespace) -> Sequence[int]:
 def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
     """The randomized-smoothing settings (``--certify`` and the attacks' certified column), checked by the
     certificate module's one check and named by their flags."""
-    from ..protocol import CERTIFY_PRESETS, SMOOTHING
     preset = CERTIFY_PRESETS.get(getattr(args, 'certify_preset', None) or '', {})
     chosen = {k: getattr(args, k) for k in ('n0', 'n', 'alpha') if getattr(args, k) is not None}
     settings = {**SMOOTHING, **preset, **chosen, 'sigma': args.certify_sigma, 'num_images': args.certify_images}
@@ -100,7 +101,6 @@ def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
         settings['preset'] = args.certify_preset
         settings['departs_from_preset'] = {k: v for k, v in chosen.items() if v != preset.get(k)}
     if args.certify or args.attack is not None:
-        from ..robustness.certify import check_settings
         check_settings(**{k: settings[k] for k in ('sigma', 'n0', 'n', 'alpha', 'num_images')},
                        names={'sigma': '--certify-sigma', 'n0': '--n0', 'n': '--n', 'alpha': '--alpha',
                               'num_images': '--certify-images'})
@@ -108,8 +108,6 @@ def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    from .loading import load_model, resolve_device
-    from .run import check_out_dir, evaluate
     resolve_device(args.device)  # a bad --device fails before any model or data is loaded
     severities = corruption_request(args)
     out = check_out_dir(Path(args.out))

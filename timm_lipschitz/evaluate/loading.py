@@ -6,12 +6,20 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import timm
 import torch
 import torch.nn as nn
+import yaml
+from safetensors import safe_open
 
+from ..data import check_labels, create_dataset
 from ..errors import UsageError
 from ..fileio import read_json
+from ..hub import CheckpointError, load_checkpoint, load_pretrained, read_metadata
 from ..modes import eval_mode
+from ..normalization import per_channel
+from ..robustness.subsets import evaluation_subset
+from ..runs import run_status
 
 __all__ = ['load_model', 'resolve_device', 'device_name', 'data_for', 'check_overrides', 'ClassNamesWarning',
            'OverrideWarning']
@@ -29,7 +37,6 @@ def check_overrides(model: nn.Module, input_size: Optional[Sequence[int]], mean,
     """What the evaluation changes of the model's own configuration, for the record; a warning for each departure
     (a wrong size or normalization costs most of the accuracy without an error), and a refusal of statistics whose
     channel count the model cannot take."""
-    from ..normalization import per_channel
     cfg = model.pretrained_cfg
     channels = int(cfg['input_size'][0])
     overrides: Dict[str, Any] = {}
@@ -55,7 +62,6 @@ def check_overrides(model: nn.Module, input_size: Optional[Sequence[int]], mean,
 
 def _unfinished_message(folder: Path) -> Optional[str]:
     """Why a run folder without final weights cannot be evaluated (a checkpoint folder has no run and is fine)."""
-    from ..runs import run_status
     status = run_status(folder)
     if status and status.startswith('an unfinished') and not (folder / 'model.safetensors').is_file():
         return (f'{folder} holds {status}: there are no final weights to evaluate. Finish it with '
@@ -65,10 +71,6 @@ def _unfinished_message(folder: Path) -> Optional[str]:
 
 def _num_classes_of(checkpoint: str, model_name: str) -> int:
     """The class count a checkpoint file was saved with: its metadata, else its classifier's weight."""
-    import timm
-    from safetensors import safe_open
-
-    from ..hub import read_metadata
     meta = read_metadata(checkpoint)
     if meta.get('num_classes'):
         return int(meta['num_classes'])
@@ -92,23 +94,18 @@ def _args_beside(checkpoint: str) -> Dict[str, Any]:
 
 
 def _from_folder(folder: Path) -> Tuple[nn.Module, Dict[str, Any]]:
-    from ..hub import CheckpointError, load_pretrained, read_metadata
     unfinished = _unfinished_message(folder)
     if unfinished:
         raise CheckpointError(unfinished)
     model = load_pretrained(folder)
     recipe = {}
     if (folder / 'recipe.yaml').is_file():
-        import yaml
         recipe = yaml.safe_load((folder / 'recipe.yaml').read_text())
     return model, {'label': recipe.get('name') or folder.name, 'recipe': recipe, 'metadata': read_metadata(folder),
                    'folder': folder}
 
 
 def _from_tag(model_name: str) -> Tuple[nn.Module, Dict[str, Any]]:
-    import timm
-
-    from ..hub import CheckpointError, read_metadata
     cfg = timm.models.get_pretrained_cfg(model_name)
     if cfg is None or not (cfg.file or cfg.hf_hub_id or cfg.url):
         raise CheckpointError(f'{model_name!r} has no pretrained weights; registered tags with weights: '
@@ -125,9 +122,6 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
     ``source``: a run folder or checkpoint folder (``config.json`` + ``model.safetensors``).
     ``model_name`` with ``checkpoint`` (a safetensors file) or ``pretrained`` (its registered tag).
     """
-    import timm
-
-    from ..hub import load_checkpoint, read_metadata
     if source is not None:
         if not Path(source).exists() and '.' in str(source):
             return _from_tag(str(source))  # a registered tag given where a folder may stand (eval TAG)
@@ -205,8 +199,6 @@ def data_for(model: nn.Module, info: Dict[str, Any], data: Optional[str], root: 
     """The evaluation split for one model (its own training data unless ``data`` names other data), checked against
     the model's class count and names; ``max_images`` takes a prefix of the split's evaluation order (stratified,
     :mod:`timm_lipschitz.robustness.subsets`). Returns ``(dataset, name)``."""
-    from ..robustness.subsets import evaluation_subset
-    from ..data import check_labels, create_dataset
     recipe_data = info['recipe'].get('data', {})
     name = data or recipe_data.get('name') or info['metadata'].get('dataset')
     if not name:

@@ -11,7 +11,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from ..certificates import DETERMINISTIC_KEY
+from ..hub import record_evaluation
 from ..protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, FULL_CORRUPTIONS, SEVERITIES
+from ..robustness.corruptions import MISSING, resolve_corruptions
 
 __all__ = ['departures', 'record_in_folders']
 
@@ -25,7 +27,6 @@ def departures(kind: str, settings: Dict[str, Any], result: Dict[str, Any]) -> L
     if settings.get('max_images') is not None:
         out.append(f"--max-images {settings['max_images']} (the protocol: every image)")
     if kind == 'corruptions':
-        from ..robustness.corruptions import MISSING, resolve_corruptions
         if tuple(result['severities']) != SEVERITIES:
             out.append(f"severities {list(result['severities'])} (the protocol: {list(SEVERITIES)})")
         missing = [n for n in resolve_corruptions(FULL_CORRUPTIONS) if n not in result]
@@ -60,7 +61,6 @@ def record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: D
                       settings: Dict[str, Any], record_departures: bool = False) -> Dict[str, List[str]]:
     """Corruption and attack results of a run or checkpoint folder go into that folder's own files when they follow
     the full protocol, or with ``record_departures`` (then stated); returns what was left out, and why."""
-    from ..hub import record_evaluation
     skipped: Dict[str, List[str]] = {}
     for (model, info), (label, entry) in zip(models, results.items()):
         folder: Optional[Any] = info.get('folder')

@@ -4,25 +4,34 @@ and (for run and checkpoint folders) the folder's own record. The measurements a
 from __future__ import annotations
 
 import json
+import shlex
+import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import timm
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..certificates import (DETERMINISTIC_KEY, Declaration, check_certified_unbroken, check_declared, declaration,
+from .. import __version__
+from ..certificates import (DETERMINISTIC_KEY, check_certified_unbroken, check_declared, Declaration, declaration,
                             deterministic_certificate)
 from ..errors import UsageError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
 from ..modes import eval_mode, for_evaluation
 from ..naming import FILE_CHARS, safe_name
 from ..protocol import CERT_RADII, SEVERITIES
-from ..robustness.certify import certify_dataset, theorem1_radius
+from ..robustness import plot_certified, plot_sweeps, summary_table, sweep_table, unique_label
+from ..robustness.attacks import NORMS, attack_sweep
+from ..robustness.certify import certify_dataset, cohen_tsv, theorem1_radius
 from ..robustness.corruptions import corruption_sweep
 from ..robustness.lipschitz import pgd_lower_bound, sampled_k
 from ..robustness.noise import noise_sweep
-from ..robustness.report import certificate_markdown, lipschitz_markdown
+from ..robustness.report import (attack_table, certificate_comparison, certificate_markdown, corruption_table,
+                                 demo_grid, lipschitz_markdown, plot_attacks, plot_corruption_families,
+                                 plot_corruption_heatmap)
 from ..robustness.subsets import evaluation_subset, subset_record
 from .loading import check_overrides, data_for, device_name, model_input_size, resolve_device
 from .record import record_in_folders
@@ -46,14 +55,6 @@ def read_eval(path) -> Dict[str, Any]:
 def environment(command: Optional[str] = None) -> Dict[str, Any]:
     """What produced an ``eval.json``: the package, timm and torch versions, the command (the process's own when
     none is given) and the date."""
-    import shlex
-    import sys
-    import time
-
-    import timm
-    import torch
-
-    from .. import __version__
     return {'timm_lipschitz': __version__, 'timm': timm.__version__, 'torch': torch.__version__,
             'command': command or ' '.join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
             'date': time.strftime('%Y-%m-%d %H:%M:%S')}
@@ -132,7 +133,6 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
 def _attacks(model: nn.Module, data: Dataset, attacks: Dict[str, Any], certify_args: Dict[str, Any], mean, std,
              seed: int, progress: bool = True) -> Dict[str, Any]:
     """The attack sweep, and randomized smoothing's certified accuracy at the L2 radii attacked."""
-    from ..robustness.attacks import attack_sweep
     attacks = dict(attacks)
     smoothing = attacks.pop('smoothing', True)
     result = attack_sweep(model, data, seed=seed, mean=mean, std=std, progress=progress, **attacks)
@@ -199,7 +199,6 @@ def _certified_unbroken(model: nn.Module, ds: Dataset, entry: Dict[str, Any], de
 
 def _demo(models: Dict[str, nn.Module], data: Dataset, results: Dict[str, Any], out: Path, s: Dict[str, Any]) -> None:
     """The paper's Table 1: one test image at sigma 0..0.6, every model's prediction and confidence."""
-    from ..robustness.report import demo_grid
     x, y = data[0]
     first = next(iter(models.values()))
     rows = demo_grid(models, x, int(y), out / 'demo.png', class_names=first.pretrained_cfg.get('label_names'),
@@ -228,7 +227,6 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     into that folder (its ``robustness.json``, metadata summary and model card); ``record_departures`` writes the
     others too, stating how they depart (:mod:`.record`).
     """
-    from ..robustness import unique_label
     settings = dict(locals())
     settings['certify_args'] = certify_args or {}
     resolve_device(device)
@@ -256,7 +254,6 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
 
 # ---- outputs -------------------------------------------------------------------------------------------------------
 def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any], command: Optional[str]) -> None:
-    from ..robustness import plot_certified, plot_sweeps, summary_table, sweep_table
     atomic_write_json(out / 'eval.json', {'format_version': EVAL_FORMAT_VERSION, 'environment': environment(command),
                                           'models': results})
     md = ['# Robustness evaluation', '']
@@ -267,7 +264,6 @@ def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any], c
     md += [summary_table(sweeps), '', sweep_table(sweeps), '']
     md += _corruption_outputs(results, out)
     md += _attack_outputs(results, out)
-    from ..robustness.report import certificate_comparison
     comparison = certificate_comparison(results)
     if comparison:
         md += ['## Certified and attacked accuracy (%) at l2 radius', '', comparison, '']
@@ -282,7 +278,6 @@ def _write_outputs(out: Path, results: Dict[str, Any], sweeps: Dict[str, Any], c
                  for k, v in results.items() if 'certified_curve' in v}
     for label, entry in results.items():  # Cohen et al.'s per-image file, for their analysis scripts
         if 'smoothing' in entry and 'rows' in entry['smoothing']:
-            from ..robustness.certify import cohen_tsv
             atomic_write_text(out / f'certify_{safe_name(label, FILE_CHARS, "_")}.tsv', cohen_tsv(entry['smoothing']))
     if certified:
         plot_certified(certified, out / 'certified.png',
@@ -298,7 +293,6 @@ def _plot_context(results: Dict[str, Any]) -> Tuple[str, Optional[float]]:
 
 def _corruption_outputs(results: Dict[str, Any], out: Path) -> List[str]:
     """The corruption table (markdown), a heatmap per model and the family bar chart across models."""
-    from ..robustness.report import corruption_table, plot_corruption_families, plot_corruption_heatmap
     found = {label: e['corruptions'] for label, e in results.items() if 'corruptions' in e}
     if not found:
         return []
@@ -314,8 +308,6 @@ def _corruption_outputs(results: Dict[str, Any], out: Path) -> List[str]:
 
 def _attack_outputs(results: Dict[str, Any], out: Path) -> List[str]:
     """The robust-accuracy table (markdown) and one accuracy-vs-epsilon plot per norm, models overlaid."""
-    from ..robustness.attacks import NORMS
-    from ..robustness.report import attack_table, plot_attacks
     found = {label: e['attacks'] for label, e in results.items() if 'attacks' in e}
     if not found:
         return []

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 from ..certificates import DETERMINISTIC_KEY, RULES
 from ..protocol import SUMMARY_KEYS, TABLE_SIGMAS, index_on_grid, summary_label
+from ..robustness.report import attack_table, corruption_table
 
 __all__ = ['render_card', 'card_sections', 'CITATION', 'HUB_DATASETS', 'preprocessing_text', 'model_index']
 
@@ -136,7 +137,6 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
         lines += [f'![accuracy vs sigma]({plot})', '']
     corruptions = record.get('corruptions')
     if corruptions:
-        from ..robustness.report import corruption_table
         lines += _recorded("Common corruptions (CIFAR-10-C's recipes, computed on the fly)", corruptions,
                            corruptions.get('num_images'),
                            f"Accuracy (%) under the corruptions of CIFAR-10-C, computed on the fly with its constants, "
@@ -153,7 +153,6 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
                                           f'{a:.2f}' for a in cert['certified_accuracy']) + ' |']))
     attacks = record.get('attacks')
     if attacks:
-        from ..robustness.report import attack_table
         lines += _recorded('Adversarial robustness', attacks, attacks.get('num_images'),
                            f"Robust accuracy (%) under {attacks.get('method', attacks.get('attack'))}, {{images}}.",
                            attack_table({'accuracy': attacks}))

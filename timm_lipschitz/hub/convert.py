@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
+import timm
 import torch
 
 from ..errors import UsageError
@@ -62,7 +63,6 @@ def convert_checkpoint(path: Union[str, Path], out_dir: Union[str, Path], source
     ``source='auto'`` detects the layout; naming a source checks that the file has that layout. Pickles are read
     only with ``torch.load(weights_only=True)``. The result loads with ``local-dir:``.
     """
-    import timm
     if source not in CONVERTER_SOURCES:
         raise UsageError(f'source={source!r} is not allowed; choose one of {CONVERTER_SOURCES}.')
     path = Path(path)

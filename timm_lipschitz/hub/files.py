@@ -20,14 +20,21 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import timm
 import torch.nn as nn
+import yaml
+from huggingface_hub import hf_hub_download
+from safetensors import safe_open
+from safetensors.torch import load_file, save as st_save
+from timm.models._hub import save_config_for_hf
 
+from .. import __version__
 from ..certificates import DETERMINISTIC_KEY, summary_record
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps, read_json
 from ..normalization import unwrap_model
-from ..runs import finished_summary
 from ..protocol import SUMMARY_KEYS
+from ..runs import finished_summary
 from .card import render_card
 
 __all__ = ['save_pretrained', 'read_metadata', 'load_robustness', 'load_checkpoint', 'load_pretrained',
@@ -101,10 +108,6 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
     ``load_as`` is what the card's usage line passes to ``timm.create_model`` (default ``local-dir:`` and the
     folder's absolute path, so the line works from any directory; a published card names its ``hf-hub:`` repo).
     """
-    from safetensors.torch import save as st_save
-    from timm.models._hub import save_config_for_hf
-
-    from .. import __version__
     model = unwrap_model(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,6 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
     if robustness:
         atomic_write_json(folder / 'robustness.json', record)
     if recipe:
-        import yaml
         atomic_write_text(folder / 'recipe.yaml', yaml.safe_dump(recipe, sort_keys=False))
     name = f'{arch}.{tag}' if tag else arch
     atomic_write_text(folder / 'README.md', render_card(name, config, meta, record, command, plot,
@@ -143,8 +145,6 @@ def record_evaluation(folder: Union[str, Path], load_as: Optional[str] = None, c
     ``robustness.json``, the safetensors metadata's summary (the weights rewritten unchanged, atomically) and the
     model card, so the folder's own files report them. ``load_as``/``command``: the card's usage and reproduce
     lines (default: ``local-dir:<folder>`` and the run's ``final.json`` command)."""
-    from safetensors.torch import load_file
-    from safetensors.torch import save as st_save
     folder = Path(folder)
     record_file = folder / 'robustness.json'
     record = read_json(record_file) if record_file.is_file() else {}
@@ -170,7 +170,6 @@ BUFFER_SUFFIXES = ('running_mean', 'running_var', 'num_batches_tracked')
 
 def parameter_count(source: Union[str, Path]) -> int:
     """Learnable parameters in a checkpoint, from the tensor shapes of its header (BatchNorm statistics left out)."""
-    from safetensors import safe_open
     with safe_open(str(_weights_file(source)), framework='pt') as f:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys() if not k.endswith(BUFFER_SUFFIXES))
 
@@ -186,7 +185,6 @@ def _weights_file(source: Union[str, Path]) -> Path:
 
 def read_metadata(source: Union[str, Path]) -> Dict[str, str]:
     """The string metadata of a safetensors file (or folder holding one), without loading any tensor."""
-    from safetensors import safe_open
     path = _weights_file(source)
     try:
         with safe_open(str(path), framework='pt') as f:
@@ -199,12 +197,10 @@ def read_metadata(source: Union[str, Path]) -> Dict[str, str]:
 def resolve_source(source: str) -> Path:
     """A file/folder path, ``hf-hub:<repo>`` (header only, via the hub cache), or a registered ``arch.tag``."""
     if source.startswith('hf-hub:'):
-        from huggingface_hub import hf_hub_download
         return Path(hf_hub_download(source[len('hf-hub:'):], WEIGHTS_NAME))
     path = Path(source)
     if path.exists():
         return path
-    import timm
     if '.' in source and timm.is_model(source.split('.')[0]):
         cfg = timm.models.get_pretrained_cfg(source)
         if cfg is not None and cfg.file:
@@ -229,7 +225,6 @@ def load_robustness(source: Union[str, Path]) -> Dict[str, Any]:
 
 def load_checkpoint(model: nn.Module, source: Union[str, Path]) -> nn.Module:
     """Load a checkpoint into ``model`` after checking architecture, class count and every tensor shape."""
-    from safetensors.torch import load_file
     path = _weights_file(source)
     meta = read_metadata(path)
     model_u = unwrap_model(model)
@@ -257,7 +252,6 @@ def load_checkpoint(model: nn.Module, source: Union[str, Path]) -> nn.Module:
 
 def load_pretrained(folder: Union[str, Path], **kwargs: Any) -> nn.Module:
     """``timm.create_model('local-dir:<folder>')`` with this package's checks and clear errors."""
-    import timm
     folder = Path(folder)
     if not (folder / 'config.json').is_file():
         raise CheckpointError(f'{folder} has no config.json; expected a folder written by save_pretrained.')

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Optional, Union
 
-from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+import yaml
+from huggingface_hub import constants, get_token, HfApi
+
+from ..data import create_dataset, DataError, timm_crop_pct
 from ..errors import UserError
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ..runs import require_finished
+from ..zoo import INDEX, WEIGHTS_DIR
 from .files import WEIGHTS_NAME, CheckpointError, load_pretrained, read_metadata, record_evaluation, save_pretrained
 
 __all__ = ['publish', 'place_in_cache', 'ship_pretrained', 'PublishError']
@@ -53,7 +60,6 @@ def training_crop_pct(pretrained_cfg: dict, recipe: Optional[dict]) -> Optional[
     """The ``crop_pct`` with which timm's eval transform pads as the run's training did (from its data's native
     size): a run recorded before its cfg held ``crop_pct`` (0.2.0) says 1.0 even where training zero-padded. None
     when the data is not readable here (said)."""
-    from ..data import DataError, create_dataset, timm_crop_pct
     data = (recipe or {}).get('data') or {}
     if not data.get('name'):
         return None
@@ -77,7 +83,6 @@ def _run_recipe(run_dir: Path) -> Optional[dict]:
     """The run's resolved recipe (``recipe.yaml``), or None for a folder without one."""
     if not (run_dir / 'recipe.yaml').is_file():
         return None
-    import yaml
     return yaml.safe_load((run_dir / 'recipe.yaml').read_text()) or {}
 
 
@@ -86,20 +91,17 @@ class PublishError(UserError):
 
 
 def _check_repo_id(repo_id: str) -> None:
-    import re
     if not re.fullmatch(r'[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*', str(repo_id)):
         raise PublishError(f'--repo-id {repo_id!r} is not ORG/NAME (letters, digits, -, _ and .).')
 
 
 def _require_token() -> None:
-    from huggingface_hub import get_token
     if not get_token():
         raise PublishError('no Hugging Face token: log in with `huggingface-cli login` or set HF_TOKEN, or build the '
                            'folder only with --dry-run.')
 
 
 def _upload(out: Path, repo_id: str, private: bool) -> None:
-    from huggingface_hub import HfApi
     try:
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True, private=private)
@@ -114,9 +116,6 @@ def place_in_cache(folder: Union[str, Path], repo_id: str, cache_dir: Optional[U
                    revision: str = 'main') -> Path:
     """Copy a checkpoint folder into the Hugging Face cache as ``repo_id``, so ``hf-hub:<repo_id>`` and tags
     naming that ``hf_hub_id`` load offline (``HF_HUB_OFFLINE=1``) exactly as if downloaded."""
-    import shutil
-
-    from huggingface_hub import constants
     folder = Path(folder)
     if not (folder / WEIGHTS_NAME).is_file():
         raise CheckpointError(f'{folder} has no {WEIGHTS_NAME} to place in the cache.')
@@ -143,9 +142,6 @@ def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, 
     The index records each entry's recipe hash: shipping a different run (another recipe) under a name that is
     already shipped is refused unless ``replace=True``, so a tag never silently changes what it loads.
     """
-    import shutil
-
-    from ..zoo import INDEX, WEIGHTS_DIR
     run_dir = Path(run_dir)
     require_finished(run_dir, CheckpointError)
     meta = read_metadata(run_dir)

@@ -13,8 +13,13 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
+import timm
+from safetensors.torch import save as st_save
+
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..models.robustbench import entry_name, exports_home, register_export, RobustBenchModel
+from .files import CheckpointError, load_pretrained, load_robustness
 
 __all__ = ['export_robustbench', 'model_info', 'THREATS', 'PAPER']
 
@@ -96,10 +101,6 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
                        paper: Optional[Dict[str, str]] = None) -> Tuple[str, Path, Dict[str, Any]]:
     """Export a run folder, checkpoint folder or tag; returns (the timm entry name, the export folder, the model
     info written there)."""
-    from safetensors.torch import save as st_save
-
-    from ..models.robustbench import RobustBenchModel, entry_name, exports_home, register_export
-    from .files import load_robustness
     threat, name = _threat(threat), _name(name)
     model = _load(source)
     summary = load_robustness(source)
@@ -132,9 +133,6 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
 
 def _load(source: str) -> Any:
     """A run or checkpoint folder (its final weights), or a registered tag with weights."""
-    import timm
-
-    from .files import CheckpointError, load_pretrained
     if Path(source).is_dir():
         return load_pretrained(source)
     if '.' in source and timm.is_model(source.split('.')[0]) and source in timm.list_pretrained(source):

@@ -19,9 +19,10 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from .._lazy import lazy_module
-from .base import (HyperparameterError, LossOutput, Objective, check_choice, check_count, check_non_negative,
-                   check_positive)
 from ..ratio import ADVERSARIAL_STEP, OUTPUTS, lipschitz_ratio, model_output
+from .adversarial import hinge_perturbation
+from .base import (check_choice, check_count, check_non_negative, check_positive, HyperparameterError, LossOutput,
+                   Objective)
 from .registry import create_loss, list_losses, loss_class, register_loss
 from .standard import TaskLoss
 
@@ -110,7 +111,6 @@ class LipschitzHinge(Objective):
         if self.perturbation == 'gaussian':
             noisy = images + self.noise_like(images, self.sigma)
         else:
-            from .adversarial import hinge_perturbation
             noisy = images + hinge_perturbation(self, model, images, self.radius, self.steps, ADVERSARIAL_STEP,
                                                 self.output)
         return noisy.clamp(0, 1) if self.clip else noisy

@@ -1,6 +1,7 @@
 """A loss registry in timm's style (timm has one for models, none for losses)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, List, Type, TypeVar
 
 from ..errors import UsageError
@@ -52,7 +53,6 @@ def loss_class(name: str) -> Type[Any]:
 
 def loss_arguments(name: str) -> Dict[str, Any]:
     """Keyword arguments the loss accepts, with their defaults (``inspect.Parameter.empty`` if required)."""
-    import inspect
     sig = inspect.signature(loss_class(name).__init__)
     return {p.name: p.default for p in sig.parameters.values()
             if p.name != 'self' and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}

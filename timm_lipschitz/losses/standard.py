@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence
 
 from .._lazy import lazy_module
-from .base import HyperparameterError, LossOutput, Objective, check_non_negative, full_precision
+from .base import check_non_negative, full_precision, HyperparameterError, LossOutput, Objective
 from .registry import register_loss
 
 F = lazy_module('torch.nn.functional', __name__)
+timm_loss = lazy_module('timm.loss', __name__)
 
 __all__ = ['CrossEntropy', 'BinaryCrossEntropyLoss', 'TaskLoss']
 
@@ -67,6 +68,5 @@ class BinaryCrossEntropyLoss(TaskLoss):
 
     def criterion(self, logits, targets):
         if self._loss is None:
-            from timm.loss import BinaryCrossEntropy
-            self._loss = BinaryCrossEntropy(smoothing=self.smoothing)
+            self._loss = timm_loss.BinaryCrossEntropy(smoothing=self.smoothing)
         return self._loss(full_precision(logits), targets)

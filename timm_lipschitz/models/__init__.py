@@ -1,6 +1,8 @@
 """Models registered with timm on import (timm has no plugin entry points, so importing is the registration)."""
-from .cifar_resnet import (CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, BasicBlock, CifarResNet, PreActBasicBlock,
-                           ShortcutA, blocks_per_stage)
+import timm
+
+from .cifar_resnet import (CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, BasicBlock, blocks_per_stage, CifarResNet,
+                           PreActBasicBlock, ShortcutA)
 from .lipnet import LIPSCHITZ_NAMES, CifarLipResNet, LipConvNet, to_plain
 from .mnist_convnet import MNIST_MEAN, MNIST_STD, MnistConvNet
 from .robustbench import RobustBenchModel  # registers the RobustBench exports listed in the exports index
@@ -12,6 +14,5 @@ __all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'MnistC
 
 def list_registered() -> list[str]:
     """Names of the architectures this package registers with timm."""
-    import timm
     return sorted(timm.list_models(module='cifar_resnet') + timm.list_models(module='mnist_convnet')
                   + timm.list_models(module='lipnet'))

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn as nn
+from timm.layers import get_device_dtype
+from timm.models._features import feature_take_indices
 
 from ..errors import UsageError
 
@@ -26,7 +29,6 @@ def forward_intermediates(
         final: Optional[Stage] = None,
 ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
     """The outputs of the stages picked by ``indices`` (timm's semantics) and the last output computed."""
-    from timm.models._features import feature_take_indices
     if output_fmt != 'NCHW':
         raise UsageError(f"output_fmt={output_fmt!r} is not supported; only 'NCHW' is.")
     take_indices, max_index = feature_take_indices(len(stages), indices)
@@ -75,8 +77,6 @@ class StagedFeatures:
         """timm's contract: the stages after the last level ``indices`` asks for become ``Identity`` (and the closing
         stage with them, or with ``prune_norm``), and the head is removed with ``prune_head``; returns the levels
         kept. ``forward_intermediates`` then gives the same levels at a lower cost."""
-        import torch.nn as nn
-        from timm.models._features import feature_take_indices
         stages = list(self.feature_stages())
         take_indices, max_index = feature_take_indices(len(stages), indices)
         closing = self.closing_stage()
@@ -97,8 +97,6 @@ def reset_head(model, num_classes: int, global_pool: Optional[str], layer: Calla
     """timm's ``reset_classifier`` for a model with a flat ``fc`` head after ``head_hidden_size`` features: a new
     ``layer(in, out, device=..., dtype=...)`` on the parameters' device and dtype (``Identity`` for 0 classes), in
     the model's mode; ``global_pool=None`` keeps the current pooling (checked by the model's ``_check_pool``)."""
-    import torch.nn as nn
-    from timm.layers import get_device_dtype
     if global_pool is not None:
         model._check_pool(global_pool)
         model.global_pool = global_pool

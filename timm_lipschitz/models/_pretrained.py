@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-from ..errors import UserError
+from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg
 
+from ..errors import UserError
 from ..zoo import WEIGHTS_DIR, shipped  # noqa: F401  (the index is read without torch; WEIGHTS_DIR re-exported)
 
 
@@ -62,11 +64,9 @@ def keep_untrained_default(default_cfgs: Dict[str, Any]) -> Dict[str, Any]:
 
 def build(model_cls: type, variant: str, pretrained: bool, **kwargs: Any):
     """``build_model_with_cfg`` with a clear message when hub weights are not available offline."""
-    from timm.models import build_model_with_cfg
     try:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     except (OSError, ValueError) as e:
-        from timm.models._builder import resolve_pretrained_cfg
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                      pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
         hub_id = getattr(cfg, 'hf_hub_id', None)

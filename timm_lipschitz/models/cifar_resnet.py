@@ -15,11 +15,11 @@ from typing import Any, Dict, List, Optional, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import BatchNormAct2d, create_classifier
+from timm.layers import BatchNormAct2d, create_classifier, get_device_dtype
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from ..errors import UsageError
-from ._bounds import BlockBound, DeclaresLipschitz, bn_scale, conv_bn_bound, linear_norm
+from ._bounds import BlockBound, bn_scale, conv_bn_bound, DeclaresLipschitz, linear_norm
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 
@@ -254,7 +254,6 @@ class CifarResNet(StagedFeatures, DeclaresLipschitz, nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new classifier on the parameters' device and dtype; ``global_pool=None`` keeps the current pooling."""
-        from timm.layers import get_device_dtype
         dd = get_device_dtype(self)
         self.num_classes = num_classes
         pool = self.global_pool.pool_type if global_pool is None else global_pool

@@ -29,26 +29,23 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from orthogonium.layers.conv.AOL.aol import AOLReparametrizer, MultiStepAOLReparametrizer
+from orthogonium.layers.conv.init import conv_orthogonal_
+from orthogonium.reparametrizers import BatchedQROrthogonalization
 from timm.models import generate_default_cfgs, register_model
 
 from ..errors import UsageError
 from ..modes import for_inference
-from ._bounds import BlockBound, DeclaresLipschitz, conv_operator_norm, effective_weight
-from ._features import StagedFeatures, reset_head
+from ._bounds import BlockBound, conv_operator_norm, DeclaresLipschitz, effective_weight
+from ._features import reset_head, StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
+from .cifar_resnet import CIFAR10_LABELS
 
 __all__ = ['LipConvNet', 'CifarLipResNet', 'LipschitzNet', 'SLLBlock', 'AOLConv2d', 'OrthoLinear', 'UnitRowLinear',
            'to_plain', 'LIPSCHITZ_NAMES', 'HEADS', 'MaxMin', 'aol_conv', 'ortho_linear', 'unit_row_linear',
            'in_float32']
 
 LIPSCHITZ_NAMES = ('lip_convnet', 'cifar_lipresnet_xs', 'cifar_lipresnet_s')
-
-
-def _orthogonium():
-    try:
-        import orthogonium  # noqa: F401
-    except ImportError as e:  # a declared dependency: only a broken install gets here
-        raise ImportError('the 1-Lipschitz models need orthogonium: pip install orthogonium') from e
 
 
 def in_float32(reparametrize: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
@@ -66,9 +63,6 @@ class AOLConv2d(nn.Conv2d):
 
     def __init__(self, cin: int, cout: int, stride: int = 1, device=None, dtype=None):
         super().__init__(cin, cout, 3, stride=stride, padding=1, device=device, dtype=dtype)
-        _orthogonium()
-        from orthogonium.layers.conv.AOL.aol import MultiStepAOLReparametrizer
-        from orthogonium.layers.conv.init import conv_orthogonal_
         with torch.no_grad():
             conv_orthogonal_(self.weight, stride=self.stride, groups=1)
         self.reparam = MultiStepAOLReparametrizer(min(cin, cout), groups=1, niter=1).to(self.weight)
@@ -107,8 +101,6 @@ class OrthoLinear(_ConstrainedLinear):
 
     def __init__(self, cin: int, cout: int, bias: bool = True, device=None, dtype=None):
         super().__init__(cin, cout, bias=bias, device=device, dtype=dtype)
-        _orthogonium()
-        from orthogonium.reparametrizers import BatchedQROrthogonalization
         nn.init.orthogonal_(self.weight)
         self.orthogonalize = BatchedQROrthogonalization((cout, cin))
 
@@ -221,8 +213,6 @@ class SLLBlock(nn.Module):
 
     def __init__(self, channels: int, inner: int, device=None, dtype=None):
         super().__init__()
-        _orthogonium()
-        from orthogonium.layers.conv.AOL.aol import AOLReparametrizer
         dd = {'device': device, 'dtype': dtype}
         self.kernel = nn.Parameter(torch.empty(inner, channels, 3, 3, **dd))
         nn.init.xavier_normal_(self.kernel)
@@ -485,7 +475,6 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 
 def _cifar_cfg(**kwargs: Any) -> Dict[str, Any]:
-    from .cifar_resnet import CIFAR10_LABELS
     return _cfg(**{'input_size': (3, 32, 32), 'pool_size': (8, 8), 'fixed_input_size': False,
                    'mean': (0.5, 0.5, 0.5), 'std': (1.0, 1.0, 1.0), 'first_conv': 'stem.0',
                    'label_names': CIFAR10_LABELS, 'paper_ids': 'arXiv:2303.03169', **kwargs})

@@ -17,8 +17,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import timm
 import torch
 import torch.nn as nn
+from timm.models import generate_default_cfgs, register_model
+from timm.models._registry import _model_entrypoints
+
+from ..modes import for_inference
+from ._pretrained import build
 
 __all__ = ['RobustBenchModel', 'entry_name', 'exports_index', 'register_export', 'register_exports']
 
@@ -31,7 +37,6 @@ class RobustBenchModel(nn.Module):
     def __init__(self, arch: str, mean: Sequence[float], std: Sequence[float], input_size: Sequence[int],
                  num_classes: int = 10, model_args: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__()
-        import timm
         kwargs.pop('pretrained_cfg', None), kwargs.pop('pretrained_cfg_overlay', None), kwargs.pop('in_chans', None)
         # the input size at creation: models with a fixed input size (mnist_convnet) size their layers by it
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=int(input_size[0]),
@@ -80,11 +85,6 @@ def exports_index() -> Dict[str, Dict[str, Any]]:
 
 def register_export(entry: str, spec: Dict[str, Any]) -> None:
     """Register one export with timm under ``entry`` (its weights: ``<folder>/model.safetensors``)."""
-    from timm.models import generate_default_cfgs, register_model
-    from timm.models._registry import _model_entrypoints
-
-    from ..modes import for_inference
-    from ._pretrained import build
     channels = int(spec['input_size'][0])
     default_cfgs.update(generate_default_cfgs({entry: {
         'file': str(Path(spec['folder']) / 'model.safetensors'), 'num_classes': spec['num_classes'],

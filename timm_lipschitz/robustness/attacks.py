@@ -35,8 +35,9 @@ import torch.nn as nn
 from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer
-from ..seeding import stream_seed
 from ..protocol import ATTACK_IMAGES, ATTACK_STEPS
+from ..seeding import stream_seed
+from .subsets import evaluation_subset, subset_record
 
 __all__ = ['attack_sweep', 'check_request', 'require_art', 'PixelModel', 'NORMS', 'METHODS', 'default_eps', 'reported_eps', 'parse_eps',
            'AttackError', 'SANITY_EPS', 'eps_key']
@@ -199,7 +200,6 @@ def _robust(method: str, estimator, x: np.ndarray, y: np.ndarray, norm: str, eps
 def _gather(data, max_images: int, seed: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, Any]]:
     """``max_images`` images of a dataset (or tuple of tensors), a prefix of its evaluation order, as float32
     arrays, with the record of which images they are."""
-    from .subsets import evaluation_subset, subset_record
     whole = len(data[0]) if isinstance(data, tuple) else len(data)
     subset = evaluation_subset(data, max_images, seed)
     items = [subset[i] for i in range(len(subset))]

@@ -8,19 +8,22 @@ alpha, and certifies l2 radius sigma * Phi^-1(p_A) when p_A > 1/2 (abstains othe
 """
 from __future__ import annotations
 
+import datetime
 import math
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from scipy.stats import beta, binomtest, norm
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer
-from ..seeding import stream_seed
 from ..protocol import CERT_RADII, SMOOTHING
+from ..seeding import stream_seed
 from .subsets import evaluation_subset, positions_in, subset_record
 
 __all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'check_settings', 'cohen_tsv', 'max_certified_radius', 'theorem1_radius',
@@ -31,7 +34,6 @@ ABSTAIN = -1
 
 def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
     """One-sided (1 - alpha) Clopper-Pearson lower bound of a binomial proportion with n_a successes in n."""
-    from scipy.stats import beta
     return 0.0 if n_a == 0 else float(beta.ppf(alpha, n_a, n - n_a + 1))
 
 
@@ -39,7 +41,6 @@ def max_certified_radius(sigma: float, n: int, alpha: float) -> float:
     """The largest radius CERTIFY can return with ``n`` samples at level ``alpha``: even when all n vote for the top
     class, p_A's lower bound is alpha ** (1/n), so no radius exceeds sigma * Phi^-1(alpha ** (1/n)) (0.616 for
     sigma 0.25, n 1000, alpha 0.001). Certified accuracy beyond it is 0 by construction, not by measurement."""
-    from scipy.stats import norm
     return sigma * float(norm.ppf(lower_confidence_bound(n, n, alpha)))
 
 
@@ -68,7 +69,6 @@ class Smooth:
         return counts
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int = 256) -> int:
-        from scipy.stats import binomtest
         counts = self._counts(x, n, batch_size)
         top2 = counts.topk(2)
         n_a, n_b = int(top2.values[0]), int(top2.values[1])
@@ -78,7 +78,6 @@ class Smooth:
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int = 256) -> Tuple[int, float]:
         """(class, radius), or (ABSTAIN, 0.0) when the lower bound of p_A is not above 1/2."""
-        from scipy.stats import norm
         c_a = int(self._counts(x, n0, batch_size).argmax())
         p_a = lower_confidence_bound(int(self._counts(x, n, batch_size)[c_a]), n, alpha)
         if p_a < 0.5:
@@ -107,7 +106,6 @@ def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: fl
     """Certified accuracy at ``radii`` and the average certified radius (0 for wrong or abstained images) over
     ``num_images`` images: a prefix of the split's evaluation order (:mod:`.subsets`), the images the other
     evaluation kinds take too."""
-    from tqdm.auto import tqdm
     check_settings(sigma, n0, n, alpha, num_images)
     if len(data) == 0:
         raise UsageError('the evaluation data is empty: nothing to certify.')
@@ -134,7 +132,6 @@ def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: fl
 def cohen_tsv(result: Dict[str, Any]) -> str:
     """The per-image certificates in Cohen et al.'s ``certify.py`` format (``idx label predict radius correct
     time``; predict -1 for an abstention, time as h:mm:ss.ffffff), so their analysis scripts read it as is."""
-    import datetime
     lines = ['idx\tlabel\tpredict\tradius\tcorrect\ttime']
     lines += [f"{r['index']}\t{r['label']}\t{r['predicted']}\t{r['radius']:.3}\t{int(r['correct'])}\t"
               f"{datetime.timedelta(seconds=r.get('time', 0.0))}" for r in result['rows']]

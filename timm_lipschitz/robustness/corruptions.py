@@ -32,14 +32,21 @@ transform (mask 5); here the edges are the liquid blobs' boundaries and the dist
 from __future__ import annotations
 
 import io
+import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
+from scipy.ndimage import (affine_transform, binary_erosion, distance_transform_edt, map_coordinates, uniform_filter,
+                           zoom)
 
 from ..errors import UsageError
+from ..modes import eval_mode
+from ..normalization import Normalizer, warn_if_not_pixels
+from ..protocol import CIFAR10C_GAUSSIAN, SEVERITIES, to_uint8_levels
 from ..seeding import stream_seed
-from ..protocol import CIFAR10C_GAUSSIAN, SEVERITIES
+from .noise import batch_unit_noise, indexed_batches, noisy_images
 
 __all__ = ['CORRUPTIONS', 'BENCHMARK', 'EXTRA', 'FAMILIES', 'MISSING', 'SEVERITIES', 'CORRUPTION_IDS', 'check_severity', 'corrupt', 'corrupt_batch',
            'resolve_corruptions', 'corruption_sweep', 'corruption_names', 'gaussian_kernel1d', 'disk_kernel',
@@ -119,7 +126,6 @@ def _motion_blur(plane: np.ndarray, radius: float, sigma: float, angle: float) -
 
 def clipped_zoom(img: np.ndarray, zoom_factor: float) -> np.ndarray:
     """make_cifar_c's ``clipped_zoom`` of an (H, W, C) array: crop the centre, zoom with scipy's order-1 spline, trim."""
-    from scipy.ndimage import zoom
     h = img.shape[0]
     ch = int(np.ceil(h / zoom_factor))
     top = (h - ch) // 2
@@ -161,7 +167,6 @@ def _through_rgb(x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.nd
 
 
 def _to_pil(x: np.ndarray):
-    from PIL import Image
     u8 = np.uint8(np.clip(x, 0, 1) * 255)
     return Image.fromarray(u8[0], mode='L') if x.shape[0] == 1 else Image.fromarray(u8.transpose(1, 2, 0), 'RGB')
 
@@ -297,7 +302,6 @@ def contrast(x, c, rng):
 def elastic_transform(x, c, rng):
     """A random affine warp (OpenCV's warpAffine, bilinear, reflect-101 border) then a smooth random displacement
     (scipy's map_coordinates, order 1, 'reflect'); the constants are fractions of the image size."""
-    from scipy.ndimage import affine_transform, map_coordinates
     ch, h, w = x.shape
     size = min(h, w)
     alpha, sigma, affine = c[0] * size, c[1] * size, c[2] * size
@@ -321,14 +325,12 @@ def elastic_transform(x, c, rng):
 
 
 def pixelate(x, c, rng):
-    from PIL import Image
     h, w = x.shape[-2:]
     img = _to_pil(x).resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX)
     return _from_pil(img, x.shape[0])
 
 
 def jpeg_compression(x, c, rng):
-    from PIL import Image
     buffer = io.BytesIO()
     _to_pil(x).save(buffer, 'JPEG', quality=c)
     with Image.open(buffer) as img:
@@ -337,7 +339,6 @@ def jpeg_compression(x, c, rng):
 
 def spatter(x, c, rng):
     """Liquid (severities 1-3: water outlines, approximated, see the module doc) or mud (4-5) splashes."""
-    from scipy.ndimage import binary_erosion, distance_transform_edt, uniform_filter
     h, w = x.shape[-2:]
     liquid = rng.normal(size=(h, w), loc=c[0], scale=c[1])
     liquid = gaussian_blur_planes(liquid[None, None], c[2])[0, 0]
@@ -455,8 +456,6 @@ def corrupt(image: torch.Tensor, name: str, severity: int, seed: int = 0, index:
 def corrupt_batch(images: torch.Tensor, name: str, severity: int, seed: int, indices: Sequence[int]) -> torch.Tensor:
     """A batch (N, C, H, W) of [0, 1] images corrupted image by image; image i's randomness is the ``corruption``
     stream of (seed, indices[i], name, severity), so the result does not depend on the batch."""
-    from .noise import batch_unit_noise, noisy_images
-    from ..protocol import to_uint8_levels
     if name not in CORRUPTIONS:
         raise UsageError(f'unknown corruption {name!r}; allowed: {", ".join(CORRUPTIONS)}.')
     if name in MISSING:
@@ -488,11 +487,6 @@ def corruption_sweep(model, data, corruptions: Any = 'all', severities: Sequence
     "clean": acc, "by_family": {...}, "num_images": n, "severities": [...], "seed": s, "missing": {...},
     "images_per_s": ...}``; "mean" is the mean over the corruptions of their mean over severities (accuracies in %).
     """
-    import time
-
-    from ..normalization import Normalizer, warn_if_not_pixels
-    from ..modes import eval_mode
-    from .noise import indexed_batches
     names = resolve_corruptions(corruptions)
     severities = [check_severity(s) for s in severities]
     normalizer = Normalizer(mean, std)

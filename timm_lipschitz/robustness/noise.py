@@ -14,13 +14,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer, warn_if_not_pixels
+from ..protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, mean_std, parse_sigmas,
+                        resolve_protocol, SigmaSpec, summarize, to_uint8_levels, value_at)
 from ..seeding import stream_seed
-from ..protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, SigmaSpec, mean_std,
-                       parse_sigmas, resolve_protocol, summarize, to_uint8_levels, value_at)
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'CIFAR10C_GAUSSIAN', 'parse_sigmas', 'unit_noise', 'noise_sweep',
            'SweepResult', 'IndexedDataset', 'TABLE_SIGMAS', 'batch_unit_noise', 'noisy_images']
@@ -62,7 +63,6 @@ def indexed_batches(data: Union[Dataset, Tuple[torch.Tensor, ...]], batch_size: 
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
     if progress:
-        from tqdm.auto import tqdm
         loader = tqdm(loader, desc=desc, leave=False,
                       disable=accelerator is not None and not accelerator.is_main_process)
     return loader

@@ -4,16 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from matplotlib.figure import Figure
 import torch
 import torch.nn as nn
 
 from ..certificates import eval_entry
-from .noise import SweepResult
+from ..modes import eval_mode
+from ..normalization import Normalizer
 from ..protocol import TABLE_SIGMAS, format_cell, index_on_grid, summary_key, wilson_interval
+from .attacks import NORMS
+from .corruptions import CORRUPTIONS, FAMILIES, corruption_names
+from .noise import SweepResult, unit_noise
 
 __all__ = ['certificate_comparison', 'sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'save_figure',
            'unique_label', 'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table',
-           'plot_attacks', 'demo_grid', 'pyplot', 'lipschitz_markdown', 'certificate_markdown']
+           'plot_attacks', 'demo_grid', 'subplots', 'lipschitz_markdown', 'certificate_markdown']
 
 
 def unique_label(label: str, taken: Mapping[str, object]) -> str:
@@ -58,12 +63,11 @@ def summary_table(results: Mapping[str, Union[SweepResult, Mapping]]) -> str:
     return '\n'.join(lines)
 
 
-def pyplot():
-    """matplotlib's pyplot on the headless Agg backend (loaded on first use: importing it takes a while)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
+def subplots(nrows: int = 1, ncols: int = 1, figsize=(6, 4), dpi: int = 110, **kwargs: Any):
+    """A figure and its axes without pyplot: no backend is chosen and no global figure registry is touched (a user's
+    notebook keeps its own backend); ``savefig`` renders PNG headless."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save_figure(fig, ax, path: Union[str, Path], xlabel: str, ylabel: str, title: Optional[str] = None,
@@ -80,7 +84,6 @@ def save_figure(fig, ax, path: Union[str, Path], xlabel: str, ylabel: str, title
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    pyplot().close(fig)
     return path
 
 
@@ -105,8 +108,7 @@ def plot_sweeps(results: Mapping[str, Union[SweepResult, Mapping]], path: Union[
                 title: str = 'Accuracy under Gaussian noise', chance: Optional[float] = None) -> Path:
     """Accuracy vs sigma_test, one curve per model: the 95% Wilson band over images, a +-std band over noise draws
     where there are several, and the chance level (``chance``, %)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = subplots(figsize=(6, 4), dpi=110)
     ns = []
     for name, r in results.items():
         r = _as_result(r)
@@ -125,8 +127,7 @@ def plot_certified(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Un
                    title: str = 'Certified accuracy (randomized smoothing)', chance: Optional[float] = None) -> Path:
     """Certified accuracy vs l2 radius, one curve per model (``{'radii': [...], 'accuracy': [...], 'num_images': n}``;
     None beyond smoothing's reach is left out)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = subplots(figsize=(6, 4), dpi=110)
     ns = []
     for name, c in curves.items():
         line, = ax.plot(c['radii'], [float('nan') if a is None else a for a in c['accuracy']], marker='o', label=name)
@@ -140,7 +141,6 @@ def plot_certified(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Un
 def corruption_table(results: Mapping[str, Mapping]) -> str:
     """Markdown: one row per corruption (mean over severities), one column per model; then each family's mean, the
     mean corruption accuracy and the clean accuracy."""
-    from .corruptions import CORRUPTIONS, FAMILIES
     labels = list(results)
     names = [n for n in CORRUPTIONS if any(n in r for r in results.values())]
     cell = (lambda v: 'n/a' if v is None else f'{v:.2f}')
@@ -162,12 +162,10 @@ def corruption_table(results: Mapping[str, Mapping]) -> str:
 
 def plot_corruption_heatmap(result: Mapping, path: Union[str, Path], title: str) -> Path:
     """Accuracy per corruption (rows) and severity (columns) of one model, with the values written in the cells."""
-    from .corruptions import corruption_names
-    plt = pyplot()
     names = corruption_names(result)
     sev = [str(s) for s in result['severities']]
     values = [[result[n][s] for s in sev] for n in names]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(sev), 0.9 + 0.32 * len(names)), dpi=110)
+    fig, ax = subplots(figsize=(1.2 + 0.8 * len(sev), 0.9 + 0.32 * len(names)), dpi=110)
     im = ax.imshow(values, vmin=0, vmax=100, cmap='viridis', aspect='auto')
     ax.set_xticks(range(len(sev)), sev)
     ax.set_yticks(range(len(names)), names, fontsize=8)
@@ -180,10 +178,8 @@ def plot_corruption_heatmap(result: Mapping, path: Union[str, Path], title: str)
 
 def plot_corruption_families(results: Mapping[str, Mapping], path: Union[str, Path], data: str = '') -> Path:
     """Mean accuracy per corruption family (and clean), one bar per model."""
-    from .corruptions import FAMILIES
-    plt = pyplot()
     groups = ['clean'] + [f for f in FAMILIES if any(f in r.get('by_family', {}) for r in results.values())]
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    fig, ax = subplots(figsize=(6.5, 4), dpi=110)
     width = 0.8 / max(len(results), 1)
     for k, (label, r) in enumerate(results.items()):
         ys = [r['clean'] if g == 'clean' else r['by_family'].get(g, float('nan')) for g in groups]
@@ -199,7 +195,6 @@ def plot_corruption_families(results: Mapping[str, Mapping], path: Union[str, Pa
 def attack_table(results: Mapping[str, Mapping]) -> str:
     """Markdown: robust accuracy per norm and epsilon, one column per model (and its black-box and randomized-smoothing
     columns where measured); the attack named in the header, warnings of gradient masking below."""
-    from .attacks import NORMS
     cols = []
     for label, r in results.items():
         cols.append((label, r['attack'], lambda r, n, e: r.get(n, {}).get(e)))
@@ -235,8 +230,7 @@ def plot_attacks(results: Mapping[str, Mapping], path: Union[str, Path], norm: s
                  chance: Optional[float] = None) -> Path:
     """Robust accuracy vs epsilon for one norm, one curve per model (clean accuracy at epsilon 0), with the 95% Wilson
     band over the attacked images and the chance level."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = subplots(figsize=(6, 4), dpi=110)
     for label, r in results.items():
         if norm in r:
             xs = [0.0] + [float(e) for e in r[norm]]
@@ -255,13 +249,9 @@ def demo_grid(models: Dict[str, nn.Module], image: torch.Tensor, label: int, pat
               seed: int = 0, mean=None, std=None) -> List[Dict[str, Any]]:
     """The paper's Table 1: one test image at increasing noise, each model's prediction and confidence in the
     true class, as an image grid (same noise draw z for every sigma and model)."""
-    from ..modes import eval_mode
-    from ..normalization import Normalizer
-    from .noise import unit_noise
-    plt = pyplot()
     z = unit_noise(image.shape, seed, 0, 0)
     rows = []
-    fig, axes = plt.subplots(1 + len(models), len(sigmas), figsize=(2.2 * len(sigmas), 2.2 * (1 + len(models))),
+    fig, axes = subplots(1 + len(models), len(sigmas), figsize=(2.2 * len(sigmas), 2.2 * (1 + len(models))),
                              dpi=100, squeeze=False)
     name = (lambda c: class_names[c] if class_names and c < len(class_names) else str(c))
     for j, s in enumerate(sigmas):
@@ -283,7 +273,6 @@ def demo_grid(models: Dict[str, nn.Module], image: torch.Tensor, label: int, pat
                     transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return rows
 
 

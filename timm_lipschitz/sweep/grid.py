@@ -31,12 +31,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from .._lazy import lazy_module
 from ..errors import UsageError, UserError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
-from ..recipes import (DEFAULTS, SCHEMA, RecipeError, deep_merge, differing_keys, get_dotted, load_recipe,
-                       read_yaml_file, resolve_recipe, under)
+from ..recipes import (DEFAULTS, SCHEMA, deep_merge, differing_keys, get_dotted, load_recipe, read_yaml_file,
+                       RecipeError, resolve_recipe, under)
 from ..runs import finished_summary, with_recorded_normalization
 from .points import RECIPE_SHORT, point_name
+
+torch = lazy_module('torch', __name__)
+training = lazy_module('timm_lipschitz.train', __name__)  # a sweep that only plans, collects or writes SLURM needs no torch
+from .slurm import gpus_per_task, launcher, slurm_script
+from .tables import render
+import time
 
 __all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'GridError', 'RECIPE_SHORT',
            'point_states', 'stale_keys',
@@ -209,8 +216,6 @@ def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_
     another recipe than the grid's today) is reported, kept out of the tables, and rerun only with ``rerun_stale``
     (its old run is set aside, not deleted). ``emit_commands`` prints one command per point instead;
     ``slurm={'path': ..., <resources>}`` writes them as a SLURM job-array script (:mod:`.slurm`)."""
-    from ..train import train
-    from .tables import render
     grid = load_grid(grid_path)
     every = expand_grid(grid)
     points = _select(every, seeds, names)
@@ -236,7 +241,7 @@ def run_sweep(grid_path: str | Path, jobs: int = 1, dry_run: bool = False, emit_
     else:
         for i, p in enumerate(todo, 1):
             print(f'[{i}/{len(todo)}] {point_name(p)}', flush=True)
-            train(grid['base'], _overrides(grid, p, str(out_root / point_name(p))), resume=True,
+            training.train(grid['base'], _overrides(grid, p, str(out_root / point_name(p))), resume=True,
                   progress=progress)
     results = collect_results(grid, every)
     render(grid, results)
@@ -257,7 +262,6 @@ def _report_states(grid: Dict[str, Any], points: List[Dict[str, Any]], states: D
 
 def _write_slurm(grid: Dict[str, Any], points: List[Dict[str, Any]], todo: List[Dict[str, Any]],
                  slurm: Dict[str, Any]) -> Dict[str, Any]:
-    from .slurm import gpus_per_task, launcher, slurm_script
     resources = dict(slurm)
     path = Path(resources.pop('path'))
     gpus = gpus_per_task(load_recipe(grid['base']), resources.pop('gpus', None))
@@ -272,9 +276,6 @@ def _write_slurm(grid: Dict[str, Any], points: List[Dict[str, Any]], todo: List[
 
 def _run_parallel(grid: Dict[str, Any], todo: List[Dict[str, Any]], jobs: int) -> None:
     """N points at a time as subprocesses; one per GPU where several are visible."""
-    import time
-
-    import torch
     gpus = torch.cuda.device_count()
     queue, running, failed, started = list(todo), [], [], 0
     while queue or running:
@@ -321,7 +322,6 @@ def collect_results(grid: Dict[str, Any], points: Optional[List[Dict[str, Any]]]
 
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """``timm-lipschitz sweep`` (arguments: :func:`timm_lipschitz.cli.add_sweep_arguments`)."""
-    from .tables import render
     if args.collect:
         grid = load_grid(args.grid)
         results = collect_results(grid)
@@ -329,11 +329,10 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         return results
     slurm = None
     if args.slurm:
-        import shlex as _shlex
         slurm = {'path': args.slurm, 'gpus': args.gpus_per_task, 'cpus': args.cpus_per_task, 'mem': args.mem,
                  'time': args.time, 'partition': args.partition, 'signal_lead': args.signal_lead,
                  'max_requeues': args.max_requeues,
-                 'invocation': 'timm-lipschitz sweep ' + ' '.join(_shlex.quote(a) for a in args.argv)}
+                 'invocation': 'timm-lipschitz sweep ' + ' '.join(shlex.quote(a) for a in args.argv)}
     results = run_sweep(args.grid, jobs=args.jobs, dry_run=args.dry_run, emit_commands=args.emit_commands,
                         progress=args.progress, seeds=args.seeds, slurm=slurm, rerun_stale=args.rerun_stale)
     if not (args.dry_run or args.emit_commands or args.slurm):

@@ -9,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .._lazy import lazy_module
 from ..fileio import atomic_write_text
 from ..losses import loss_class
-from ..recipes import get_dotted
 from ..protocol import TABLE_SIGMAS, format_cell, mean_std, summary_key, value_at
+from ..recipes import get_dotted
 from .points import format_value
+
+report = lazy_module('timm_lipschitz.robustness.report', __name__)  # plots need torch and matplotlib; tables do not
 
 __all__ = ['paper_tables', 'objective_table', 'sensitivity', 'fraction_study', 'render', 'is_standard']
 
@@ -170,9 +173,7 @@ def sensitivity(results: Dict[str, Any], nominal: Dict[str, float], deltas: Dict
 
 def fraction_study(results: Dict[str, Any], path: str | Path, sigmas: Sequence[float] = (0.0, 0.5)) -> Path:
     """Accuracy vs training-data fraction (the paper's Fig. 1), one curve per objective and sigma_test."""
-    from ..robustness.report import pyplot, save_figure
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    fig, ax = report.subplots(figsize=(6, 4), dpi=110)
     by_obj: Dict[str, Dict[float, List[Dict[str, Any]]]] = {}
     for r in results['rows']:
         label = 'standard' if is_standard(r) else loss_class(r['recipe']['loss']['name']).label()
@@ -183,12 +184,11 @@ def fraction_study(results: Dict[str, Any], path: str | Path, sigmas: Sequence[f
             ys = [mean_std([v for v in (_metric(r, s) for r in fr[x]) if v is not None] or [float('nan')])[0]
                   for x in xs]
             ax.plot(xs, ys, marker='o', label=f'{label}, σ_test {s:g}')
-    return save_figure(fig, ax, path, 'fraction of the training split used', 'test accuracy (%)')
+    return report.save_figure(fig, ax, path, 'fraction of the training split used', 'test accuracy (%)')
 
 
 def render(grid: Dict[str, Any], results: Dict[str, Any]) -> Path:
     """``tables.md`` and one accuracy-vs-sigma plot per group value in the sweep folder."""
-    from ..robustness.report import plot_sweeps
     out = Path(grid['output_dir'])
     t = grid.get('table') or {}
     kw = {k: t[k] for k in ('group', 'rows', 'cols') if k in t}
@@ -206,10 +206,10 @@ def render(grid: Dict[str, Any], results: Dict[str, Any]) -> Path:
                        get_dotted(r['recipe'], group) == g and r['robustness']})
         if curves:
             name = f'curves_{group.split(".")[-1]}{format_value(g)}.png'
-            plot_sweeps(curves, out / name, title=f'{grid["name"]}: {group.split(".")[-1]} = {g}')
+            report.plot_sweeps(curves, out / name, title=f'{grid["name"]}: {group.split(".")[-1]} = {g}')
             md += ['', f'![{group} = {g}]({name})']
     if not groups and std_rows:
-        plot_sweeps(std_rows, out / 'curves.png', title=grid['name'])
+        report.plot_sweeps(std_rows, out / 'curves.png', title=grid['name'])
         md += ['', '![curves](curves.png)']
     if any(r['recipe']['data'].get('train_fraction', 1.0) < 1 for r in results['rows']):
         fraction_study(results, out / 'fraction_study.png')

@@ -17,18 +17,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
-from ..recipes import ResolvedRecipe, resolve_recipe
+from accelerate.utils import set_seed
+
+from ..recipes import resolve_recipe, ResolvedRecipe
 from ..runs import discard_fresh_run, latest_state, open_run_folder
 from ..seeding import stream_seed
-from .build import (PreparedRun, apply_model_options, apply_threads, build_data, build_model, build_objective,
-                    build_optimizer, cpu_threads,
-                    build_scheduler, build_train_loader, check_runtime, compile_step, data_mean_std,
-                    default_input_size, eval_subset, has_accelerator, make_accelerator, prepare_run,
+from .build import (apply_model_options, apply_threads, build_data, build_model, build_objective, build_optimizer,
+                    build_scheduler, build_train_loader, check_runtime, compile_step, cpu_threads, data_mean_std,
+                    default_input_size, eval_subset, has_accelerator, make_accelerator, prepare_run, PreparedRun,
                     resolve_normalization, warn_single_process_launch)
-from .loop import (EXIT_PREEMPTED, DivergenceGuard, Preempted, StepLog, StopSignals, TrainingDiverged, TrainingLoop,
-                   TrainState, optimizer_stepper, step_target, window_add as _window_add,
-                   window_means as _window_means)
-from .outputs import JsonlTracker, evaluate_clean, evaluate_epoch, finish_run, reproduce_command
+from .loop import (EXIT_PREEMPTED, DivergenceGuard, optimizer_stepper, Preempted, step_target, StepLog, StopSignals,
+                   TrainingDiverged, TrainingLoop, TrainState, window_add as _window_add, window_means as _window_means)
+from .outputs import evaluate_clean, evaluate_epoch, finish_run, JsonlTracker, reproduce_command
 
 __all__ = ['train', 'TrainingDiverged', 'Preempted', 'latest_state', 'JsonlTracker', 'evaluate_clean',
            'check_runtime', 'build_model', 'compile_step', 'build_data', 'data_mean_std', 'reproduce_command',
@@ -50,7 +50,6 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
     ``final.json`` and the model card. ``stop_at_step`` saves the state at that step and stops
     (:class:`~.loop.StoppedAsAsked`): how a resumed run's recorded command sequence replays each segment.
     """
-    from accelerate.utils import set_seed
     resolved = recipe if isinstance(recipe, ResolvedRecipe) and not overrides else resolve_recipe(recipe, overrides)
     recipe = dict(resolved)  # a plain dict of this run (it records the run's normalization); the caller's stays
     check_runtime(recipe)

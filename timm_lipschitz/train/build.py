@@ -5,15 +5,23 @@ scheduler, EMA, loaders and the Accelerator; :func:`prepare_run` puts them toget
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import timm
 import torch
 import yaml
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import ProjectConfiguration
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 
 from .._lazy import load_all
-from ..data import (DeviceLoader, check_labels, create_dataset, split_fingerprint, standard_loader,
+from ..data import (check_labels, create_dataset, DeviceLoader, split_fingerprint, standard_loader, timm_crop_pct,
                     train_transform)
 from ..errors import UsageError
 from ..fileio import atomic_write_text
@@ -21,7 +29,8 @@ from ..losses import create_loss
 from ..modes import eval_mode
 from ..normalization import per_channel, unwrap_model
 from ..recipes import RecipeError
-from ..runs import StateSaveError, check_same_data, space_message
+from ..robustness.subsets import evaluation_subset
+from ..runs import check_same_data, space_message, StateSaveError
 from ..seeding import stream_seed
 from .loop import TrainingLoop
 from .outputs import METRICS_NAME, JsonlTracker, tracker_config
@@ -44,7 +53,6 @@ def check_runtime(recipe: Dict[str, Any]) -> None:
     """What the recipe asks of this machine and of the model, checked before any data is read: fp16 and
     synchronized BatchNorm need a CUDA GPU, ``model.kwargs`` must be arguments the model accepts, and
     ``model.checkpoint`` must exist."""
-    import timm
     if recipe['precision'] == 'fp16' and not torch.cuda.is_available():
         raise RecipeError("precision='fp16' needs a CUDA GPU (on this machine Accelerate would train in fp32 "
                           "without a word); use precision: bf16 (CPU autocast) or 'no'.")
@@ -68,7 +76,6 @@ def check_runtime(recipe: Dict[str, Any]) -> None:
 
 
 def default_input_size(model_name: str) -> Tuple[int, int, int]:
-    import timm
     cfg = timm.models.get_pretrained_cfg(model_name)
     if cfg is None or cfg.input_size is None:
         raise UsageError(f'model {model_name!r} has no default input size; set data.input_size in the recipe.')
@@ -125,7 +132,6 @@ def build_model(recipe: Dict[str, Any], num_classes: int, input_size: Sequence[i
     adapts the first conv to other channel counts. The ``pretrained_cfg`` then describes the trained model: input and
     pool size, class count and names, the normalization, and (from the data's ``native_size``) the ``crop_pct`` with
     which timm's own eval transform reproduces the training inputs."""
-    import timm
     m = recipe['model']
     c = int(input_size[0])
     pretrained = m['pretrained'] or bool(m['checkpoint'])
@@ -142,7 +148,6 @@ def build_model(recipe: Dict[str, Any], num_classes: int, input_size: Sequence[i
     cfg.update(input_size=tuple(int(s) for s in input_size), num_classes=num_classes, label_names=tuple(class_names))
     cfg.pop('file', None)
     if native_size is not None:
-        from ..data import timm_crop_pct
         cfg['crop_pct'] = timm_crop_pct(native_size, input_size)
     if mean is not None:
         cfg.update(mean=tuple(mean), std=tuple(std))
@@ -192,7 +197,6 @@ def build_objective(recipe: Dict[str, Any]):
 
 def build_optimizer(recipe: Dict[str, Any], model):
     """timm's optimizer factory with the recipe's settings (``sgd`` is the paper's plain momentum SGD)."""
-    from timm.optim import create_optimizer_v2
     o = dict(recipe['optimizer'])
     name = o.pop('name')
     if name == 'sgd':  # timm's 'sgd' means Nesterov; the paper's (He et al.'s) SGD is plain momentum
@@ -205,7 +209,6 @@ def build_optimizer(recipe: Dict[str, Any], model):
 
 def build_scheduler(recipe: Dict[str, Any], optimizer, num_epochs: int, steps_per_epoch: int):
     """timm scheduler stepped per optimizer update (milestones and warmup in epochs)."""
-    from timm.scheduler import create_scheduler_v2
     s = recipe['schedule']
     if s['name'] == 'none':
         return None
@@ -244,7 +247,6 @@ def build_train_loader(recipe: Dict[str, Any], train_ds, micro_batch: int, input
 def eval_subset(test_ds, max_images: Optional[int], seed: int = 0):
     """The test images the run evaluates: all, or ``eval.max_images`` of them, a prefix of the split's stratified
     evaluation order (:mod:`timm_lipschitz.robustness.subsets`), as ``timm-lipschitz eval --max-images`` takes."""
-    from ..robustness.subsets import evaluation_subset
     return evaluation_subset(test_ds, max_images, seed)
 
 
@@ -264,7 +266,6 @@ def requested_processes(cmdline: Sequence[str]) -> Optional[int]:
 def warn_single_process_launch(accelerator) -> Optional[str]:
     """``accelerate launch --num_processes 2`` without GPUs starts one process (Accelerate has no multi-CPU launch
     of its own there): say so, and point to torchrun, which starts a real 2-process gloo run."""
-    import os
     if accelerator.num_processes != 1 or has_accelerator():
         return None
     try:
@@ -289,7 +290,6 @@ def cpu_threads(setting: Any, local_processes: int, environ: Optional[Dict[str, 
     every process all of them, so two torchrun processes on 2 cores would run 4 threads), and leaves an explicit
     ``OMP_NUM_THREADS`` alone. On a machine other jobs load, fewer threads than cores is faster: set ``threads: 1``.
     """
-    import os
     environ = os.environ if environ is None else environ
     if setting != 'auto':
         return int(setting)
@@ -302,7 +302,6 @@ def cpu_threads(setting: Any, local_processes: int, environ: Optional[Dict[str, 
 
 def apply_threads(recipe: Dict[str, Any], accelerator) -> int:
     """Set torch's intra-op threads from the recipe (CPU runs; a GPU run's CPU side gets the same rule)."""
-    import os
     local = int(os.environ.get('LOCAL_WORLD_SIZE', accelerator.num_processes))
     n = cpu_threads(recipe.get('threads', 'auto'), local)
     if n is not None and n != torch.get_num_threads():
@@ -312,9 +311,6 @@ def apply_threads(recipe: Dict[str, Any], accelerator) -> int:
 
 def make_accelerator(recipe: Dict[str, Any], out: Path):
     """A fresh Accelerator for this run: mixed precision, accumulation and trackers from the recipe."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import ProjectConfiguration
     # the function may run several times in one process (tests, sweeps): no state of an earlier run may leak in,
     # e.g. a data loader left "at its end" would make every micro-batch a sync step and silently skip accumulation
     AcceleratorState._reset_state()
@@ -422,7 +418,6 @@ def prepare_run(recipe: Dict[str, Any], accelerator, folder: Dict[str, Any], res
     scheduler = build_scheduler(recipe, optimizer, math.ceil(total_steps / steps_per_epoch), steps_per_epoch)
     ema = None
     if recipe['ema']['enabled']:
-        from timm.utils import ModelEmaV3
         ema = ModelEmaV3(unwrap_model(model), decay=recipe['ema']['decay'])
         accelerator.register_for_checkpointing(ema)
     loop = TrainingLoop(accelerator, recipe, out, train_loader, total_steps, progress, stop_at_step)

@@ -10,12 +10,17 @@ run exits with :data:`EXIT_PREEMPTED`).
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from accelerate.optimizer import AcceleratedOptimizer
+from accelerate.utils import DistributedType
+from tqdm.auto import tqdm
 
+from ..data import DeviceLoader
 from ..errors import EXIT_PREEMPTED, UserError
 from ..fileio import atomic_write_json
 from ..runs import DIVERGED_NAME, STOPPED_NAME, latest_state, save_state, state_step
@@ -168,8 +173,6 @@ def step_target(accelerator, optimizer):
     throughput on small models (measured in benchmarks/RESULTS.md, "Speed ratios (GPU: NVIDIA H200)", item 3). It is kept where it works: an fp16 GradScaler, XLA, and DeepSpeed or other specialised wrappers
     (subclasses).
     """
-    from accelerate.optimizer import AcceleratedOptimizer
-    from accelerate.utils import DistributedType
     if type(optimizer) is not AcceleratedOptimizer or optimizer.scaler is not None or \
             accelerator.distributed_type == DistributedType.XLA:
         return optimizer
@@ -193,7 +196,6 @@ class StopSignals:
         self._previous: Dict[int, Any] = {}
 
     def install(self) -> None:
-        import threading
         if threading.current_thread() is not threading.main_thread():
             return
         for s in STOP_SIGNALS:
@@ -252,7 +254,6 @@ class StepLog:
         self._t = time.time()
 
     def start(self, total: int, initial: int, desc: str) -> None:
-        from tqdm.auto import tqdm
         self._t = time.time()
         self.bar = tqdm(total=total, initial=initial, desc=desc,
                         disable=not (self.progress and self.accelerator.is_main_process), dynamic_ncols=True)
@@ -352,7 +353,6 @@ class TrainingLoop:
     def batches(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """The current epoch's batches in the run's order, without those a resumed run already trained on; ends at
         the last step of the run."""
-        from ..data import DeviceLoader
         self.train_loader.set_epoch(self.state.epoch)  # Accelerate's prepared loader passes it to our sampler
         loader = self.train_loader
         if self.skip:

@@ -3,6 +3,7 @@
 Every score comes from the weights that are saved (the EMA weights when EMA is on)."""
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
@@ -11,10 +12,13 @@ import torch
 from accelerate.tracking import GeneralTracker
 
 from ..fileio import atomic_write_json, atomic_write_text, dumps
+from ..hub import make_tag, save_pretrained
 from ..modes import eval_mode, for_evaluation
 from ..normalization import unwrap_model
 from ..recipes import flatten
-from ..runs import FINAL_NAME, METRICS_NAME, StateSaveError, segments, space_message
+from ..robustness import noise_sweep, plot_sweeps, summary_table, sweep_table
+from ..robustness.subsets import subset_record
+from ..runs import FINAL_NAME, METRICS_NAME, segments, space_message, StateSaveError
 
 __all__ = ['JsonlTracker', 'METRICS_NAME', 'tracker_config', 'evaluate_clean', 'evaluate_epoch', 'finish_run',
            'reproduce_command', 'write_outputs', 'print_summary']
@@ -57,7 +61,6 @@ def reproduce_commands(out: Path) -> List[str]:
     """The commands that train the run's weights again, with absolute paths so they work from any directory: one
     from its resolved recipe, or, for a run resumed with another recipe (more steps change the schedule), one per
     segment, each stopping where the run was resumed (``--stop-at-step``), then resuming with the next recipe."""
-    import shlex
     out = Path(out).resolve()
     target = shlex.quote(str(out) + '_reproduced')
     commands = []
@@ -107,8 +110,6 @@ def _final_robustness(run, model, progress: bool) -> Optional[Dict[str, Any]]:
     """The end-of-run noise sweep (``eval.at_end``) on the run's evaluation images."""
     if not run.recipe['eval']['at_end']:
         return None
-    from ..robustness import noise_sweep
-    from ..robustness.subsets import subset_record
     e = run.recipe['eval']
     result = noise_sweep(for_evaluation(unwrap_model(model)), run.eval_ds, e['sigmas'], e['repeats'], e['seed'], clip=e['clip'],
                          batch_size=e['batch_size'], accelerator=run.accelerator, progress=progress,
@@ -126,7 +127,6 @@ def finish_run(run, extent: Dict[str, Any], command: Optional[str], progress: bo
 
 
 def _finish(run, extent: Dict[str, Any], command: Optional[str], progress: bool) -> Dict[str, Any]:
-    from ..robustness.subsets import subset_record
     accelerator, recipe, out = run.accelerator, run.recipe, run.out
     final_model = run.ema.module if run.ema is not None else run.model
     commands = [command] if command else reproduce_commands(out)
@@ -160,8 +160,6 @@ def _finish(run, extent: Dict[str, Any], command: Optional[str], progress: bool)
 
 def write_outputs(out: Path, model, recipe, objective, dataset: str, robustness, summary) -> None:
     """The plot and tables of the noise sweep, the checkpoint folder files (weights, config, card), then final.json."""
-    from ..hub import make_tag, save_pretrained
-    from ..robustness import plot_sweeps, summary_table, sweep_table
     plot = None
     if robustness:
         plot_sweeps({recipe['name']: robustness}, out / 'robustness.png',
@@ -178,7 +176,6 @@ def write_outputs(out: Path, model, recipe, objective, dataset: str, robustness,
 
 def print_summary(summary: Dict[str, Any], robustness: Optional[Dict[str, Any]]) -> None:
     """The closing lines: speed, clean accuracy, a tenth of the noise grid, where the outputs are."""
-    from ..robustness import sweep_table
     covers = f" ({summary['time_covers']})" if summary.get('time_covers') else ''
     print(f"\n== {summary['name']}: {summary['steps']} steps in {summary['train_time_s']:.1f}s "
           f"({summary['images_per_s']:.0f} images/s{covers}), clean test accuracy {summary['clean_accuracy']:.2f}%")
