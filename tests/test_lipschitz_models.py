@@ -1,18 +1,16 @@
-"""The 1-Lipschitz models (``lip_convnet``, ``cifar_lipresnet_*``) and the checks that make their certificate
-trustworthy: the declared constant against the effective weights, the eval cache, the export, the constrained head,
-the deterministic certificate against an attack."""
+"""The 1-Lipschitz models (``lip_convnet``, ``cifar_lipresnet_*``): their layers and head options, the export the
+evaluation runs, the MaxMin step, and the deterministic certificate reported by ``eval`` (the certificate's rules
+and checks themselves: ``tests/test_certificates.py``)."""
 import pytest
 import timm
 import torch
 import torch.nn as nn
 
 import timm_lipschitz  # noqa: F401
+from timm_lipschitz.certificates import DETERMINISTIC_KEY, check_declared
 from timm_lipschitz.models import LIPSCHITZ_NAMES, to_plain
-from timm_lipschitz.robustness.lipschitz import jacobian_norm, margin_certificate
+from timm_lipschitz.modes import for_evaluation
 from timm_lipschitz.protocol import LIPSCHITZ_TOLERANCE
-from timm_lipschitz.robustness.soundness import SoundnessError, check_certified_unbroken, check_declared
-
-SMALL = {'lip_convnet': {}, 'cifar_lipresnet_xs': {}}
 
 
 def _model(name='lip_convnet', **kwargs):
@@ -37,90 +35,75 @@ def _train_a_little(model, steps=3):
     return model.eval()
 
 
-@pytest.mark.parametrize('name', LIPSCHITZ_NAMES)
-def test_every_layer_of_a_trained_model_is_within_its_declared_constant(name):
-    model = _train_a_little(_model(name, num_classes=10))
-    bound = model.lipschitz_bound()
-    assert model.lipschitz_constant() == 1.0  # std 1 in the default cfg: nothing to fold in
-    assert bound['bound'] <= 1.0 + LIPSCHITZ_TOLERANCE, bound['factors']
-    record = check_declared(model, _data(model, 8), images=4, iterations=10)
-    assert record['passed'] and record['jacobian_norm_max'] <= 1.0 + LIPSCHITZ_TOLERANCE
+def test_a_training_step_in_eval_mode_gets_the_same_gradients_as_in_train_mode():
+    """No implicit eval cache: a BatchNorm-free net fine-tuned in eval mode trains exactly as in train mode (0.2.0
+    ran a cached plain copy in eval mode, and no gradient reached the parameters)."""
+    model = _train_a_little(_model(head='unit_rows'), steps=1)
+    x, y = _data(model, 8).tensors
+    grads = {}
+    for mode in (True, False):
+        model.train(mode)
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x - 0.5), y).backward()
+        grads[mode] = [p.grad.clone() for p in model.parameters()]
+        assert all(g.abs().sum() > 0 for g in grads[mode])
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_declared_constant_folds_in_the_normalization():
-    model = _model()
-    assert model.lipschitz_constant(std=(0.25,)) == pytest.approx(4.0)
-
-
-def test_jacobian_power_iteration_finds_a_linear_maps_norm():
-    torch.manual_seed(0)
-    layer = nn.Sequential(nn.Flatten(), nn.Linear(12, 5, bias=False))
-    sigma = torch.linalg.matrix_norm(layer[1].weight.detach(), ord=2).item()
-    found = jacobian_norm(layer, torch.randn(3, 3, 2, 2), iters=50)
-    assert found == pytest.approx(torch.full((3,), sigma), rel=1e-3)
-
-
-def test_scaled_effective_weights_are_caught():
-    """The cached copy the eval forward runs, with one layer's weights doubled: never certified."""
+def test_the_evaluation_runs_the_plain_export_and_the_model_stays_exact():
     model = _train_a_little(_model())
-    data = _data(model, 8)
-    check_declared(model, data, images=4, iterations=10)
-    with torch.no_grad():
-        model.effective().stage1[0].weight.mul_(2)  # the cache, not the parameters: the cache stays
-    with pytest.raises(SoundnessError, match='effective layers'):
-        check_declared(model, data, images=4, iterations=10)
-
-
-def test_scaled_export_is_caught():
-    model = _train_a_little(_model())
-    plain = to_plain(model)
-    with torch.no_grad():
-        plain.fc.weight.mul_(2)
-    with pytest.raises(SoundnessError):
-        check_declared(plain, _data(model, 8), images=4, iterations=10)
-
-
-def test_halved_declared_constant_is_caught(monkeypatch):
-    model = _train_a_little(_model())
-    monkeypatch.setattr(type(model), 'lipschitz_constant', lambda self, *a, **k: 0.5)
-    with pytest.raises(SoundnessError, match='declares the Lipschitz constant 0.5'):
-        check_declared(model, _data(model, 8), images=4, iterations=10)
-
-
-def test_reset_classifier_keeps_the_head_constrained():
-    model = _train_a_little(_model())
-    model.reset_classifier(5)
-    assert not type(model.fc) is nn.Linear
-    model.eval()
-    check_declared(model, _data(model, 8), images=4, iterations=10)
-    # what a plain nn.Linear head would do to the declaration: caught
-    model.fc = nn.Linear(model.head_hidden_size, 5)
-    with torch.no_grad():
-        model.fc.weight.mul_(10)
-    with pytest.raises(SoundnessError):
-        check_declared(model, _data(model, 8), images=4, iterations=10)
-
-
-@pytest.mark.parametrize('name', LIPSCHITZ_NAMES[:2])
-def test_eval_cache_is_computed_once_and_dropped_when_weights_change(name):
-    model = _model(name)
     x = _data(model, 4).tensors[0]
-    model.eval()
-    first = model.effective()
-    assert model.effective() is first  # computed once
-    _train_a_little(model, steps=1)   # an optimizer step
+    runner = for_evaluation(model)
+    assert runner is not model and not any(hasattr(m, 'reparam') and m.reparam is not None for m in runner.modules())
     with torch.no_grad():
-        cached = model(x)
-        model.train()
-        fresh = model(x)               # the constrained layers, computed from the parameters now
-        model.eval()
-    torch.testing.assert_close(cached, fresh)
-    other = _train_a_little(_model(name), steps=2)
-    before = model.effective()
-    model.load_state_dict(other.state_dict())
-    assert model.effective() is not before
+        torch.testing.assert_close(runner(x), model(x))
+    plain_resnet = timm.create_model('cifar_resnet20')
+    assert for_evaluation(plain_resnet) is plain_resnet
+
+
+@pytest.mark.parametrize('name', LIPSCHITZ_NAMES)
+@pytest.mark.parametrize('head', ['orthogonal', 'unit_rows'])
+def test_the_head_option_and_reset_classifier_keep_the_heads_kind(name, head):
+    model = _model(name, head=head, num_classes=10)
+    kind = type(model.fc)
+    assert kind.__name__ == {'orthogonal': 'OrthoLinear', 'unit_rows': 'UnitRowLinear'}[head]
+    model.reset_classifier(5)
+    assert type(model.fc) is kind and model.num_classes == 5
+    w = model.fc.constrained_weight().detach()
+    if head == 'unit_rows':
+        torch.testing.assert_close(w.norm(dim=1), torch.ones(5))
+    else:
+        torch.testing.assert_close(w @ w.T, torch.eye(5), atol=1e-6, rtol=0)
+    with pytest.raises(Exception, match="head='free' is not allowed; use one of"):
+        _model(name, head='free')
+
+
+def test_the_4c3f_layout_and_its_checks():
+    model = _model('lip_convnet', widths=(32, 32, 64, 64), strides=(1, 2, 1, 2), hidden_dim=(512, 512))
+    assert [f['reduction'] for f in model.feature_info] == [1, 2, 2, 4]
+    assert model.fc1.in_features == 64 * 7 * 7 and model.fc2.in_features == 512 and model.head_hidden_size == 512
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert [n for n, _ in model.lipschitz_factors((28, 28))] == ['conv1', 'conv2', 'conv3', 'conv4', 'fc1', 'fc2', 'fc']
+    for bad, match in (({'widths': (32, 33, 64)}, 'widths='), ({'strides': (1, 3, 2)}, 'strides='),
+                       ({'hidden_dim': 0}, 'hidden_dim='), ({'widths': ()}, 'widths=')):
+        with pytest.raises(Exception, match=match):
+            _model('lip_convnet', **bad)
+
+
+def test_maxmin_equals_orthogoniums_with_its_gradients():
+    from orthogonium.layers import MaxMin as PairSort
+
+    from timm_lipschitz.models.lipnet import MaxMin
+    z = torch.randn(3, 8, 5, 5, dtype=torch.double, requires_grad=True)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), other(x))
+        torch.testing.assert_close(MaxMin()(z), PairSort()(z), rtol=0, atol=0)
+        torch.testing.assert_close(MaxMin()(z.flatten(1)), PairSort()(z.flatten(1)), rtol=0, atol=0)
+    g = torch.randn(3, 8, 5, 5, dtype=torch.double)
+    ours, = torch.autograd.grad(MaxMin()(z), z, g)
+    theirs, = torch.autograd.grad(PairSort()(z), z, g)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(MaxMin(), (z,)) and torch.autograd.gradgradcheck(MaxMin(), (z,))
 
 
 @pytest.mark.parametrize('name', LIPSCHITZ_NAMES[:2])
@@ -133,28 +116,6 @@ def test_export_to_plain_layers_gives_the_same_outputs(name):
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), model(x))
         torch.testing.assert_close(plain(x), model(x))
-
-
-def test_certified_image_broken_by_an_attack_stops_the_evaluation():
-    radius = torch.tensor([0.6, 0.3, -1.0, 0.7])
-    ok = check_certified_unbroken(radius, {'0.5': [True, False, False, True]})
-    assert ok['violations'] == 0 and ok['checked']['0.5']['certified'] == 2
-    with pytest.raises(SoundnessError, match='certified at l2 radius 0.5 were broken'):
-        check_certified_unbroken(radius, {'0.5': [True, True, False, False]})
-
-
-def test_margin_certificate_divides_by_the_declared_constant_with_its_tolerance():
-    class Fixed(nn.Module):
-        pretrained_cfg = {'mean': (0.0,), 'std': (1.0,)}
-
-        def forward(self, x):
-            return torch.stack([x.flatten(1).sum(1) * 0 + 3.0, x.flatten(1).sum(1) * 0 + 1.0], 1)
-
-    data = torch.utils.data.TensorDataset(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]))
-    cert = margin_certificate(Fixed(), data, 2.0, radii=(0.0, 0.7))
-    expected = 2.0 / (2 ** 0.5 * 2.0 * (1 + LIPSCHITZ_TOLERANCE))
-    assert cert['radius'][0] == pytest.approx(expected, rel=1e-5) and cert['radius'][1] == -1.0
-    assert cert['certified_accuracy'] == [50.0, 50.0] and cert['num_images'] == 2
 
 
 def _lip_run(tmp_path):
@@ -179,8 +140,9 @@ def test_eval_certify_and_attack_report_the_deterministic_certificate_everywhere
                  '--attack-images', '20', '--attack-steps', '5', '--certify-images', '5', '--n', '50', '--n0', '10',
                  '--sigmas', '0', '--out', str(tmp_path / 'ev'), '--device', 'cpu', '--no-progress']) == 0
     e = read_eval(tmp_path / 'ev' / 'eval.json')['lip']
-    cert, sound = e['margin_certificate'], e['soundness']
-    assert cert['lipschitz_bound'] == 1.0 and cert['num_images'] == len(cert['radius']) == e['images']['num_images']
+    cert, sound = e[DETERMINISTIC_KEY], e['soundness']
+    assert cert['lipschitz']['logits'] == 1.0 and cert['lipschitz']['head'] == 'orthogonal'
+    assert cert['num_images'] == len(cert['radius']) == len(cert['rule']) == e['images']['num_images']
     assert cert['certified_accuracy'][0] == pytest.approx(e['sweep']['accuracy'][0], abs=1e-6)  # same forward
     assert sound['passed'] and sound['effective_layer_bound'] <= 1.0 + LIPSCHITZ_TOLERANCE
     assert sound['certified_vs_attack']['violations'] == 0
@@ -190,13 +152,17 @@ def test_eval_certify_and_attack_report_the_deterministic_certificate_everywhere
     det = 100.0 * sum(r >= 0.25 for r in cert['radius']) / len(cert['radius'])
     assert f"| lip | 0.25 | {det:.1f} |" in table
     run = tmp_path / 'run'  # the whole test split under the protocol's split: recorded in the folder
-    recorded = json.loads((run / 'robustness.json').read_text())['deterministic_certificate']
+    recorded = json.loads((run / 'robustness.json').read_text())[DETERMINISTIC_KEY]
     assert recorded['certified_accuracy'] == cert['certified_accuracy'] and 'radius' not in recorded
+    assert 'rule' not in recorded and sum(recorded['rules'].values()) == sum(r >= 0 for r in cert['radius'])
     assert recorded['protocol']['full_protocol'] and recorded['soundness']['passed']
     scores = load_robustness(run)
-    assert scores['deterministic_certified']['0.5'] == cert['certified_accuracy'][cert['radii'].index(0.5)]
+    summary = scores[DETERMINISTIC_KEY]
+    assert summary['certified']['0.5'] == cert['certified_accuracy'][cert['radii'].index(0.5)]
+    assert summary['lipschitz'] == 1.0 and summary['head'] == 'orthogonal'
     card = (run / 'README.md').read_text()
-    assert '## Deterministic certificate (Lipschitz margin)' in card and 'L = 1' in card
+    assert '## Deterministic certificate (Lipschitz margin)' in card and '(the whole-model rule, L = 1)' in card
+    assert 'L_body = 1, the declared constant of the layers before the orthogonal head' in card
     assert f"value: {round(cert['certified_accuracy'][2], 2)}" in card.split('---')[1]  # the model-index metric
     from timm_lipschitz.hub.publish import publish
     published = (publish(run, 'org/lip', dry_run=True, out_dir=tmp_path / 'pub') / 'README.md').read_text()
@@ -208,10 +174,10 @@ def test_a_model_that_breaks_its_declaration_stops_the_evaluation(tmp_path, monk
     from timm_lipschitz.cli import main
     from timm_lipschitz.models import LipConvNet
     s = _lip_run(tmp_path)
-    monkeypatch.setattr(LipConvNet, 'lipschitz_constant', lambda self, *a, **k: 0.25)
+    monkeypatch.setattr(LipConvNet, 'declared_lipschitz', lambda self, hw: (0.25, 0.25))
     assert main(['eval', s['output_dir'], '--certify', '--certify-images', '2', '--n', '20', '--n0', '10',
                  '--sigmas', '0', '--out', str(tmp_path / 'ev'), '--device', 'cpu', '--no-progress']) == 70
-    assert 'SoundnessError: LipConvNet declares the Lipschitz constant 0.25' in capsys.readouterr().err
+    assert 'SoundnessError: LipConvNet declares the Lipschitz constants body 0.25' in capsys.readouterr().err
     assert not (tmp_path / 'ev' / 'eval.json').exists()
     assert 'deterministic_certificate' not in (tmp_path / 'run' / 'robustness.json').read_text()
 
@@ -235,14 +201,4 @@ def test_every_objective_trains_a_1_lipschitz_net(objective):
     opt.step()
     assert torch.isfinite(out.loss) and model.training
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    check_declared(model.eval(), _data(model, 4), images=4, iterations=5)
-
-
-def test_maxmin_fast_path_equals_orthogoniums():
-    from orthogonium.layers import MaxMin as PairSort
-
-    from timm_lipschitz.models.lipnet import MaxMin
-    z = torch.randn(3, 8, 5, 5)
-    with torch.no_grad():
-        torch.testing.assert_close(MaxMin()(z), PairSort()(z), rtol=0, atol=0)
-        torch.testing.assert_close(MaxMin()(z.flatten(1)), PairSort()(z.flatten(1)), rtol=0, atol=0)
+    check_declared(to_plain(model.eval()), _data(model, 4), images=4, iterations=5)

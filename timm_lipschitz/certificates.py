@@ -5,8 +5,8 @@ hold a model to its declaration. The margin objective, the evaluation, the model
 - :func:`declaration` - a model's declared constants w.r.t. [0,1] pixels: of its body (input to pre-logits) and of its
   logits, the input normalization's ``1 / min(std)`` folded in (the only place a std is folded into a constant).
   Models declare them on normalized inputs (:class:`timm_lipschitz.models._bounds.DeclaresLipschitz`).
-- The radius rules (:func:`radii`). Image ``x`` of class ``y`` is certified at every l2 radius below
-  ``max(whole, per_pair)``:
+- The radius rules (:func:`scales`, :func:`radii`). Image ``x`` of class ``y`` is certified at every l2 radius
+  below ``max(whole, per_pair)``:
 
   - whole model: ``(f_y - max_j f_j) / (sqrt(2) L (1 + tol))`` (each logit difference is ``sqrt(2) L``-Lipschitz
     when the logits are ``L``-Lipschitz);
@@ -17,7 +17,8 @@ hold a model to its declaration. The margin objective, the evaluation, the model
 
   Both are sound, so the larger is taken; each radius records which rule gave it. ``tol`` is what the soundness check
   lets a measured constant exceed the declared one by, so it never inflates a radius.
-- :func:`margin_shift` - the same rules as a training target (the ``lipschitz_margin`` objective).
+- :func:`margin_shift` - the same rule as a training target (the ``lipschitz_margin`` objective): both go through
+  :func:`scales`.
 - :func:`certify` - the public API: per-image radii and certified flags of a batch, one forward pass per image.
   :func:`deterministic_certificate` runs it over a dataset for ``eval.json``.
 - :func:`check_declared`, :func:`check_certified_unbroken` - the soundness checks; a failure is a bug, never a result
@@ -43,7 +44,7 @@ _bounds = lazy_module('timm_lipschitz.models._bounds', __name__)
 _estimates = lazy_module('timm_lipschitz.robustness.lipschitz', __name__)
 
 __all__ = ['Declaration', 'Certificate', 'declaration', 'declares', 'linear_head_weight', 'pair_distances',
-           'radii', 'margin_shift', 'certify', 'deterministic_certificate', 'check_declared',
+           'radii', 'scales', 'margin_shift', 'certify', 'deterministic_certificate', 'check_declared',
            'check_certified_unbroken', 'SoundnessError', 'read_summary', 'summary_record', 'DETERMINISTIC_KEY',
            'RULES', 'SOUNDNESS_IMAGES', 'eval_entry']
 
@@ -117,6 +118,24 @@ def pair_distances(weight: 'torch.Tensor', labels: 'torch.Tensor') -> 'torch.Ten
 
 
 # ---- the radius rules ---------------------------------------------------------------------------------------------
+def scales(decl: Declaration, labels: 'torch.Tensor', num_classes: int, rule: str,
+           weight: Optional['torch.Tensor'] = None) -> 'torch.Tensor':
+    """How fast each logit difference ``f_y - f_j`` can change per unit of l2 distance in [0,1] pixels, under
+    ``rule`` (shape ``(images, classes)``): ``sqrt(2) L`` everywhere (whole model), or ``L_body ||w_y - w_j||`` (per
+    pair; ``weight`` is the linear head's). The one rule behind both the certified radius (:func:`radii`: the gap
+    divided by it) and the margin objective's target (:func:`margin_shift`: epsilon times it)."""
+    if rule == RULES[0]:
+        return torch.full((len(labels), num_classes), math.sqrt(2) * decl.logits, dtype=torch.float64,
+                          device=labels.device)
+    return decl.body * pair_distances(weight, labels)
+
+
+def _rule_radius(gap: 'torch.Tensor', scale: 'torch.Tensor', labels: 'torch.Tensor') -> 'torch.Tensor':
+    """min over j != y of gap_j / scale_j (a zero scale: that difference cannot change, so it never binds)."""
+    r = torch.where(scale > 0, gap / scale, torch.where(gap > 0, math.inf, -math.inf))
+    return r.scatter(1, labels.view(-1, 1), math.inf).min(1).values
+
+
 def radii(logits: 'torch.Tensor', labels: 'torch.Tensor', decl: Declaration,
           weight: Optional['torch.Tensor'] = None,
           tolerance: float = LIPSCHITZ_TOLERANCE) -> Tuple['torch.Tensor', 'torch.Tensor']:
@@ -125,39 +144,32 @@ def radii(logits: 'torch.Tensor', labels: 'torch.Tensor', decl: Declaration,
     per-pair radius (module doc). Computed in float64."""
     z = logits.detach().double()
     labels = labels.to(z.device)
-    true = z.gather(1, labels.view(-1, 1))
-    others = z.scatter(1, labels.view(-1, 1), float('-inf'))
+    gap = z.gather(1, labels.view(-1, 1)) - z
+    rules = [RULES[0]] + ([RULES[1]] if weight is not None else [])
+    by_rule = torch.stack([_rule_radius(gap, scales(decl, labels, z.shape[1], rule, None if weight is None else
+                                                    weight.detach().double().to(z.device)) * (1 + tolerance), labels)
+                           for rule in rules], 1)
+    radius, rule = by_rule.max(1)
     correct = z.argmax(1) == labels
-    whole = (true.squeeze(1) - others.max(1).values) / (math.sqrt(2) * decl.logits * (1 + tolerance))
-    radius, rule = whole, torch.zeros_like(labels)
-    if weight is not None:
-        scale = decl.body * pair_distances(weight.double().to(z.device), labels) * (1 + tolerance)
-        gap = true - z
-        per = torch.where(scale > 0, gap / scale, torch.where(gap > 0, math.inf, -math.inf))
-        per = per.scatter(1, labels.view(-1, 1), math.inf).min(1).values
-        rule = (per > whole).long()
-        radius = torch.maximum(whole, per)
     return torch.where(correct, radius, torch.full_like(radius, -1.0)), torch.where(correct, rule,
                                                                                   torch.full_like(rule, -1))
 
 
 def margin_shift(model: Any, logits: 'torch.Tensor', targets: 'torch.Tensor', epsilon: float, lipschitz: Any,
                  mean=None, std=None) -> 'torch.Tensor':
-    """What the margin objective adds to the logits before its cross-entropy, so that a loss near 0 means a margin
-    certified at ``epsilon`` by :func:`radii`'s rule: ``-sqrt(2) L epsilon`` on the true logit (the whole-model
-    rule), or, for a head of unit rows, ``+epsilon L_body ||w_y - w_j||`` on every other logit ``j`` (the per-pair
-    rule, with gradient through the head). ``lipschitz`` is ``L`` (``L_body`` for a head of unit rows) as a number, or
-    ``'model'``: the model's declaration at the objective's ``mean``/``std``."""
+    """What the margin objective adds to the logits before its cross-entropy: ``epsilon`` times :func:`scales` on
+    every logit but the true one, so that a shifted true logit above all others is exactly a margin that
+    :func:`radii` certifies at ``epsilon``. The rule is the per-pair one for a head of unit rows (with gradient
+    through the head), else the whole-model one. ``lipschitz``: L (``L_body`` per pair) as a number, or ``'model'``,
+    the model's declaration at the objective's ``mean``/``std``."""
     decl = declaration(model, mean=mean, std=std)
-    weight = linear_head_weight(model, grad=True) if decl is not None and decl.head == 'unit_rows' else None
-    if lipschitz == 'model':
-        constant = decl.body if weight is not None else decl.logits
-    else:
-        constant = float(lipschitz)
-    if weight is None:
-        onehot = torch.nn.functional.one_hot(targets, logits.shape[1]).to(logits.dtype)
-        return -(math.sqrt(2) * constant * epsilon) * onehot
-    return (epsilon * constant) * pair_distances(weight.to(logits.dtype), targets)
+    per_pair = decl is not None and decl.head == 'unit_rows'
+    if lipschitz != 'model':
+        decl = Declaration(float(lipschitz), float(lipschitz), 'free', False, (), (), 'given')
+    weight = linear_head_weight(model, grad=True) if per_pair else None
+    scale = scales(decl, targets, logits.shape[1], RULES[1] if per_pair else RULES[0],
+                   None if weight is None else weight.to(logits.dtype)).to(logits.dtype)
+    return epsilon * scale * (1 - torch.nn.functional.one_hot(targets, logits.shape[1]).to(logits.dtype))
 
 
 # ---- certifying ---------------------------------------------------------------------------------------------------
