@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UsageError, UserError
-from .protocol import (ATTACK_IMAGES, ATTACK_STEPS, CERTIFY_PRESETS, EVAL_SPLIT, PAPER_GRID, PRESETS,
-                                  SEVERITIES, SMOOTHING)
+from .protocol import (ATTACK_IMAGES, ATTACK_STEPS, CERTIFY_PRESETS, EVAL_SPLIT, PAPER_GRID, PRESETS, SEVERITIES,
+                       SMOOTHING)
 from .sweep.slurm import MAX_REQUEUES
 
 __all__ = ['main', 'build_parser', 'add_train_arguments', 'add_eval_arguments', 'add_sweep_arguments']

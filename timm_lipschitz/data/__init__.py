@@ -5,15 +5,15 @@ Loaders hand out float images in [0, 1] (never normalized: noise is added in pix
 from timm.data import resolve_data_config
 
 from ..normalization import unwrap_model
-from .base import (adapt_images, check_labels, DataError, DatasetInfo, split_fingerprint, TensorImageDataset,
+from .base import (DataError, DatasetInfo, TensorImageDataset, adapt_images, check_labels, split_fingerprint,
                    timm_crop_pct, to_float)
 from .idx import read_idx, write_idx
 from .lazy import LazyImageDataset
-from .loader import DeviceLoader, epoch_permutation, SeededSampler, standard_loader
-from .sources import DEBIAN_FASHION_MNIST, create_dataset, default_root, list_datasets, LoadedDataset, register_dataset
+from .loader import DeviceLoader, SeededSampler, epoch_permutation, standard_loader
+from .sources import DEBIAN_FASHION_MNIST, LoadedDataset, create_dataset, default_root, list_datasets, register_dataset
 from .transforms import AUGMENTATIONS, batch_augment, train_transform
 
-__all__ = ['create_dataset', 'list_datasets', 'register_dataset', 'default_root', 'LoadedDataset', 'DatasetInfo',
+__all__ = ['timm_crop_pct', 'create_dataset', 'list_datasets', 'register_dataset', 'default_root', 'LoadedDataset', 'DatasetInfo',
            'DataError', 'TensorImageDataset', 'LazyImageDataset', 'adapt_images', 'check_labels', 'to_float',
            'read_idx', 'write_idx', 'DeviceLoader', 'SeededSampler', 'epoch_permutation', 'standard_loader',
            'AUGMENTATIONS', 'batch_augment', 'train_transform', 'DEBIAN_FASHION_MNIST', 'resolve_input_size',

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from .base import adapt_images, DatasetInfo, TensorImageDataset, to_float
+from .base import DatasetInfo, TensorImageDataset, adapt_images, to_float
 from .transforms import apply_transform
 
 __all__ = ['LazyImageDataset', 'pil_to_uint8']

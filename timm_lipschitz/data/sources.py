@@ -25,7 +25,7 @@ from torchvision.datasets import ImageFolder
 
 from ..errors import UsageError
 from ..seeding import stream_seed
-from .base import adapt_images, DataError, DatasetInfo, TensorImageDataset
+from .base import DataError, DatasetInfo, TensorImageDataset, adapt_images
 from .idx import read_idx
 from .lazy import LazyImageDataset, pil_to_uint8
 

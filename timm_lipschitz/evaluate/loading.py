@@ -1,25 +1,19 @@
-"""What an evaluation runs on: models from run folders, checkpoint folders, checkpoint files or registered tags
-(with what is known of how they were trained), the device, and each model's evaluation data."""
+"""What an evaluation runs on: the device and each model's evaluation data, with the checks of its overrides. Where the
+models come from is :mod:`timm_lipschitz.hub.sources` (``load_model`` is re-exported here)."""
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-import timm
 import torch
 import torch.nn as nn
-import yaml
-from safetensors import safe_open
 
 from ..data import check_labels, create_dataset
 from ..errors import UsageError
-from ..fileio import read_json
-from ..hub import CheckpointError, load_checkpoint, load_pretrained, read_metadata
+from ..hub.sources import load_model
 from ..modes import eval_mode
 from ..normalization import per_channel
 from ..robustness.subsets import evaluation_subset
-from ..runs import run_status
 
 __all__ = ['load_model', 'resolve_device', 'device_name', 'data_for', 'check_overrides', 'ClassNamesWarning',
            'OverrideWarning']
@@ -58,88 +52,6 @@ def check_overrides(model: nn.Module, input_size: Optional[Sequence[int]], mean,
                           f'with (mean {list(own[0])}, std {list(own[1])}): expect a far lower accuracy.',
                           OverrideWarning, stacklevel=3)
     return overrides
-
-
-def _unfinished_message(folder: Path) -> Optional[str]:
-    """Why a run folder without final weights cannot be evaluated (a checkpoint folder has no run and is fine)."""
-    status = run_status(folder)
-    if status and status.startswith('an unfinished') and not (folder / 'model.safetensors').is_file():
-        return (f'{folder} holds {status}: there are no final weights to evaluate. Finish it with '
-                f'timm-lipschitz train --recipe {folder / "recipe.yaml"} --resume.')
-    return None
-
-
-def _num_classes_of(checkpoint: str, model_name: str) -> int:
-    """The class count a checkpoint file was saved with: its metadata, else its classifier's weight."""
-    meta = read_metadata(checkpoint)
-    if meta.get('num_classes'):
-        return int(meta['num_classes'])
-    classifier = getattr(timm.models.get_pretrained_cfg(model_name), 'classifier', None) or 'fc'
-    with safe_open(str(checkpoint), framework='pt') as f:
-        key = f'{classifier}.weight'
-        if key in f.keys():
-            return int(f.get_slice(key).get_shape()[0])
-    raise UsageError(f'--checkpoint {checkpoint}: its class count is recorded nowhere (no num_classes metadata, '
-                     f'no {classifier}.weight); save it with timm_lipschitz.hub.save_pretrained.')
-
-
-def _args_beside(checkpoint: str) -> Dict[str, Any]:
-    """model_args and pretrained_cfg from a config.json next to the checkpoint file, if there is one."""
-    cfg_file = Path(checkpoint).parent / 'config.json'
-    if not cfg_file.is_file():
-        return {}
-    cfg = read_json(cfg_file)
-    args = {k: v for k, v in cfg.get('model_args', {}).items() if k != 'num_classes'}
-    return {**args, 'pretrained_cfg_overlay': cfg.get('pretrained_cfg', {})}
-
-
-def _from_folder(folder: Path) -> Tuple[nn.Module, Dict[str, Any]]:
-    unfinished = _unfinished_message(folder)
-    if unfinished:
-        raise CheckpointError(unfinished)
-    model = load_pretrained(folder)
-    recipe = {}
-    if (folder / 'recipe.yaml').is_file():
-        recipe = yaml.safe_load((folder / 'recipe.yaml').read_text())
-    return model, {'label': recipe.get('name') or folder.name, 'recipe': recipe, 'metadata': read_metadata(folder),
-                   'folder': folder}
-
-
-def _from_tag(model_name: str) -> Tuple[nn.Module, Dict[str, Any]]:
-    cfg = timm.models.get_pretrained_cfg(model_name)
-    if cfg is None or not (cfg.file or cfg.hf_hub_id or cfg.url):
-        raise CheckpointError(f'{model_name!r} has no pretrained weights; registered tags with weights: '
-                              f'{timm.list_pretrained(model_name.split(".")[0] + "*")}.')
-    model = timm.create_model(model_name, pretrained=True)
-    meta = read_metadata(cfg.file) if cfg.file else {}
-    return model, {'label': model_name, 'recipe': {}, 'metadata': meta}
-
-
-def load_model(source: Optional[str] = None, model_name: Optional[str] = None, checkpoint: Optional[str] = None,
-               pretrained: bool = False) -> Tuple[nn.Module, Dict[str, Any]]:
-    """A model and what is known of how it was trained (the run's recipe and the checkpoint's metadata).
-
-    ``source``: a run folder or checkpoint folder (``config.json`` + ``model.safetensors``).
-    ``model_name`` with ``checkpoint`` (a safetensors file) or ``pretrained`` (its registered tag).
-    """
-    if source is not None:
-        if not Path(source).exists() and '.' in str(source):
-            return _from_tag(str(source))  # a registered tag given where a folder may stand (eval TAG)
-        if not Path(source).is_dir():
-            raise UsageError(f'{source} is neither a run or checkpoint folder nor a registered tag with weights '
-                             f'(e.g. cifar_resnet20.lipschitz_hinge_s050_b1_l001_digits).')
-        return _from_folder(Path(source))
-    if model_name is None:
-        raise UsageError('give a run/checkpoint folder, or --model NAME with --checkpoint PATH or --pretrained.')
-    if checkpoint is not None:
-        model = timm.create_model(model_name, pretrained=False, num_classes=_num_classes_of(checkpoint, model_name),
-                                  **_args_beside(checkpoint))
-        load_checkpoint(model, checkpoint)
-        return model, {'label': Path(checkpoint).stem if Path(checkpoint).stem != 'model' else model_name,
-                       'recipe': {}, 'metadata': read_metadata(checkpoint)}
-    if pretrained:
-        return _from_tag(model_name)
-    raise UsageError(f'--model {model_name} needs --checkpoint PATH or --pretrained.')
 
 
 def device_name(device: torch.device) -> str:

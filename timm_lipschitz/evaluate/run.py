@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from .. import __version__
-from ..certificates import (DETERMINISTIC_KEY, check_certified_unbroken, check_declared, Declaration, declaration,
+from ..certificates import (DETERMINISTIC_KEY, Declaration, check_certified_unbroken, check_declared, declaration,
                             deterministic_certificate)
 from ..errors import UsageError
 from ..fileio import atomic_write_json, atomic_write_text, read_json

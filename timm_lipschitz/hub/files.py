@@ -23,7 +23,6 @@ from typing import Any, Dict, Optional, Union
 import timm
 import torch.nn as nn
 import yaml
-from huggingface_hub import hf_hub_download
 from safetensors import safe_open
 from safetensors.torch import load_file, save as st_save
 from timm.models._hub import save_config_for_hf
@@ -37,11 +36,13 @@ from ..protocol import SUMMARY_KEYS
 from ..runs import finished_summary
 from .card import render_card
 
-__all__ = ['save_pretrained', 'read_metadata', 'load_robustness', 'load_checkpoint', 'load_pretrained',
-           'recipe_hash', 'CheckpointError', 'WEIGHTS_NAME', 'FORMAT_VERSION', 'resolve_source', 'record_evaluation']
+__all__ = ['save_pretrained', 'read_metadata', 'load_checkpoint', 'recipe_hash', 'CheckpointError', 'WEIGHTS_NAME',
+           'FORMAT_VERSION', 'record_evaluation', 'parameter_count', 'read_config', 'CONFIG_NAME']
 
 FORMAT_VERSION = 2
 WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+_REMOTE = ('hf-hub:', 'local-dir:', 'http:', 'https:')
 
 
 class CheckpointError(UsageError):
@@ -126,8 +127,8 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
     save_config_for_hf(model, tmp_cfg, model_config={
         'timm_lipschitz': {k: meta[k] for k in ('format_version', 'tag', 'dataset', 'objective', 'version',
                                                   'recipe_hash')}})
-    config = read_json(tmp_cfg)
-    tmp_cfg.replace(folder / 'config.json')
+    tmp_cfg.replace(folder / CONFIG_NAME)
+    config = read_config(folder)
     if robustness:
         atomic_write_json(folder / 'robustness.json', record)
     if recipe:
@@ -154,7 +155,7 @@ def record_evaluation(folder: Union[str, Path], load_as: Optional[str] = None, c
     meta['robustness'] = dumps({**json.loads(meta.get('robustness', '{}')), **_robustness_summary(record)},
                                     default=str)
     atomic_write_bytes(folder / WEIGHTS_NAME, st_save(load_file(str(folder / WEIGHTS_NAME)), metadata=meta))
-    config = read_json(folder / 'config.json')
+    config = read_config(folder)
     final = finished_summary(folder) or {}
     name = f"{meta.get('architecture')}.{meta['tag']}" if meta.get('tag') else str(meta.get('architecture'))
     plot = 'robustness.png' if (folder / 'robustness.png').is_file() else None
@@ -194,35 +195,6 @@ def read_metadata(source: Union[str, Path]) -> Dict[str, str]:
     return dict(meta)
 
 
-def resolve_source(source: str) -> Path:
-    """A file/folder path, ``hf-hub:<repo>`` (header only, via the hub cache), or a registered ``arch.tag``."""
-    if source.startswith('hf-hub:'):
-        return Path(hf_hub_download(source[len('hf-hub:'):], WEIGHTS_NAME))
-    path = Path(source)
-    if path.exists():
-        return path
-    if '.' in source and timm.is_model(source.split('.')[0]):
-        cfg = timm.models.get_pretrained_cfg(source)
-        if cfg is not None and cfg.file:
-            return Path(cfg.file)
-        if cfg is not None and cfg.hf_hub_id:
-            return resolve_source('hf-hub:' + cfg.hf_hub_id)
-    raise CheckpointError(f'{source!r} is neither a checkpoint file/folder, an hf-hub: id, nor a registered '
-                          f'pretrained tag with weights.')
-
-
-def load_robustness(source: Union[str, Path]) -> Dict[str, Any]:
-    """Robustness scores and training facts of a checkpoint, read from its metadata (no weights are loaded)."""
-    meta = read_metadata(resolve_source(str(source)))
-    if 'robustness' not in meta:
-        raise CheckpointError(f'{source} has no timm-lipschitz metadata (missing "robustness"); it was not '
-                              f'written by timm_lipschitz.hub.save_pretrained.')
-    out: Dict[str, Any] = {k: v for k, v in meta.items() if k not in ('robustness', 'hparams')}
-    out['hparams'] = json.loads(meta.get('hparams', '{}'))
-    out.update(json.loads(meta['robustness']))
-    return out
-
-
 def load_checkpoint(model: nn.Module, source: Union[str, Path]) -> nn.Module:
     """Load a checkpoint into ``model`` after checking architecture, class count and every tensor shape."""
     path = _weights_file(source)
@@ -250,14 +222,38 @@ def load_checkpoint(model: nn.Module, source: Union[str, Path]) -> nn.Module:
     return model
 
 
-def load_pretrained(folder: Union[str, Path], **kwargs: Any) -> nn.Module:
-    """``timm.create_model('local-dir:<folder>')`` with this package's checks and clear errors."""
-    folder = Path(folder)
-    if not (folder / 'config.json').is_file():
-        raise CheckpointError(f'{folder} has no config.json; expected a folder written by save_pretrained.')
-    config = read_json(folder / 'config.json')
-    model = timm.create_model(config['architecture'], pretrained=False,
-                              **{**config.get('model_args', {}), **kwargs},
-                              pretrained_cfg_overlay=config.get('pretrained_cfg', {}))
-    return load_checkpoint(model, folder)
-
+# ---- config.json: the one reader ----------------------------------------------------------------------------------
+def read_config(folder: Path) -> Dict[str, Any]:
+    """A folder's ``config.json``, validated: a mapping whose ``architecture`` is a registered architecture (never a
+    remote reference), whose ``model_args`` and ``pretrained_cfg`` are mappings and whose ``num_classes`` is a
+    count. Each fault is a one-line :class:`~timm_lipschitz.hub.CheckpointError` naming the file and the field."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f'{folder} has no {CONFIG_NAME}; expected a folder written by save_pretrained '
+                              f'(timm-lipschitz train, publish, convert).')
+    try:
+        config = read_json(path)
+    except Exception as e:  # not JSON, unreadable
+        raise CheckpointError(f'{path} is not readable JSON: {str(e).splitlines()[0]}') from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f'{path} holds a {type(config).__name__}, not a mapping of timm config fields.')
+    arch = config.get('architecture')
+    if not isinstance(arch, str) or not arch:
+        raise CheckpointError(f'{path}: architecture={arch!r} is not allowed; give the name of a registered timm '
+                              f'architecture (e.g. cifar_resnet20).')
+    if arch.startswith(_REMOTE):
+        raise CheckpointError(f'{path}: architecture={arch!r} points elsewhere; a local folder must name a registered '
+                              f'architecture itself (it is never resolved over the network).')
+    if not timm.is_model(arch):
+        raise CheckpointError(f'{path}: architecture={arch!r} is not a registered timm architecture '
+                              f'(import the package that registers it; this one registers '
+                              f'{", ".join(timm.list_models(module="cifar_resnet")[:2])}, ...).')
+    for key in ('model_args', 'pretrained_cfg'):
+        if not isinstance(config.get(key, {}), dict):
+            raise CheckpointError(f'{path}: {key}={config[key]!r} is not allowed; give a mapping.')
+    if any(not isinstance(k, str) for k in config.get('model_args', {})):
+        raise CheckpointError(f'{path}: model_args keys must be argument names.')
+    classes = config.get('num_classes', 0)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
+        raise CheckpointError(f'{path}: num_classes={classes!r} is not allowed; give an integer >= 0.')
+    return config

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Optional, Union
 
 import yaml
-from huggingface_hub import constants, get_token, HfApi
+from huggingface_hub import HfApi, constants, get_token
 
-from ..data import create_dataset, DataError, timm_crop_pct
+from ..data import DataError, create_dataset, timm_crop_pct
 from ..errors import UserError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ..runs import require_finished
 from ..zoo import INDEX, WEIGHTS_DIR
-from .files import WEIGHTS_NAME, CheckpointError, load_pretrained, read_metadata, record_evaluation, save_pretrained
+from .files import WEIGHTS_NAME, CheckpointError, read_config, read_metadata, record_evaluation, save_pretrained
+from .sources import load_pretrained, resolve
 
 __all__ = ['publish', 'place_in_cache', 'ship_pretrained', 'PublishError']
 
@@ -26,7 +27,11 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
             private: bool = False) -> Path:
     """Build the hub folder of a finished training run and upload it (``dry_run``: build only). A missing token, a
     malformed repo id and a failed upload are one-line errors (:class:`PublishError`); the built folder stays."""
-    run_dir = Path(run_dir)
+    source = resolve(str(run_dir))
+    if source.kind != 'folder' or not (source.folder / 'recipe.yaml').is_file():
+        raise CheckpointError(f'publish takes a finished run folder (timm-lipschitz train --output-dir); {run_dir} '
+                              f'is a {source.kind if source.kind != "folder" else "checkpoint folder without a run"}.')
+    run_dir = source.folder
     require_finished(run_dir, CheckpointError)
     _check_repo_id(repo_id)
     if not dry_run:
@@ -145,7 +150,7 @@ def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, 
     run_dir = Path(run_dir)
     require_finished(run_dir, CheckpointError)
     meta = read_metadata(run_dir)
-    config = read_json(run_dir / 'config.json')
+    config = read_config(run_dir)
     name = f"{meta['architecture']}.{meta['tag']}"
     out_dir = Path(weights_dir) if weights_dir else WEIGHTS_DIR
     index_file = out_dir / INDEX.name

@@ -13,13 +13,12 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-import timm
 from safetensors.torch import save as st_save
 
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, read_json
-from ..models.robustbench import entry_name, exports_home, register_export, RobustBenchModel
-from .files import CheckpointError, load_pretrained, load_robustness
+from ..models.robustbench import RobustBenchModel, entry_name, exports_home, register_export
+from .sources import load_model, load_robustness, resolve
 
 __all__ = ['export_robustbench', 'model_info', 'THREATS', 'PAPER']
 
@@ -102,7 +101,8 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     """Export a run folder, checkpoint folder or tag; returns (the timm entry name, the export folder, the model
     info written there)."""
     threat, name = _threat(threat), _name(name)
-    model = _load(source)
+    resolved = resolve(str(source))
+    model, _ = load_model(str(source))
     summary = load_robustness(source)
     own = summary.get('dataset', '')
     dataset = RB_DATASETS.get(own, re.sub(r'[^a-z0-9_]', '', own.lower()))
@@ -117,7 +117,8 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / 'model.safetensors', st_save(tensors, metadata={'format': 'pt', 'entry': entry}))
     atomic_write_json(folder / f'{name}.json', details)
-    spec = {'folder': str(folder.resolve()), 'arch': arch, 'model_args': _model_args(source),
+    args = {k: v for k, v in resolved.config.get('model_args', {}).items() if k not in ('num_classes', 'in_chans')}
+    spec = {'folder': str(folder.resolve()), 'arch': arch, 'model_args': args,
             'num_classes': int(model.num_classes), 'input_size': [int(s) for s in cfg['input_size']],
             'crop_pct': cfg.get('crop_pct', 1.0), 'mean': list(mean), 'std': list(std),
             'first_conv': cfg.get('first_conv', 'conv1'), 'classifier': cfg.get('classifier', 'fc'),
@@ -129,19 +130,3 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     atomic_write_json(index_file, dict(sorted(index.items())))
     register_export(entry, spec)  # usable in this process too
     return entry, folder, details
-
-
-def _load(source: str) -> Any:
-    """A run or checkpoint folder (its final weights), or a registered tag with weights."""
-    if Path(source).is_dir():
-        return load_pretrained(source)
-    if '.' in source and timm.is_model(source.split('.')[0]) and source in timm.list_pretrained(source):
-        return timm.create_model(source, pretrained=True)
-    raise CheckpointError(f'{source} is neither a run or checkpoint folder nor a registered tag with weights.')
-
-
-def _model_args(source: str) -> Dict[str, Any]:
-    """The architecture's constructor arguments beyond class count, channels and input size (a folder's
-    config.json records them; a tag's are the architecture's defaults)."""
-    config = read_json(Path(source) / 'config.json') if (Path(source) / 'config.json').is_file() else {}
-    return {k: v for k, v in (config.get('model_args') or {}).items() if k not in ('num_classes', 'in_chans')}

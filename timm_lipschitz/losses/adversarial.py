@@ -14,13 +14,12 @@ from the objective's own noise stream, so they are saved with the training state
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence
 
 from .._lazy import lazy_module
 from ..modes import eval_mode
-from .base import (LossOutput, Objective, check_choice, check_count, check_non_negative, check_positive,
-                   full_precision)
 from ..ratio import per_sample_norm as _per_sample_norm, worst_direction
+from .base import LossOutput, Objective, check_choice, check_count, check_non_negative, check_positive, full_precision
 from .registry import register_loss
 
 torch = lazy_module('torch', __name__)

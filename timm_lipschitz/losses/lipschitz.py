@@ -21,8 +21,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 from .._lazy import lazy_module
 from ..ratio import ADVERSARIAL_STEP, OUTPUTS, lipschitz_ratio, model_output
 from .adversarial import hinge_perturbation
-from .base import (check_choice, check_count, check_non_negative, check_positive, HyperparameterError, LossOutput,
-                   Objective)
+from .base import (HyperparameterError, LossOutput, Objective, check_choice, check_count, check_non_negative,
+                   check_positive)
 from .registry import create_loss, list_losses, loss_class, register_loss
 from .standard import TaskLoss
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Sequence
 
 from .._lazy import lazy_module
-from .base import check_non_negative, full_precision, HyperparameterError, LossOutput, Objective
+from .base import HyperparameterError, LossOutput, Objective, check_non_negative, full_precision
 from .registry import register_loss
 
 F = lazy_module('torch.nn.functional', __name__)

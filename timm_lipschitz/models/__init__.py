@@ -1,8 +1,8 @@
 """Models registered with timm on import (timm has no plugin entry points, so importing is the registration)."""
 import timm
 
-from .cifar_resnet import (CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, BasicBlock, blocks_per_stage, CifarResNet,
-                           PreActBasicBlock, ShortcutA)
+from .cifar_resnet import (CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, BasicBlock, CifarResNet, PreActBasicBlock,
+                           ShortcutA, blocks_per_stage)
 from .lipnet import LIPSCHITZ_NAMES, CifarLipResNet, LipConvNet, to_plain
 from .mnist_convnet import MNIST_MEAN, MNIST_STD, MnistConvNet
 from .robustbench import RobustBenchModel  # registers the RobustBench exports listed in the exports index

@@ -19,7 +19,7 @@ from timm.layers import BatchNormAct2d, create_classifier, get_device_dtype
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
 from ..errors import UsageError
-from ._bounds import BlockBound, bn_scale, conv_bn_bound, DeclaresLipschitz, linear_norm
+from ._bounds import BlockBound, DeclaresLipschitz, bn_scale, conv_bn_bound, linear_norm
 from ._features import StagedFeatures
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 

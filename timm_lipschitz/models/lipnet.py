@@ -36,8 +36,8 @@ from timm.models import generate_default_cfgs, register_model
 
 from ..errors import UsageError
 from ..modes import for_inference
-from ._bounds import BlockBound, conv_operator_norm, DeclaresLipschitz, effective_weight
-from ._features import reset_head, StagedFeatures
+from ._bounds import BlockBound, DeclaresLipschitz, conv_operator_norm, effective_weight
+from ._features import StagedFeatures, reset_head
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 from .cifar_resnet import CIFAR10_LABELS
 

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from ..errors import UsageError
 from ..modes import eval_mode
 from ..normalization import Normalizer, warn_if_not_pixels
-from ..protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, mean_std, parse_sigmas,
-                        resolve_protocol, SigmaSpec, summarize, to_uint8_levels, value_at)
+from ..protocol import (CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, TABLE_SIGMAS, SigmaSpec, mean_std, parse_sigmas,
+                        resolve_protocol, summarize, to_uint8_levels, value_at)
 from ..seeding import stream_seed
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'CIFAR10C_GAUSSIAN', 'parse_sigmas', 'unit_noise', 'noise_sweep',

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-from matplotlib.figure import Figure
 import torch
 import torch.nn as nn
+from matplotlib.figure import Figure
 
 from ..certificates import eval_entry
 from ..modes import eval_mode

@@ -34,8 +34,8 @@ import yaml
 from .._lazy import lazy_module
 from ..errors import UsageError, UserError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
-from ..recipes import (DEFAULTS, SCHEMA, deep_merge, differing_keys, get_dotted, load_recipe, read_yaml_file,
-                       RecipeError, resolve_recipe, under)
+from ..recipes import (DEFAULTS, SCHEMA, RecipeError, deep_merge, differing_keys, get_dotted, load_recipe,
+                       read_yaml_file, resolve_recipe, under)
 from ..runs import finished_summary, with_recorded_normalization
 from .points import RECIPE_SHORT, point_name
 

@@ -19,16 +19,17 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 from accelerate.utils import set_seed
 
-from ..recipes import resolve_recipe, ResolvedRecipe
+from ..recipes import ResolvedRecipe, resolve_recipe
 from ..runs import discard_fresh_run, latest_state, open_run_folder
 from ..seeding import stream_seed
-from .build import (apply_model_options, apply_threads, build_data, build_model, build_objective, build_optimizer,
-                    build_scheduler, build_train_loader, check_runtime, compile_step, cpu_threads, data_mean_std,
-                    default_input_size, eval_subset, has_accelerator, make_accelerator, prepare_run, PreparedRun,
+from .build import (PreparedRun, apply_model_options, apply_threads, build_data, build_model, build_objective,
+                    build_optimizer, build_scheduler, build_train_loader, check_runtime, compile_step, cpu_threads,
+                    data_mean_std, default_input_size, eval_subset, has_accelerator, make_accelerator, prepare_run,
                     resolve_normalization, warn_single_process_launch)
-from .loop import (EXIT_PREEMPTED, DivergenceGuard, optimizer_stepper, Preempted, step_target, StepLog, StopSignals,
-                   TrainingDiverged, TrainingLoop, TrainState, window_add as _window_add, window_means as _window_means)
-from .outputs import evaluate_clean, evaluate_epoch, finish_run, JsonlTracker, reproduce_command
+from .loop import (EXIT_PREEMPTED, DivergenceGuard, Preempted, StepLog, StopSignals, TrainState, TrainingDiverged,
+                   TrainingLoop, optimizer_stepper, step_target, window_add as _window_add,
+                   window_means as _window_means)
+from .outputs import JsonlTracker, evaluate_clean, evaluate_epoch, finish_run, reproduce_command
 
 __all__ = ['train', 'TrainingDiverged', 'Preempted', 'latest_state', 'JsonlTracker', 'evaluate_clean',
            'check_runtime', 'build_model', 'compile_step', 'build_data', 'data_mean_std', 'reproduce_command',

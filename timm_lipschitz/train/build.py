@@ -21,7 +21,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 
 from .._lazy import load_all
-from ..data import (check_labels, create_dataset, DeviceLoader, split_fingerprint, standard_loader, timm_crop_pct,
+from ..data import (DeviceLoader, check_labels, create_dataset, split_fingerprint, standard_loader, timm_crop_pct,
                     train_transform)
 from ..errors import UsageError
 from ..fileio import atomic_write_text
@@ -30,7 +30,7 @@ from ..modes import eval_mode
 from ..normalization import per_channel, unwrap_model
 from ..recipes import RecipeError
 from ..robustness.subsets import evaluation_subset
-from ..runs import check_same_data, space_message, StateSaveError
+from ..runs import StateSaveError, check_same_data, space_message
 from ..seeding import stream_seed
 from .loop import TrainingLoop
 from .outputs import METRICS_NAME, JsonlTracker, tracker_config

@@ -18,7 +18,7 @@ from ..normalization import unwrap_model
 from ..recipes import flatten
 from ..robustness import noise_sweep, plot_sweeps, summary_table, sweep_table
 from ..robustness.subsets import subset_record
-from ..runs import FINAL_NAME, METRICS_NAME, segments, space_message, StateSaveError
+from ..runs import FINAL_NAME, METRICS_NAME, StateSaveError, segments, space_message
 
 __all__ = ['JsonlTracker', 'METRICS_NAME', 'tracker_config', 'evaluate_clean', 'evaluate_epoch', 'finish_run',
            'reproduce_command', 'write_outputs', 'print_summary']
