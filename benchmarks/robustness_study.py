@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import timm_lipschitz  # noqa: E402,F401
+from timm_lipschitz.certificates import eval_entry  # noqa: E402
 from timm_lipschitz.evaluate import evaluate, load_model  # noqa: E402
 from timm_lipschitz.robustness.attacks import parse_eps  # noqa: E402
 from timm_lipschitz.robustness.certify import max_certified_radius  # noqa: E402
@@ -73,7 +74,7 @@ def _cell(value: Any, digits: int = 1) -> str:
 
 def _deterministic(r: Dict[str, Any], radius: float) -> float:
     """Deterministic certified accuracy (%) at ``radius``, from the per-image radii of the margin certificate."""
-    radii = r['margin_certificate']['radius']
+    radii = eval_entry(r)['radius']
     return 100.0 * sum(1 for v in radii if v >= radius) / len(radii)
 
 
@@ -91,7 +92,7 @@ def summary_table(results: Dict[str, Any]) -> List[str]:
     for norm in ('l2', 'linf'):
         for e in first.get('autoattack', {}).get(norm, {}):
             cols.append((f'AutoAttack {norm} {e}', lambda r, n=norm, e=e: r['autoattack'][n][e]))
-    if 'margin_certificate' in first:
+    if eval_entry(first) is not None:
         for e in first.get('attacks', {}).get('l2', {}):
             cols.append((f'deterministic certified l2 {e}', lambda r, e=e: _deterministic(r, float(e))))
     for e, v in first.get('attacks', {}).get('smoothing', {}).get('l2', {}).items():

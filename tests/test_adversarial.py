@@ -7,9 +7,9 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from timm_lipschitz.losses import create_loss, pgd_attack
 
 import timm_lipschitz  # noqa: F401
-from timm_lipschitz.losses import create_loss, pgd_attack
 
 
 class Linear(nn.Module):

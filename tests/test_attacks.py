@@ -5,14 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from scipy.stats import norm as gaussian
 import timm
 import torch
 import torch.nn as nn
-
-import timm_lipschitz  # noqa: F401
+from scipy.stats import norm as gaussian
 from timm_lipschitz.robustness.attacks import (AttackError, PixelModel, attack_sweep, eps_key, masking_warnings,
                                                parse_eps)
+
+import timm_lipschitz  # noqa: F401
 
 pytest.importorskip('art', reason='the attacks extra is not installed (pip install "timm-lipschitz[attacks]")')
 
@@ -222,3 +222,42 @@ def test_eval_attack_on_a_run_folder_reports_everywhere(tmp_path, drawn, capsys)
     assert '## Adversarial robustness' in card and '**Not the full protocol:** epsilons' in card
     assert '20 images attacked (the protocol: 200); 5 steps (the protocol: 20)' in card
     assert scores['attack_split'] == 'test' and scores['attack_full_protocol'] is False
+
+
+class _TinyNet(nn.Module):
+    """BatchNorm makes the mode matter; a timm-like pretrained_cfg lets the package's helpers read it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+        self.num_classes = 3
+        self.pretrained_cfg = {'input_size': (1, 8, 8), 'mean': (0.5,), 'std': (0.5,)}
+
+    def forward_features(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x).mean((2, 3)))
+
+
+def _data(n: int = 6):
+    g = torch.Generator().manual_seed(0)
+    return torch.utils.data.TensorDataset(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 3)
+
+
+def test_an_attack_hands_the_model_back_in_its_mode():
+    pytest.importorskip('art')
+    from timm_lipschitz.robustness.attacks import attack_sweep
+    model = _TinyNet().train()
+    attack_sweep(model, _data(4), norms=['l2'], eps={'l2': [0.5]}, steps=1, max_images=4)
+    assert model.training
+
+
+def test_fewer_square_restarts_are_a_stated_departure_from_the_protocol():
+    from timm_lipschitz.evaluate.record import departures
+    settings = {'split': 'test', 'max_images': None, 'attacks': {'method': 'autoattack', 'square_restarts': 1}}
+    assert departures('attacks', settings, {}) == ["AutoAttack's Square with 1 restart(s) (the protocol: ART's "
+                                                   'default)']
+    assert departures('attacks', {**settings, 'attacks': {'method': 'autoattack'}}, {}) == []

@@ -10,14 +10,14 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import timm_lipschitz
 from timm_lipschitz import certificates as C
 from timm_lipschitz.losses import create_loss
 from timm_lipschitz.models import to_plain
 from timm_lipschitz.models._bounds import DeclaresLipschitz
 from timm_lipschitz.protocol import LIPSCHITZ_TOLERANCE
 from timm_lipschitz.robustness.lipschitz import pgd_lower_bound
+
+import timm_lipschitz
 
 TAG = 'lip_convnet.lipschitz_margin_e075_tau8_fmnist'
 

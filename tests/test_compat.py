@@ -7,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
+from timm_lipschitz.hub import load_robustness, read_metadata
 
 import timm_lipschitz  # noqa: F401
-from timm_lipschitz.hub import load_robustness, read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 V010 = ROOT / 'tests' / 'fixtures' / 'v0_1_0'
@@ -72,3 +73,62 @@ def test_v010_recipe_trains_to_the_same_weights_today(tmp_path):
         str(V010 / 'finished' / 'model.safetensors'))
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+
+
+FIXTURES = Path(__file__).resolve().parent / 'fixtures'
+
+
+def test_point_folders_file_labels_and_dataset_codes_are_unchanged():
+    """The names 0.2.0 wrote (every grid's point folders, file labels, dataset codes in tags): renaming them would
+    make a finished sweep rerun its points or orphan its files."""
+    from timm_lipschitz.evaluate.run import FILE_CHARS, safe_name
+    from timm_lipschitz.hub.tags import dataset_code
+    from timm_lipschitz.sweep import expand_grid, load_grid, point_name
+    pinned = json.loads((FIXTURES / 'names_v0_2_0.json').read_text())
+    for grid, names in pinned['points'].items():
+        assert [point_name(p) for p in expand_grid(load_grid(ROOT / 'recipes' / 'grids' / grid))] == names, grid
+    assert {k: safe_name(k, FILE_CHARS, '_') for k in pinned['file_labels']} == pinned['file_labels']
+    assert {k: dataset_code(k) for k in pinned['dataset_codes']} == pinned['dataset_codes']
+
+
+def test_shipped_tags_still_name_their_configuration():
+    from timm_lipschitz.hub import make_tag, parse_tag
+    from timm_lipschitz.models._pretrained import shipped
+    tags = [name.split('.', 1)[1] for name in shipped()]
+    assert tags
+    for tag in tags:
+        parsed = parse_tag(tag)
+        assert make_tag(parsed.objective, parsed.hparams, parsed.dataset) == tag
+
+
+def test_corruption_ids_are_explicit_and_complete():
+    from timm_lipschitz.robustness import corruptions as C
+    assert len(C.BENCHMARK) == 15 and len(C.EXTRA) == 4
+    assert set(C.BENCHMARK) | set(C.EXTRA) == set(C.CORRUPTIONS) == set(C.CORRUPTION_IDS)
+    assert len(set(C.CORRUPTION_IDS.values())) == len(C.CORRUPTION_IDS)
+
+
+def test_every_corruptions_draws_on_a_fixed_image_are_pinned():
+    """Outputs stored by 0.2.0 (seed 3, image index 11, severities 1 and 5, RGB and gray): inserting or reordering a
+    corruption can never change another's draws. JPEG and zoom go through PIL and scipy, so one uint8 level of
+    difference is allowed on at most 1% of the pixels."""
+    from timm_lipschitz.robustness.corruptions import corrupt
+    pinned = np.load(FIXTURES / 'corruption_draws.npz')
+    checked = 0
+    for key in pinned.files:
+        if key.startswith('image_'):
+            continue
+        name, sev, chans = key.rsplit('_', 2)
+        image = torch.from_numpy(pinned[f'image_{chans}']).float() / 255
+        out = (corrupt(image, name, int(sev[1:]), seed=3, index=11) * 255).round().to(torch.uint8).numpy()
+        diff = np.abs(out.astype(int) - pinned[key].astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, key
+        checked += 1
+    assert checked == 72
+
+
+def test_attack_random_starts_keep_their_seeds():
+    """The attacks' per-norm start is a key of the declared attack_start stream: the same seeds as 0.2.0's
+    ``stream_seed('attack_start', seed) + k``, and the PGD lower bound's start is key 0."""
+    from timm_lipschitz.seeding import stream_seed
+    assert [stream_seed('attack_start', 7, k) for k in range(3)] == [7, 8, 9]

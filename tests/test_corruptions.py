@@ -7,11 +7,11 @@ import pytest
 import timm
 import torch
 from scipy import ndimage
-
-import timm_lipschitz  # noqa: F401
 from timm_lipschitz.robustness import corruptions as C
 from timm_lipschitz.robustness.corruptions import (CORRUPTIONS, MISSING, corrupt_batch, corruption_sweep,
                                                    resolve_corruptions)
+
+import timm_lipschitz  # noqa: F401
 
 AVAILABLE = [n for n in CORRUPTIONS if n not in MISSING]
 

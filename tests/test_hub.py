@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from safetensors.torch import load_file
 from timm.models import generate_default_cfgs, register_model
+from timm_lipschitz.hub import (CheckpointError, convert_checkpoint, load_checkpoint, load_pretrained, load_robustness,
+                                make_tag, parse_tag, place_in_cache, publish, read_metadata, save_pretrained,
+                                ship_pretrained)
+from timm_lipschitz.models._pretrained import shipped
 
 import timm_lipschitz  # noqa: F401
-from timm_lipschitz.hub import (CheckpointError, convert_checkpoint, load_checkpoint, load_pretrained,
-                                load_robustness, make_tag, parse_tag, place_in_cache, publish, read_metadata,
-                                save_pretrained, ship_pretrained)
-from timm_lipschitz.models._pretrained import shipped
-from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 ROB = {'sigmas': [0.0, 0.3, 0.5], 'accuracy': [90.0, 60.0, 30.0], 'accuracy_std': [0.0, 0.0, 0.0],
@@ -402,3 +402,191 @@ def test_every_tag_names_its_hub_repo_and_loads_from_the_hub_cache_when_not_bund
     from_hub = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=None)).eval()
     x = torch.rand(3, *bundled.pretrained_cfg['input_size'])
     torch.testing.assert_close(from_hub(x), bundled(x), rtol=0, atol=0)
+
+
+def _finished(tmp_path):
+    from timm_lipschitz.train import train
+    recipe = {'name': 'pub', 'model': {'name': 'mnist_convnet'}, 'loss': {'name': 'cross_entropy'},
+              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True}, 'steps': 2, 'batch_size': 32,
+              'log_with': [], 'eval': {'sigmas': [0.0], 'every_epochs': 0}, 'output_dir': str(tmp_path / 'run'),
+              'optimizer': {'name': 'sgd', 'lr': 0.01}}
+    return train(recipe, progress=False)['output_dir']
+
+
+def _front_matter(card: str) -> dict:
+    import yaml
+    assert card.startswith('---\n')
+    return yaml.safe_load(card.split('---\n')[1])
+
+
+RB_LOAD = '''
+import json, sys, timm, torch
+import timm_lipschitz  # what a RobustBench user adds before load_model
+name, dataset, threat = sys.argv[1:4]
+timm_model_name = f"{name.lower().replace('-', '_')}_{dataset.lower()}_{threat.lower()}"  # robustbench.utils.load_model
+assert timm.is_model(timm_model_name), timm_model_name
+model = timm.create_model(timm_model_name, num_classes=10, pretrained=True, checkpoint_path=None).eval()
+x = torch.load(sys.argv[4])
+with torch.no_grad():
+    torch.save(model(x), sys.argv[5])
+print(json.dumps({'training': model.training, 'mean': model.pretrained_cfg['mean']}))
+'''
+
+
+RB_FIELDS = {'link', 'name', 'authors', 'additional_data', 'number_forward_passes', 'dataset', 'venue',
+             'architecture', 'eps', 'clean_acc', 'reported'}
+
+
+def test_hub_list_shows_every_tag_with_its_scores_without_loading_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from timm_lipschitz.hub import load_robustness
+    from timm_lipschitz.listing import tag_rows
+    from timm_lipschitz.zoo import shipped
+    rows = tag_rows()
+    assert [r['name'] for r in rows] == sorted(shipped())
+    for r in rows:
+        scores = load_robustness(r['name'])
+        assert r['dataset'] == scores['dataset'] and r['objective'] == scores['objective']
+        assert r['acc@0.3'] == scores['acc@0.3'] and r['acc@0'] == scores['acc@0']
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, '-c', "import sys; from timm_lipschitz.cli import main; main(['hub', "
+                          "'list']); print('torch loaded:', 'torch' in sys.modules)"], capture_output=True,
+                         text=True, env={'PATH': '/usr/bin:/bin', 'PYTHONPATH': str(root)}, timeout=120)
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith('| tag | dataset | objective | clean | sigma 0.3 | sigma 0.5 | grid mean')
+    assert len(lines) == 2 + len(rows) + 1 and lines[-1] == 'torch loaded: False'
+    digits = next(line for line in lines if line.startswith('| cifar_resnet20.lipschitz_hinge_s050_b1_l001_digits '))
+    assert '| 98.33 | 94.44 | 75.00 | 92.11 |' in digits
+
+
+def test_publish_fails_in_one_line_without_a_token_a_valid_repo_id_or_the_network(tmp_path, monkeypatch, capsys):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from timm_lipschitz.cli import main
+    run = _finished(tmp_path)
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf-home'))  # no stored token either
+    assert main(['publish', run, '--repo-id', 'org/name']) == 2
+    assert 'no Hugging Face token' in capsys.readouterr().err and not (Path(run) / 'publish').exists()
+    assert main(['publish', run, '--repo-id', 'not a repo']) == 2
+    assert "--repo-id 'not a repo' is not ORG/NAME" in capsys.readouterr().err
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root), HF_TOKEN='hf_fake', HF_HOME=str(tmp_path / 'hf-home'),
+               HF_ENDPOINT='http://127.0.0.1:9', HF_HUB_ETAG_TIMEOUT='2', HF_HUB_DOWNLOAD_TIMEOUT='2')
+    r = subprocess.run([sys.executable, '-m', 'timm_lipschitz.cli', 'publish', run, '--repo-id', 'org/name'],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.startswith('error: could not upload to org/name: ') and 'The folder is built in' in r.stderr
+    assert (Path(run) / 'publish' / 'model.safetensors').is_file()
+
+
+def test_the_card_front_matter_follows_the_hubs_conventions_and_states_what_reproduces_the_scores(tmp_path):
+    from timm_lipschitz.hub import save_pretrained
+    from timm_lipschitz.hub.card import CITATION
+    tag = 'cifar_resnet20.lipschitz_hinge_s050_b1_l001_fmnist'
+    model = timm.create_model(tag, pretrained=True)
+    robustness = {'sigmas': [0.0, 0.3, 0.5], 'accuracy': [92.5, 80.25, 61.0], 'accuracy_std': [0, 0, 0],
+                  'repeats': 1, 'num_images': 100,
+                  'summary': {'acc@0': 92.5, 'acc@0.3': 80.25, 'acc@0.5': 61.0, 'grid_mean': 77.92}}
+    hp = {'sigma': 0.5, 'beta': 1.0, 'lipschitz_target': 0.01}
+    folder = save_pretrained(model, tmp_path / 'ck', tag='lipschitz_hinge_s050_b1_l001_fmnist',
+                             dataset='fashion_mnist', objective='lipschitz_hinge', hparams=hp, robustness=robustness)
+    card = (folder / 'README.md').read_text()
+    front = _front_matter(card)
+    assert front['library_name'] == 'timm' and front['license'] == 'apache-2.0'
+    assert front['datasets'] == ['zalando-datasets/fashion_mnist'] and 'timm' in front['tags']
+    (entry,) = front['model-index']
+    assert entry['name'] == tag
+    (result,) = entry['results']
+    assert result['task']['type'] == 'image-classification'
+    assert result['dataset'] == {'name': 'Fashion-MNIST', 'type': 'zalando-datasets/fashion_mnist', 'split': 'test'}
+    metrics = {m['name']: m['value'] for m in result['metrics']}
+    assert metrics['Clean accuracy'] == 92.5 and metrics['Accuracy under Gaussian noise sigma 0.3'] == 80.25
+    assert metrics['Accuracy under Gaussian noise sigma 0.5'] == 61.0
+    assert f"- **Parameters:** {sum(p.numel() for p in model.parameters()):,}" in card
+    assert '28x28 px images are zero-padded (centered) to 32x32 as in training (crop_pct 1.14286' in card
+    assert CITATION in card and 'Usama, Muhammad and Chang, Dong Eui' in CITATION
+    # a dataset without a Hub id (digits) is named in the text, never given as a made-up id
+    folder = save_pretrained(timm.create_model('cifar_resnet20.cross_entropy_digits', pretrained=True),
+                             tmp_path / 'digits', tag='cross_entropy_digits', dataset='digits',
+                             objective='cross_entropy', hparams={})
+    digits = _front_matter((folder / 'README.md').read_text())
+    assert 'datasets' not in digits and 'model-index' not in digits  # no score measured, none claimed
+
+
+def test_publishing_a_run_from_before_crop_pct_states_the_padding_its_training_used():
+    from timm_lipschitz.hub.publish import _restate_preprocessing
+    model = timm.create_model('cifar_resnet20', num_classes=10, in_chans=1,
+                              pretrained_cfg_overlay={'input_size': (1, 16, 16)})
+    assert model.pretrained_cfg['crop_pct'] == 1.0   # what a 0.2.0 run recorded
+    _restate_preprocessing(model, {'data': {'name': 'digits'}})
+    assert model.pretrained_cfg['crop_pct'] == 2.0   # digits are 8 px, zero-padded to 16
+
+
+def test_export_robustbench_registers_the_name_its_load_model_looks_up(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from timm_lipschitz.cli import main
+    from timm_lipschitz.hub import record_evaluation, save_pretrained
+    monkeypatch.setenv('TIMM_LIPSCHITZ_HOME', str(tmp_path / 'home'))
+    tag = 'mnist_convnet.lipschitz_hinge_s075_b10_l0005_fmnist'  # a fixed input size: the export must rebuild it
+    model = timm.create_model(tag, pretrained=True).eval()
+    robustness = {'sigmas': [0.0, 0.5], 'accuracy': [84.33, 70.0], 'accuracy_std': [0, 0], 'repeats': 1,
+                  'num_images': 10000, 'summary': {'acc@0': 84.33, 'acc@0.5': 70.0, 'grid_mean': 77.17}}
+    hp = {'sigma': 0.75, 'beta': 10.0, 'lipschitz_target': 0.005}
+    folder = save_pretrained(model, tmp_path / 'ck', tag='lipschitz_hinge_s075_b10_l0005_fmnist',
+                             dataset='fashion_mnist', objective='lipschitz_hinge', hparams=hp, robustness=robustness)
+    assert main(['export', '--robustbench', str(folder), '--name', 'Usama2026Hinge', '--threat', 'L2']) == 2
+    assert 'no AutoAttack result at L2 is recorded' in capsys.readouterr().err
+    record_evaluation(folder, attacks={'attack': 'autoattack', 'method': 'AutoAttack (ART)', 'clean': 86.0,
+                                       'num_images': 200, 'steps': 20, 'seed': 0, 'warnings': [], 'sanity': {},
+                                       'l2': {'0.5': 41.5, '1': 12.0}, 'reported': {'autoattack_l2@1': 12.0}})
+    assert main(['export', '--robustbench', str(folder), '--name', 'Usama2026Hinge', '--threat', 'l3']) == 2
+    assert "--threat 'l3' is not a RobustBench threat model" in capsys.readouterr().err
+    assert main(['export', '--robustbench', str(folder), '--name', 'Usama2026Hinge', '--threat', 'L2']) == 0
+    entry = 'usama2026hinge_fashion_mnist_l2'
+    out = tmp_path / 'home' / 'robustbench' / entry
+    info = json.loads((out / 'Usama2026Hinge.json').read_text())
+    assert RB_FIELDS | {'autoattack_acc'} <= set(info)
+    assert info['clean_acc'] == '84.33' and info['autoattack_acc'] == info['reported'] == '12.00'
+    assert info['eps'] == '1' and info['dataset'] == 'fashion_mnist' and info['number_forward_passes'] == 1
+    # a fresh process, as RobustBench's load_model runs it
+    x = torch.rand(5, 1, 28, 28)
+    torch.save(x, tmp_path / 'x.pt')
+    r = subprocess.run([sys.executable, '-c', RB_LOAD, 'Usama2026Hinge', 'fashion_mnist', 'L2', str(tmp_path / 'x.pt'),
+                        str(tmp_path / 'y.pt')], capture_output=True, text=True, timeout=300,
+                       env={**__import__('os').environ, 'TIMM_LIPSCHITZ_HOME': str(tmp_path / 'home')})
+    assert r.returncode == 0, r.stderr[-3000:]
+    facts = json.loads(r.stdout.strip().splitlines()[-1])
+    assert facts == {'training': False, 'mean': [0.0]}  # eval mode; timm's transform must not normalize again
+    mean = torch.tensor(model.pretrained_cfg['mean']).view(1, -1, 1, 1)
+    std = torch.tensor(model.pretrained_cfg['std']).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = model((x - mean) / std)
+    torch.testing.assert_close(torch.load(tmp_path / 'y.pt'), expected, rtol=0, atol=1e-6)
+
+
+def test_a_tag_reads_back_exactly_the_value_trained():
+    from timm_lipschitz.hub import make_tag, parse_tag
+    from timm_lipschitz.hub.tags import decode_number, encode_number
+    for v in (1e-11, 1 / 3, 0.1 + 0.2, 8 / 255, 0.005, 0.5, 1.5, 10.0, -0.25):
+        assert decode_number(encode_number(v)) == v, v
+    tag = make_tag('lipschitz_hinge', {'sigma': 0.5, 'beta': 1, 'lipschitz_target': 1e-11}, 'fashion_mnist')
+    assert tag != 'lipschitz_hinge_s050_b1_l000_fmnist' and parse_tag(tag).hparams['lipschitz_target'] == 1e-11
+    assert [encode_number(v) for v in (0.5, 0.01, 0.005, 0.75, 0.25, 0.1, 1, 10)] == \
+        ['050', '001', '0005', '075', '025', '010', '1', '10']  # the shipped tags' values, written as before
+
+
+def test_a_value_the_scheme_cannot_read_back_never_becomes_a_tag(monkeypatch):
+    from timm_lipschitz.hub import tags
+    monkeypatch.setattr(tags, 'decode_number', lambda text: round(float('0.' + text[1:]) if text.startswith('0')
+                                                                    else float(text), 3))
+    with pytest.raises(tags.TagError, match='cannot be written exactly in a tag'):
+        tags.encode_number(1e-11)

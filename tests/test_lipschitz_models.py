@@ -5,12 +5,12 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-
-import timm_lipschitz  # noqa: F401
 from timm_lipschitz.certificates import DETERMINISTIC_KEY, check_declared
 from timm_lipschitz.models import LIPSCHITZ_NAMES, to_plain
 from timm_lipschitz.modes import for_evaluation
 from timm_lipschitz.protocol import LIPSCHITZ_TOLERANCE
+
+import timm_lipschitz  # noqa: F401
 
 
 def _model(name='lip_convnet', **kwargs):

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from timm_lipschitz.losses import LossOutput, create_loss, lipschitz_ratio, list_losses
 
 import timm_lipschitz  # noqa: F401
-from timm_lipschitz.losses import LossOutput, create_loss, list_losses, lipschitz_ratio
 
 ALL_OBJECTIVES = ['cross_entropy', 'binary_cross_entropy', 'lipschitz_hinge', 'gaussian_augmentation',
                   'stability', 'consistency']

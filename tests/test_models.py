@@ -3,9 +3,9 @@ plus the exact parameter counts of He et al.'s CIFAR family."""
 import pytest
 import timm
 import torch
+from timm_lipschitz.models import LIPSCHITZ_NAMES, CifarResNet, ShortcutA
 
 import timm_lipschitz
-from timm_lipschitz.models import LIPSCHITZ_NAMES, CifarResNet, ShortcutA
 
 SLOW = {'cifar_resnet1202'}
 ALL = timm_lipschitz.list_registered()
@@ -233,3 +233,52 @@ def test_mnist_convnet_follows_timms_feature_conventions():
     assert model(x).shape == (2, 64)
     model.reset_classifier(0, '')
     assert model(x).shape == (2, 32, 14, 14)
+
+
+def _tags():
+    from timm_lipschitz.zoo import shipped
+    return sorted(shipped())
+
+
+@pytest.mark.parametrize('name', ['cifar_resnet20', 'cifar_preresnet20', 'mnist_convnet'])
+def test_prune_intermediate_layers_keeps_the_intermediates(name):
+    kwargs = {'in_chans': 1, 'img_size': 28} if name == 'mnist_convnet' else {}
+    model = timm.create_model(name, num_classes=10, **kwargs).eval()
+    x = torch.rand(2, 1, 28, 28) if name == 'mnist_convnet' else torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    kept = model.prune_intermediate_layers(indices=[1])
+    with torch.no_grad():
+        pruned = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    assert kept == [1] and len(full) == len(pruned) == 1 and torch.allclose(full[0], pruned[0])
+    assert sum(p.numel() for p in model.parameters()) < sum(
+        p.numel() for p in timm.create_model(name, num_classes=10, **kwargs).parameters())
+
+
+@pytest.mark.parametrize('tag', _tags())
+def test_timms_transform_gives_every_tag_its_training_inputs(tag):
+    """``resolve_data_config`` + ``create_transform`` on the native test images (as PIL images, how a timm user
+    holds them) give the tensors the project's pipeline gives, hence the same predictions and accuracy."""
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from timm_lipschitz.data import DataError, create_dataset
+    from timm_lipschitz.zoo import WEIGHTS_DIR, header_metadata, shipped
+    dataset = header_metadata(WEIGHTS_DIR / shipped()[tag]['file'])['dataset']
+    model = timm.create_model(tag, pretrained=True).eval()
+    cfg = model.pretrained_cfg
+    try:
+        ours, info = create_dataset(dataset, 'test', input_size=cfg['input_size'])
+    except DataError as e:
+        pytest.skip(f'{dataset} is not on this machine: {e}')
+    native, _ = create_dataset(dataset, 'test', input_size=info.native_size)
+    transform = create_transform(**resolve_data_config({}, model=model))
+    n = 64
+    mean, std = torch.tensor(cfg['mean']).view(-1, 1, 1), torch.tensor(cfg['std']).view(-1, 1, 1)
+    expected = torch.stack([(ours[i][0] - mean) / std for i in range(n)])
+    pixels = [(native[i][0][0] * 255).round().to(torch.uint8).numpy() for i in range(n)]
+    got = torch.stack([transform(Image.fromarray(p, mode='L')) for p in pixels])
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(model(got).argmax(1), model(expected).argmax(1))

@@ -5,9 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from timm_lipschitz.protocol import (PAPER_SIGMAS, PRESETS, format_cell, index_on_grid, mean_std,
-                                                parse_sigmas, resolve_protocol, summarize, value_at)
+from timm_lipschitz.protocol import (PAPER_SIGMAS, PRESETS, format_cell, index_on_grid, mean_std, parse_sigmas,
+                                     resolve_protocol, summarize, value_at)
 from timm_lipschitz.seeding import STREAMS, stream_seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,3 +76,10 @@ def test_the_command_line_checks_a_recipe_without_loading_torch(tmp_path):
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     assert 'loss.sigma=-0.5 is not allowed; sigma must be a number > 0' in r.stderr
+
+
+def test_the_derived_grids_are_the_paper_grids():
+    from timm_lipschitz.robustness import protocol as P
+    assert P.PAPER_SIGMAS == tuple(round(0.01 * i, 2) for i in range(51))
+    assert P.MNIST_SIGMAS == tuple(round(0.01 * i, 2) for i in range(101))
+    assert [P.summary_label(k) for k in P.SUMMARY_KEYS] == ['clean', 'sigma 0.3', 'sigma 0.5', 'grid mean']

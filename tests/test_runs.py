@@ -2,12 +2,19 @@
 refuse a setting before any work (each case failed on 0.1.0: trained silently into the old folder, or trained
 something else than asked)."""
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-
+import yaml
+from safetensors.torch import load_file
 from timm_lipschitz.recipes import RecipeError, resolve_recipe
 from timm_lipschitz.runs import RunFolderError, read_metrics
 from timm_lipschitz.train import latest_state, train
@@ -160,3 +167,174 @@ def test_a_truncated_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path, 
     assert s['steps'] == 15 and 'dropped 1 broken line' in capsys.readouterr().out
     rows, broken = read_metrics(out / 'metrics.jsonl')
     assert broken == 0 and rows[-1]['step'] == 15
+
+
+def tiny_runs(out, **over):
+    recipe = {'name': 'tiny_runs', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
+              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
+              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05},
+              'steps': 6, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
+              'output_dir': str(out)}
+    recipe.update(over)
+    return recipe
+
+
+def _max_diff(a, b):
+    wa, wb = load_file(str(Path(a) / 'model.safetensors')), load_file(str(Path(b) / 'model.safetensors'))
+    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+
+
+def _image_folder(root, shade=0):
+    from PIL import Image
+    for ci, cls in enumerate(('a', 'b')):
+        (root / cls).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(np.full((8, 8, 3), (40 * ci + 2 * i + shade) % 256, np.uint8)).save(root / cls / f'{i}.png')
+
+
+def _cli(*argv, cwd=None, env=None):
+    return subprocess.run([sys.executable, '-m', 'timm_lipschitz.cli', *map(str, argv)], capture_output=True,
+                          text=True, cwd=cwd, env=env or _env(), timeout=600)
+
+
+def _env(**extra):
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', **extra)
+
+
+_TERM_IN_FINAL_EVAL = textwrap.dedent('''
+    import os, signal, sys
+    import timm_lipschitz.train.outputs as outputs
+    real = outputs.evaluate_clean
+    def evaluate_clean(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's signal, during the end-of-run evaluation
+        return real(*args, **kwargs)
+    outputs.evaluate_clean = evaluate_clean
+    from timm_lipschitz.cli import main
+    sys.exit(main(['train', '--recipe', sys.argv[1], '--no-progress']))
+''')
+
+
+def test_a_folder_with_someone_elses_files_is_refused_naming_them(tmp_path):
+    out = tmp_path / 'p'
+    out.mkdir()
+    (out / 'README.md').write_text('mine\n')
+    (out / 'config.json').write_text('{"mine": true}\n')
+    for resume in (False, True):
+        with pytest.raises(RunFolderError, match=r'is not empty and holds no run \(README\.md, config\.json\)'):
+            train(tiny_runs(out), resume=resume, progress=False)
+    assert (out / 'README.md').read_text() == 'mine\n' and sorted(p.name for p in out.iterdir()) == \
+        ['README.md', 'config.json']
+
+
+def test_a_recipe_refused_after_the_claim_leaves_no_stub(tmp_path):
+    """0.2.0 left recipe.yaml behind: the corrected run was refused ('already holds an unfinished run')."""
+    out = tmp_path / 'run'
+    with pytest.raises(RecipeError, match='batch_size=32 must be divisible'):
+        train(tiny_runs(out, gradient_accumulation_steps=7), progress=False)
+    assert not out.exists() or list(out.iterdir()) == []
+    assert train(tiny_runs(out), progress=False)['steps'] == 6
+
+
+def test_a_finished_run_is_not_resumed_shorter(tmp_path):
+    out = tmp_path / 'run'
+    train(tiny_runs(out), progress=False)
+    with pytest.raises(RunFolderError, match='with steps=3: the run has trained 6 steps already'):
+        train(tiny_runs(out, steps=3), resume=True, progress=False)
+    assert json.loads((out / 'final.json').read_text())['steps'] == 6 and yaml.safe_load(
+        (out / 'recipe.yaml').read_text())['steps'] == 6
+
+
+def test_a_run_resumed_with_more_steps_records_the_commands_that_reproduce_it(tmp_path):
+    """--resume --set steps=20 on a 10-step cosine run: one command from the final recipe gives other weights."""
+    from timm_lipschitz.cli import main
+    r = tiny_runs(tmp_path / 'run', steps=10, schedule={'name': 'cosine'},
+             data={'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True, 'train_fraction': 0.1})
+    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(r))
+    assert main(['train', '--recipe', str(tmp_path / 'r.yaml'), '--no-progress']) == 0
+    assert main(['train', '--recipe', str(tmp_path / 'r.yaml'), '--set', 'steps=20', '--resume', '--no-progress']) == 0
+    final = json.loads((tmp_path / 'run' / 'final.json').read_text())
+    assert len(final['commands']) == 2 and '--stop-at-step 10' in final['commands'][0]
+    assert final['command'] == ' && '.join(final['commands']) and final['command'] in \
+        (tmp_path / 'run' / 'README.md').read_text()
+    for command in final['commands']:
+        assert main(command.split()[1:] + ['--no-progress']) == 0
+    assert _max_diff(tmp_path / 'run', str(tmp_path / 'run') + '_reproduced') == 0.0
+    assert main(['train', '--recipe', str(tmp_path / 'r.yaml'), '--set', 'steps=20', '--output-dir',
+                 str(tmp_path / 'direct'), '--no-progress']) == 0
+    assert _max_diff(tmp_path / 'run', tmp_path / 'direct') > 1e-4  # why one command is not the record
+
+
+def test_a_resume_reads_its_data_from_a_new_root_only_when_it_is_the_same_data(tmp_path):
+    _image_folder(tmp_path / 'a')
+    shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+    _image_folder(tmp_path / 'c', shade=1)
+    data = lambda root: {'name': 'imagefolder', 'root': str(root), 'input_size': [3, 8, 8], 'fast_path': True}  # noqa
+    out = tmp_path / 'run'
+    train(tiny_runs(out, data=data(tmp_path / 'a'), batch_size=8), progress=False)
+    with pytest.raises(RunFolderError, match=r"data\.root='.*c' is not the one .* started with"):
+        train(tiny_runs(out, steps=8, batch_size=8, data=data(tmp_path / 'c')), resume=True, progress=False)
+    assert train(tiny_runs(out, steps=8, batch_size=8, data=data(tmp_path / 'b')), resume=True,
+                 progress=False)['steps'] == 8
+
+
+def test_a_stop_signal_in_the_final_evaluation_keeps_the_exit_75_contract(tmp_path):
+    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(tiny_runs(tmp_path / 'run')))
+    stopped = subprocess.run([sys.executable, '-c', _TERM_IN_FINAL_EVAL, str(tmp_path / 'r.yaml')], env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    run = tmp_path / 'run'
+    assert stopped.returncode == 75, stopped.stderr[-2000:]
+    assert json.loads((run / 'stopped.json').read_text())['step'] == 6 and not (run / 'run.lock').exists()
+    assert not (run / 'final.json').exists() and (run / 'state' / 'step_00000006').is_dir()
+    resumed = _cli('train', '--recipe', tmp_path / 'r.yaml', '--resume', '--no-progress')
+    assert resumed.returncode == 0 and json.loads((run / 'final.json').read_text())['steps'] == 6
+
+
+def test_ctrl_c_prints_one_line_and_the_last_saved_state(tmp_path):
+    import time
+    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(tiny_runs(tmp_path / 'run', steps=100000,
+                                                         checkpoint={'every_steps': 5})))
+    proc = subprocess.Popen([sys.executable, '-m', 'timm_lipschitz.cli', 'train', '--recipe', str(tmp_path / 'r.yaml'),
+                             '--no-progress'], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / 'run' / 'state').glob('step_*')) if (tmp_path / 'run' / 'state').is_dir() else True:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and 'Traceback' not in err
+    assert 'interrupted: the last complete state is' in err and 'continue with --resume' in err
+    assert not (tmp_path / 'run' / 'run.lock').exists()
+
+
+def test_a_read_only_folder_gets_the_message_of_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    from timm_lipschitz.runs import RunClaim, StateSaveError
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, 'Read-only file system')
+    monkeypatch.setattr(os, 'open', read_only)
+    with pytest.raises(StateSaveError, match=r'could not write the run claim in .*Read-only file system.*MiB are free'):
+        RunClaim(tmp_path / 'run').acquire()
+
+
+def test_an_empty_claim_says_it_is_empty(tmp_path):
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'run.lock').write_text('')
+    with pytest.raises(RunFolderError, match=r'run\.lock is empty .* names no process.*delete'):
+        train(tiny_runs(out), progress=False)
+
+
+def test_a_folder_holding_an_unfinished_run_is_refused(tmp_path):
+    """The README: a folder holding a run, finished or not, is refused without --resume (the finished case is in
+    test_runs.py)."""
+    from timm_lipschitz.runs import RunFolderError
+    from timm_lipschitz.train import train
+    out = tmp_path / 'run'
+    (out / 'state' / 'step_00000002').mkdir(parents=True)
+    (out / 'recipe.yaml').write_text('name: earlier\n')
+    recipe = {'extends': str(ROOT / 'recipes' / 'digits_standard.yaml'), 'output_dir': str(out), 'epochs': None,
+              'steps': 1}
+    with pytest.raises(RunFolderError, match=r'already holds an unfinished run \(last state: step 2\)'):
+        train(recipe)
+    assert (out / 'recipe.yaml').read_text() == 'name: earlier\n' and not (out / 'run.lock').exists()

@@ -12,10 +12,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
 from timm_lipschitz.recipes import RecipeError, resolve_recipe
-from timm_lipschitz.train import (DivergenceGuard, TrainingDiverged, TrainState, _window_add, _window_means,
+from timm_lipschitz.train import (DivergenceGuard, TrainState, TrainingDiverged, _window_add, _window_means,
                                   latest_state, optimizer_stepper, step_target, train)
+
+import timm_lipschitz  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -484,3 +485,70 @@ def test_gpu_only_options_are_refused_on_a_cpu(tmp_path):
     s = train(tiny(tmp_path, 'fused', steps=3, epochs=None, optimizer={'name': 'sgd', 'lr': 0.05, 'fused': True},
                    eval={'at_end': False, 'every_epochs': 0}), progress=False)
     assert s['steps'] == 3  # the fused optimizer runs on a CPU too
+
+
+def tiny_runs(out, **over):
+    recipe = {'name': 'tiny_runs', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
+              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
+              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05},
+              'steps': 6, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
+              'output_dir': str(out)}
+    recipe.update(over)
+    return recipe
+
+
+def _max_diff(a, b):
+    wa, wb = load_file(str(Path(a) / 'model.safetensors')), load_file(str(Path(b) / 'model.safetensors'))
+    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f'{constant} in JSON')
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_threads_auto_shares_the_cpus_among_the_local_processes_and_refuses_nonsense():
+    from timm_lipschitz.recipes import RecipeError, resolve_recipe
+    from timm_lipschitz.train import cpu_threads
+    assert cpu_threads('auto', 1, environ={}, cpus=8) == 8
+    assert cpu_threads('auto', 2, environ={}, cpus=8) == 4
+    assert cpu_threads('auto', 4, environ={}, cpus=2) == 1
+    assert cpu_threads('auto', 1, environ={'OMP_NUM_THREADS': '3'}, cpus=8) is None  # the user's variable stands
+    assert cpu_threads(2, 1, environ={'OMP_NUM_THREADS': '3'}, cpus=8) == 2          # the recipe's number wins
+    assert resolve_recipe('recipes/digits_lipschitz.yaml')['threads'] == 'auto'
+    for bad in ('0', '-1', 'many'):
+        with pytest.raises(RecipeError, match=r"threads=.* is not allowed; give 'auto'"):
+            resolve_recipe('recipes/digits_lipschitz.yaml', [f'threads={bad}'])
+    for bad in ('1.5', 'true'):
+        with pytest.raises(RecipeError, match=r'threads must be int or str, got'):
+            resolve_recipe('recipes/digits_lipschitz.yaml', [f'threads={bad}'])
+
+
+def test_a_dataloader_run_with_augmentation_resumes_exactly(tmp_path):
+    """0.2.0: fast_path false + augmentation, stopped and resumed, ended 0.014-0.467 away from the uninterrupted run."""
+    from timm_lipschitz.train.loop import StoppedAsAsked
+    r = lambda out: tiny_runs(out, steps=60, loss={'name': 'lipschitz_hinge', 'sigma': 0.3},  # noqa: E731
+                         data={'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': False,
+                               'augmentation': 'cifar', 'num_workers': 0})
+    train(r(tmp_path / 'a'), progress=False)
+    with pytest.raises(StoppedAsAsked):
+        train(r(tmp_path / 'b'), progress=False, stop_at_step=50)  # inside the second epoch
+    train(r(tmp_path / 'b'), resume=True, progress=False)
+    assert _max_diff(tmp_path / 'a', tmp_path / 'b') == 0.0
+
+
+def test_no_output_file_holds_nan_or_infinity(tmp_path):
+    from timm_lipschitz.fileio import NON_FINITE_KEY, atomic_write_json
+    atomic_write_json(tmp_path / 'x.json', {'acr': float('nan'), 'radii': [0.5, float('-inf')], 'ok': 1.5})
+    data = _strict((tmp_path / 'x.json').read_text())
+    assert data['acr'] is None and data['radii'] == [0.5, None] and data['ok'] == 1.5
+    assert set(data[NON_FINITE_KEY]) == {'acr', 'radii[1]'} and 'not a finite number' in data[NON_FINITE_KEY]['acr']
+
+
+def test_a_jsonl_metrics_row_with_nan_is_valid_json(tmp_path):
+    from timm_lipschitz.train import JsonlTracker
+    tracker = JsonlTracker(tmp_path / 'metrics.jsonl')
+    tracker.log({'train/k_max': float('inf'), 'train/loss': torch.tensor(1.0)}, step=3)
+    row = _strict((tmp_path / 'metrics.jsonl').read_text().strip())
+    assert row['train/k_max'] is None and row['train/loss'] == 1.0 and row['step'] == 3
