@@ -33,7 +33,7 @@ def test_eval_takes_a_tag_name_and_records_what_produced_it(tmp_path, capsys):
     assert env['timm'] == timm.__version__ and env['torch'] == torch.__version__ and env['timm_lipschitz']
     assert 'eval' in env['command'] and env['date'][:2] == '20'
     assert main(['eval', str(tmp_path / 'no_such_folder'), '--out', str(tmp_path / 'x')]) == 2
-    assert 'is neither a run or checkpoint folder nor a registered tag' in capsys.readouterr().err
+    assert 'is neither a run or checkpoint folder, a registered tag with weights' in capsys.readouterr().err
 
 
 def test_the_command_line_speaks_timms_idiom(tmp_path, capsys):

@@ -79,7 +79,7 @@ def test_the_command_line_checks_a_recipe_without_loading_torch(tmp_path):
 
 
 def test_the_derived_grids_are_the_paper_grids():
-    from timm_lipschitz.robustness import protocol as P
+    from timm_lipschitz import protocol as P
     assert P.PAPER_SIGMAS == tuple(round(0.01 * i, 2) for i in range(51))
     assert P.MNIST_SIGMAS == tuple(round(0.01 * i, 2) for i in range(101))
     assert [P.summary_label(k) for k in P.SUMMARY_KEYS] == ['clean', 'sigma 0.3', 'sigma 0.5', 'grid mean']

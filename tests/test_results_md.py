@@ -10,6 +10,8 @@ from typing import Dict, List
 
 import pytest
 
+from timm_lipschitz.certificates import eval_entry
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / 'benchmarks' / 'RESULTS.md'
 FILES = ROOT / 'benchmarks' / 'results'

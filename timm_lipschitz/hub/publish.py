@@ -27,12 +27,13 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
             private: bool = False) -> Path:
     """Build the hub folder of a finished training run and upload it (``dry_run``: build only). A missing token, a
     malformed repo id and a failed upload are one-line errors (:class:`PublishError`); the built folder stays."""
-    source = resolve(str(run_dir))
-    if source.kind != 'folder' or not (source.folder / 'recipe.yaml').is_file():
+    source = resolve(str(run_dir)) if not Path(run_dir).is_dir() else None
+    if source is not None:
         raise CheckpointError(f'publish takes a finished run folder (timm-lipschitz train --output-dir); {run_dir} '
-                              f'is a {source.kind if source.kind != "folder" else "checkpoint folder without a run"}.')
-    run_dir = source.folder
+                              f'is a {source.kind}.')
+    run_dir = Path(run_dir)
     require_finished(run_dir, CheckpointError)
+    run_dir = resolve(str(run_dir)).folder  # its config.json validated
     _check_repo_id(repo_id)
     if not dry_run:
         _require_token()

@@ -152,6 +152,8 @@ def resolve(source: Optional[str] = None, model_name: Optional[str] = None, chec
         return _from_folder(source, path)
     if path.is_file() and (path.parent / CONFIG_NAME).is_file():
         return _from_folder(source, path.parent)
+    if path.is_file():  # a bare weights file: its metadata is readable; building it needs --model
+        return ModelSource('checkpoint', source, path.stem, path, metadata=read_metadata(path))
     if '.' in source and not path.exists() and timm.is_model(source.split('.')[0]):
         return _from_tag(source)
     raise CheckpointError(f'{source} is neither a run or checkpoint folder, a registered tag with weights '
@@ -165,6 +167,9 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
     if src.kind == 'folder':
         model = load_pretrained(src.folder)
     elif src.kind == 'checkpoint':
+        if model_name is None:
+            raise CheckpointError(f'{src.name} is a weights file without a config.json beside it: give --model NAME '
+                                  f'--checkpoint {src.name}.')
         args = {k: v for k, v in src.config.get('model_args', {}).items() if k != 'num_classes'}
         try:
             model = timm.create_model(model_name, pretrained=False, num_classes=_num_classes_of(src.weights, model_name),
