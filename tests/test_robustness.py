@@ -437,7 +437,6 @@ def test_plots_show_n_an_interval_over_images_the_chance_line_and_the_true_data(
         seen[Path(path).name] = {'title': title or '', 'lines': [ln.get_label() for ln in ax.get_lines()],
                                  'chance': [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_label() == 'chance'],
                                  'bands': sum(isinstance(c, PolyCollection) for c in ax.collections)}
-        report.pyplot().close(fig)
         return Path(path)
     monkeypatch.setattr(report, 'save_figure', capture)
     model = timm.create_model('cifar_resnet20.lipschitz_hinge_s050_b1_l001_digits', pretrained=True)

@@ -52,8 +52,11 @@ def in_float32(reparametrize: Callable[[torch.Tensor], torch.Tensor], weight: to
     """``reparametrize(weight)`` computed in float32 with autocast off, returned in the weight's dtype: under bf16 /
     fp16 autocast the AOL rescaling, the QR and the row norms would otherwise run in half precision (and a CPU has
     no half-precision QR)."""
-    with torch.autocast(weight.device.type, enabled=False):
-        return reparametrize(weight.float()).to(weight.dtype)
+    kind = weight.device.type
+    if kind in ('cpu', 'cuda') and torch.is_autocast_enabled(kind):
+        with torch.autocast(kind, enabled=False):
+            return reparametrize(weight.float()).to(weight.dtype)
+    return reparametrize(weight.float()).to(weight.dtype)
 
 
 class AOLConv2d(nn.Conv2d):
