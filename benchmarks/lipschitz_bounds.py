@@ -22,7 +22,7 @@ import torch  # noqa: E402
 import timm_lipschitz  # noqa: E402,F401
 from timm_lipschitz.data import create_dataset  # noqa: E402
 from timm_lipschitz.hub import load_robustness  # noqa: E402
-from timm_lipschitz.robustness.certify import theorem1_radius  # noqa: E402
+from timm_lipschitz.certificates import theorem1_radius  # noqa: E402
 from timm_lipschitz.robustness.lipschitz import pgd_lower_bound, sampled_k  # noqa: E402
 
 from _results import write_results  # noqa: E402  (benchmarks/_results.py, beside this script)

@@ -106,8 +106,8 @@ def test_each_objective_trains_timm_and_torchvision_models_and_searches_leave_ba
     assert torch.isfinite(out.loss) and out.logits.shape == (4, 10) and model.training
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    forwards = {'pgd_adversarial': 1, 'trades': 1, 'lipschitz_hinge': 1}[name]  # one training forward (joint)
-    assert all(int(bn.num_batches_tracked) == forwards for bn in bns), 'a search updated BatchNorm statistics'
+    # one training forward (clean and adversarial images joint): the searches themselves update no statistics
+    assert bns and all(int(bn.num_batches_tracked) == 1 for bn in bns), 'a search updated BatchNorm statistics'
 
 
 def test_random_starts_come_from_the_saved_noise_stream():

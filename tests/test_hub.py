@@ -124,8 +124,12 @@ def test_torch_hub_local(tmp_path):
     with pytest.raises(ValueError, match='no default weights; pass tag=') as e:
         torch.hub.load(str(ROOT), 'cifar_resnet20', source='local', pretrained=True)
     listed = re.search(r'one of (\[.*\])', str(e.value)).group(1)
-    for tag in ast.literal_eval(listed):  # what the message lists is what tag= accepts
-        assert torch.hub.load(str(ROOT), 'cifar_resnet20', source='local', pretrained=True, tag=tag).num_classes
+    for tag in ast.literal_eval(listed):  # what the message lists is what tag= accepts: the tag's own weights
+        hub = torch.hub.load(str(ROOT), 'cifar_resnet20', source='local', pretrained=True, tag=tag).eval()
+        own = timm.create_model(f'cifar_resnet20.{tag}', pretrained=True).eval()
+        x = torch.rand(2, *own.pretrained_cfg['input_size'])
+        assert hub.num_classes == int(read_metadata(own.pretrained_cfg['file'])['num_classes'])
+        torch.testing.assert_close(hub(x), own(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="no pretrained tag 'nope'; tag= accepts"):
         torch.hub.load(str(ROOT), 'cifar_resnet20', source='local', pretrained=True, tag='nope')
 

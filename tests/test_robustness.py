@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import norm
-from timm_lipschitz.certificates import Declaration, declaration, deterministic_certificate
+from timm_lipschitz.certificates import Declaration, declaration, deterministic_certificate, theorem1_radius
 from timm_lipschitz.models._bounds import conv_operator_norm
 from timm_lipschitz.robustness import (Smooth, jacobian_norm, lower_confidence_bound, max_certified_radius,
                                        noise_sweep, parse_sigmas, pgd_lower_bound, plot_certified, plot_sweeps,
-                                       sampled_k, summary_table, sweep_table, theorem1_radius,
+                                       sampled_k, summary_table, sweep_table,
                                        unit_noise)
 
 import timm_lipschitz  # noqa: F401
@@ -214,7 +214,7 @@ def test_tables_and_plots(tmp_path, drawn):
     assert cert['lines'] == {'a': ([0, 0.5], [90, 50])} and cert['xlabel'] == 'l2 radius'
 
 
-def test_eval_command_writes_json_markdown_and_plots(tmp_path):
+def test_eval_command_writes_json_markdown_and_plots(tmp_path, drawn):
     from timm_lipschitz.cli import main
     from timm_lipschitz.hub import save_pretrained
     model = timm.create_model('mnist_convnet', img_size=8, pretrained_cfg_overlay=dict(input_size=(1, 8, 8)))
@@ -233,8 +233,11 @@ def test_eval_command_writes_json_markdown_and_plots(tmp_path):
     assert entry['data'] == 'digits' and entry['sweep']['num_images'] == 40 and entry['device'] == 'cpu'
     assert entry['lipschitz']['upper_bound']['bound'] >= entry['lipschitz']['pgd_lower_bound']['max']
     assert 'theorem1' in entry and entry['smoothing']['num_images'] == 5
-    for f in ('eval.md', 'eval.png', 'certified.png', 'demo.png'):
-        assert (out / f).stat().st_size > 0
+    assert '# Robustness evaluation' in (out / 'eval.md').read_text()
+    assert drawn['eval.png']['png'] and list(drawn['eval.png']['lines']) == ['ck', 'chance']
+    assert drawn['eval.png']['lines']['ck'][1] == entry['sweep']['accuracy']  # the plot draws the recorded numbers
+    assert drawn['certified.png']['png'] and 'ck' in drawn['certified.png']['lines']
+    assert (out / 'demo.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'  # the demo grid is an image, not a plot
 
 
 @pytest.mark.parametrize('device, message', [

@@ -17,6 +17,7 @@ hold a model to its declaration. The margin objective, the evaluation, the model
 
   Both are sound, so the larger is taken; each radius records which rule gave it. ``tol`` is what the soundness check
   lets a measured constant exceed the declared one by, so it never inflates a radius.
+- :func:`theorem1_radius` - the seed paper's conditional radius rho / L_n (a premise, not a check).
 - :func:`margin_shift` - the same rule as a training target (the ``lipschitz_margin`` objective): both go through
   :func:`scales`.
 - :func:`certify` - the public API: per-image radii and certified flags of a batch, one forward pass per image.
@@ -44,7 +45,7 @@ _bounds = lazy_module('timm_lipschitz.models._bounds', __name__)
 _estimates = lazy_module('timm_lipschitz.robustness.lipschitz', __name__)
 
 __all__ = ['Declaration', 'Certificate', 'declaration', 'declares', 'linear_head_weight', 'pair_distances',
-           'radii', 'scales', 'margin_shift', 'certify', 'deterministic_certificate', 'check_declared',
+           'radii', 'scales', 'margin_shift', 'theorem1_radius', 'certify', 'deterministic_certificate', 'check_declared',
            'check_certified_unbroken', 'SoundnessError', 'read_summary', 'summary_record', 'DETERMINISTIC_KEY',
            'RULES', 'SOUNDNESS_IMAGES', 'eval_entry']
 
@@ -229,6 +230,13 @@ def deterministic_certificate(model: Any, data: Any, decl: Declaration, batch_si
             'rules': {name: int((rule == i).sum()) for i, name in enumerate(RULES)},
             'radius': [round(v, 6) for v in r.tolist()],
             'rule': ''.join('-wp'[i + 1] for i in rule.tolist())}
+
+
+def theorem1_radius(lipschitz_target: float, output: str = 'probs') -> Optional[float]:
+    """The seed paper's Theorem 1: rho / L_n with rho = sqrt(2)/2 (half the distance between one-hot labels).
+    Conditional: it holds only if f really is L_n-Lipschitz in that output space, which training with the hinge does
+    not guarantee (the evaluation sets the measured lower bound beside it); for logits there is no fixed rho."""
+    return (math.sqrt(2) / 2) / lipschitz_target if output == 'probs' else None
 
 
 # ---- the record's one name ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from .. import __version__
 from ..certificates import (DETERMINISTIC_KEY, Declaration, check_certified_unbroken, check_declared, declaration,
-                            deterministic_certificate)
+                            deterministic_certificate, theorem1_radius)
 from ..errors import UsageError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
 from ..modes import eval_mode, for_evaluation
@@ -25,7 +25,7 @@ from ..naming import FILE_CHARS, safe_name
 from ..protocol import CERT_RADII, SEVERITIES
 from ..robustness import plot_certified, plot_sweeps, summary_table, sweep_table, unique_label
 from ..robustness.attacks import NORMS, attack_sweep
-from ..robustness.certify import certify_dataset, cohen_tsv, theorem1_radius
+from ..robustness.certify import certify_dataset, cohen_tsv
 from ..robustness.corruptions import corruption_sweep
 from ..robustness.lipschitz import pgd_lower_bound, sampled_k
 from ..robustness.noise import noise_sweep

@@ -3,7 +3,7 @@ reports. The evaluation protocol's constants are :mod:`timm_lipschitz.protocol` 
 certificate is :mod:`timm_lipschitz.certificates`."""
 from ..protocol import CIFAR10C_GAUSSIAN, MNIST_SIGMAS, PAPER_SIGMAS, PRESETS, TABLE_SIGMAS, parse_sigmas
 from .attacks import PixelModel, attack_sweep
-from .certify import ABSTAIN, Smooth, certify_dataset, lower_confidence_bound, max_certified_radius, theorem1_radius
+from .certify import ABSTAIN, Smooth, certify_dataset, lower_confidence_bound, max_certified_radius
 from .corruptions import CORRUPTIONS, corrupt, corruption_sweep
 from .lipschitz import jacobian_norm, pgd_lower_bound, sampled_k
 from .noise import IndexedDataset, SweepResult, batch_unit_noise, noise_sweep, noisy_images, unit_noise
@@ -16,5 +16,5 @@ __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 
            'certificate_comparison', 'sweep_table', 'summary_table', 'plot_sweeps', 'plot_certified', 'unique_label',
            'corruption_table', 'plot_corruption_heatmap', 'plot_corruption_families', 'attack_table', 'plot_attacks',
            'demo_grid', 'attack_sweep', 'PixelModel', 'Smooth', 'certify_dataset', 'lower_confidence_bound',
-           'max_certified_radius', 'theorem1_radius', 'ABSTAIN', 'corruption_sweep', 'corrupt', 'CORRUPTIONS',
+           'max_certified_radius', 'ABSTAIN', 'corruption_sweep', 'corrupt', 'CORRUPTIONS',
            'pgd_lower_bound', 'sampled_k', 'jacobian_norm']

@@ -1,5 +1,5 @@
-"""Certificates side by side: randomized smoothing (Cohen et al. 2019), the Lipschitz margin certificate, and the
-seed paper's Theorem 1 radius (conditional).
+"""Randomized smoothing (Cohen et al. 2019), the certificate an evaluation sets beside the deterministic one of
+:mod:`timm_lipschitz.certificates` (which also holds the seed paper's conditional Theorem 1 radius).
 
 Randomized smoothing follows locuslab/smoothing ``core.py``: ``predict`` returns the top class of n noisy
 samples unless a two-sided binomial test cannot separate it from the runner-up; ``certify`` picks the class with
@@ -9,7 +9,6 @@ alpha, and certifies l2 radius sigma * Phi^-1(p_A) when p_A > 1/2 (abstains othe
 from __future__ import annotations
 
 import datetime
-import math
 import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -26,7 +25,7 @@ from ..protocol import CERT_RADII, SMOOTHING
 from ..seeding import stream_seed
 from .subsets import evaluation_subset, positions_in, subset_record
 
-__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'check_settings', 'cohen_tsv', 'max_certified_radius', 'theorem1_radius',
+__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'check_settings', 'cohen_tsv', 'max_certified_radius',
            'ABSTAIN', 'CERT_RADII']
 
 ABSTAIN = -1
@@ -136,9 +135,3 @@ def cohen_tsv(result: Dict[str, Any]) -> str:
     lines += [f"{r['index']}\t{r['label']}\t{r['predicted']}\t{r['radius']:.3}\t{int(r['correct'])}\t"
               f"{datetime.timedelta(seconds=r.get('time', 0.0))}" for r in result['rows']]
     return '\n'.join(lines) + '\n'
-
-
-def theorem1_radius(lipschitz_target: float, output: str = 'probs') -> Optional[float]:
-    """rho / L_n with rho = sqrt(2)/2 (half the distance between one-hot labels). Conditional: it holds only if
-    f really is L_n-Lipschitz in that output space; for logits there is no fixed rho (use the margin form)."""
-    return (math.sqrt(2) / 2) / lipschitz_target if output == 'probs' else None
