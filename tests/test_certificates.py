@@ -210,7 +210,7 @@ def test_certify_a_batch_with_one_forward_pass_each():
     own = timm_lipschitz.certify(model, images)  # labels omitted: the prediction is certified
     assert (own.radius >= 0).all() and torch.equal(own.predicted, cert.predicted)
     data = torch.utils.data.TensorDataset(images, labels)
-    record = C.deterministic_certificate(model, data, C.declaration(model), radii_=(0.0, 0.25))
+    record = C.dataset_certificate(model, data, C.declaration(model), radii_=(0.0, 0.25))
     assert record['radius'] == [round(v, 6) for v in cert.radius.tolist()]
     assert record['certified_accuracy'][1] == pytest.approx(100 * cert.certified[:, 1].float().mean().item())
     assert len(record['rule']) == 16 and set(record['rule']) <= set('-wp')

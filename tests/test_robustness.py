@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import norm
-from timm_lipschitz.certificates import Declaration, declaration, deterministic_certificate, theorem1_radius
+from timm_lipschitz.certificates import Declaration, dataset_certificate, declaration, theorem1_radius
 from timm_lipschitz.models._bounds import conv_operator_norm
 from timm_lipschitz.robustness import (Smooth, jacobian_norm, lower_confidence_bound, max_certified_radius,
                                        noise_sweep, parse_sigmas, pgd_lower_bound, plot_certified, plot_sweeps,
@@ -350,7 +350,7 @@ def _uses():
     return {
         'sampled_k': lambda m, tmp: sampled_k(m, _data(), 0.1),
         'pgd_lower_bound': lambda m, tmp: pgd_lower_bound(m, _data(), steps=1),
-        'deterministic_certificate': lambda m, tmp: deterministic_certificate(
+        'deterministic_certificate': lambda m, tmp: dataset_certificate(
             m, _data(), Declaration(10.0, 10.0, 'free', False, (1, 8, 8), (1.0,), 'given')),
         'smoothing': lambda m, tmp: Smooth(m, 3, 0.25).certify(_data()[0][0], 5, 10, 0.01),
         'demo_grid': lambda m, tmp: demo_grid({'m': m}, _data()[0][0], 0, tmp / 'demo.png', sigmas=(0.0, 0.1)),

@@ -21,7 +21,7 @@ hold a model to its declaration. The margin objective, the evaluation, the model
 - :func:`margin_shift` - the same rule as a training target (the ``lipschitz_margin`` objective): both go through
   :func:`scales`.
 - :func:`certify` - the public API: per-image radii and certified flags of a batch, one forward pass per image.
-  :func:`deterministic_certificate` runs it over a dataset for ``eval.json``.
+  :func:`dataset_certificate` runs it over a dataset for ``eval.json``.
 - :func:`check_declared`, :func:`check_certified_unbroken` - the soundness checks; a failure is a bug, never a result
   (:class:`SoundnessError`).
 
@@ -45,7 +45,7 @@ _bounds = lazy_module('timm_lipschitz.models._bounds', __name__)
 _estimates = lazy_module('timm_lipschitz.robustness.lipschitz', __name__)
 
 __all__ = ['Declaration', 'Certificate', 'declaration', 'declares', 'linear_head_weight', 'pair_distances',
-           'radii', 'scales', 'margin_shift', 'theorem1_radius', 'certify', 'deterministic_certificate', 'check_declared',
+           'radii', 'scales', 'margin_shift', 'theorem1_radius', 'certify', 'dataset_certificate', 'check_declared',
            'check_certified_unbroken', 'SoundnessError', 'read_summary', 'summary_record', 'DETERMINISTIC_KEY',
            'RULES', 'SOUNDNESS_IMAGES', 'eval_entry']
 
@@ -208,7 +208,7 @@ def certify(model: Any, images: 'torch.Tensor', labels: Optional['torch.Tensor']
     return Certificate(radius.float().cpu(), rule.cpu(), certified.cpu(), predicted.cpu(), eps, decl)
 
 
-def deterministic_certificate(model: Any, data: Any, decl: Declaration, batch_size: int = 256,
+def dataset_certificate(model: Any, data: Any, decl: Declaration, batch_size: int = 256,
                               radii_: Sequence[float] = CERT_RADII, mean=None, std=None,
                               tolerance: float = LIPSCHITZ_TOLERANCE) -> Dict[str, Any]:
     """:func:`certify` over a dataset of (image, label): certified accuracy at ``radii_``, the mean radius, and the

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from .. import __version__
 from ..certificates import (DETERMINISTIC_KEY, Declaration, check_certified_unbroken, check_declared, declaration,
-                            deterministic_certificate, theorem1_radius)
+                            dataset_certificate, theorem1_radius)
 from ..errors import UsageError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
 from ..modes import eval_mode, for_evaluation
@@ -121,7 +121,7 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
             res['soundness'] = check_declared(model, subset, decl, mean, std, seed=seed,
                                               pgd=res['lipschitz']['pgd_lower_bound']['max'])
             # one forward per image: every image of the evaluation data (the full protocol's whole test split)
-            cert = res[DETERMINISTIC_KEY] = deterministic_certificate(model, data, decl, mean=mean, std=std)
+            cert = res[DETERMINISTIC_KEY] = dataset_certificate(model, data, decl, mean=mean, std=std)
             cert['images'] = subset_record(data)
         if lipschitz_target:
             res['theorem1'] = _theorem1(model, subset, lipschitz_target, mean, std, seed)
@@ -192,7 +192,7 @@ def _certified_unbroken(model: nn.Module, ds: Dataset, entry: Dict[str, Any], de
     images themselves); :class:`~timm_lipschitz.certificates.SoundnessError` otherwise."""
     attacks = entry['attacks']
     images = evaluation_subset(ds, attacks['num_images'], s['seed'])
-    cert = deterministic_certificate(model, images, decl, mean=s['mean'], std=s['std'])
+    cert = dataset_certificate(model, images, decl, mean=s['mean'], std=s['std'])
     flags = {e: [c == '1' for c in kept] for e, kept in attacks['per_image']['l2'].items()}
     return check_certified_unbroken(torch.tensor(cert['radius']), flags, attacks['method'])
 

@@ -123,7 +123,7 @@ def save_pretrained(model: nn.Module, folder: Union[str, Path], *, tag: Optional
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(folder / WEIGHTS_NAME, st_save(tensors, metadata=meta))
-    tmp_cfg = folder / '.config.json.tmp'
+    tmp_cfg = folder / f'.{CONFIG_NAME}.tmp'
     save_config_for_hf(model, tmp_cfg, model_config={
         'timm_lipschitz': {k: meta[k] for k in ('format_version', 'tag', 'dataset', 'objective', 'version',
                                                   'recipe_hash')}})

@@ -12,6 +12,7 @@ from typing import Optional, Union
 import yaml
 from huggingface_hub import HfApi, constants, get_token
 
+from ..certificates import DETERMINISTIC_KEY
 from ..data import DataError, create_dataset, timm_crop_pct
 from ..errors import UserError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
@@ -54,7 +55,7 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
                     objective=meta.get('objective') or None, hparams=json.loads(meta.get('hparams', '{}')),
                     recipe=recipe, robustness=rob.get('robustness'), certified=rob.get('certified'),
                     command=command, plot=plot, load_as=f'hf-hub:{repo_id}')
-    extra = {k: rob[k] for k in ('corruptions', 'attacks', 'deterministic_certificate') if rob.get(k)}
+    extra = {k: rob[k] for k in ('corruptions', 'attacks', DETERMINISTIC_KEY) if rob.get(k)}
     if extra:  # what was evaluated after training reaches the published card and metadata too
         record_evaluation(out, load_as=f'hf-hub:{repo_id}', command=command, **extra)
     if not dry_run:

@@ -168,7 +168,7 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
         model = load_pretrained(src.folder)
     elif src.kind == 'checkpoint':
         if model_name is None:
-            raise CheckpointError(f'{src.name} is a weights file without a config.json beside it: give --model NAME '
+            raise CheckpointError(f'{src.name} is a weights file without a {CONFIG_NAME} beside it: give --model NAME '
                                   f'--checkpoint {src.name}.')
         args = {k: v for k, v in src.config.get('model_args', {}).items() if k != 'num_classes'}
         try:
