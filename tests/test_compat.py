@@ -132,3 +132,16 @@ def test_attack_random_starts_keep_their_seeds():
     ``stream_seed('attack_start', seed) + k``, and the PGD lower bound's start is key 0."""
     from timm_lipschitz.seeding import stream_seed
     assert [stream_seed('attack_start', 7, k) for k in range(3)] == [7, 8, 9]
+
+
+def test_shipped_weights_are_bit_identical_to_the_files_released():
+    """A shipped tag never changes what it loads: each weights file hashes as it did when it was shipped
+    (``fixtures/shipped_sha256.json``; a new tag adds its line, an old one is never rewritten)."""
+    import hashlib
+
+    from timm_lipschitz.zoo import WEIGHTS_DIR, shipped
+    pinned = json.loads((FIXTURES / 'shipped_sha256.json').read_text())
+    index = shipped()
+    assert set(pinned) <= set(index)
+    for name, digest in pinned.items():
+        assert hashlib.sha256((WEIGHTS_DIR / index[name]['file']).read_bytes()).hexdigest() == digest, name

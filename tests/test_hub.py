@@ -326,6 +326,23 @@ def test_ship_refuses_to_replace_an_entry_with_another_run(tmp_path):
     (Path(c['output_dir']) / 'config.json').write_text(json.dumps(config))
     ship_pretrained(c['output_dir'], weights, replace=True)
     assert json.loads((weights / 'index.json').read_text())[name]['cfg']['crop_pct'] == 2.0
+    # a tag of a non-default shape records its model arguments, and its tag name builds that shape
+    d = train({**base, 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}}, 'steps': 2,
+               'output_dir': str(tmp_path / 'd')}, progress=False)
+    ship_pretrained(d['output_dir'], weights, replace=True)
+    assert json.loads((weights / 'index.json').read_text())[name]['model_args']['hidden_dim'] == 16
+
+
+def test_a_tags_model_arguments_build_its_shape(monkeypatch):
+    from timm_lipschitz.models import _pretrained
+    entry = {'file': 'none.safetensors', 'cfg': {}, 'model_args': {'head': 'unit_rows', 'hidden_dim': 64}}
+    monkeypatch.setattr(_pretrained, 'shipped', lambda: {'lip_convnet.some_tag': entry})
+    assert _pretrained.tag_model_args('lip_convnet', 'some_tag') == {'head': 'unit_rows', 'hidden_dim': 64}
+    assert _pretrained.tag_model_args('lip_convnet', None) == {}
+    seen = {}
+    monkeypatch.setattr(_pretrained, 'build_model_with_cfg', lambda cls, variant, pretrained, **kw: seen.update(kw))
+    _pretrained.build(object, 'lip_convnet', False, pretrained_cfg='some_tag', hidden_dim=32)
+    assert seen['head'] == 'unit_rows' and seen['hidden_dim'] == 32  # the caller's argument wins
 
 
 def test_convert_honours_source(tmp_path):

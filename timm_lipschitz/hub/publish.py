@@ -172,5 +172,8 @@ def ship_pretrained(run_dir: Union[str, Path], weights_dir: Optional[Union[str, 
     index[name] = {'file': f'{name}.safetensors', 'recipe_hash': meta.get('recipe_hash'),
                    'cfg': {k: pcfg[k] for k in ('input_size', 'mean', 'std', 'num_classes', 'label_names',
                                                 'pool_size', 'crop_pct', 'license') if k in pcfg}}
+    args = {k: v for k, v in config.get('model_args', {}).items() if k not in ('num_classes', 'in_chans')}
+    if args:  # a shape other than the architecture's default: the tag builds it (models/_pretrained.tag_model_args)
+        index[name]['model_args'] = args
     atomic_write_json(index_file, dict(sorted(index.items())))
     return name

@@ -62,8 +62,17 @@ def keep_untrained_default(default_cfgs: Dict[str, Any]) -> Dict[str, Any]:
     return default_cfgs
 
 
+def tag_model_args(variant: str, tag: Any) -> Dict[str, Any]:
+    """The constructor arguments a shipped tag was trained with (its index entry's ``model_args``): a tag of a
+    non-default shape (another head, other widths) builds that shape."""
+    entry = shipped().get(f'{variant}.{tag}') if isinstance(tag, str) and tag else None
+    return dict((entry or {}).get('model_args') or {})
+
+
 def build(model_cls: type, variant: str, pretrained: bool, **kwargs: Any):
-    """``build_model_with_cfg`` with a clear message when hub weights are not available offline."""
+    """``build_model_with_cfg`` with the tag's own model arguments (the caller's win), and a clear message when hub
+    weights are not available offline."""
+    kwargs = {**tag_model_args(variant, kwargs.get('pretrained_cfg')), **kwargs}
     try:
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     except (OSError, ValueError) as e:
