@@ -195,6 +195,6 @@ def test_the_objective_example_trains_and_declares_itself(my_objectives, tmp_pat
     assert point_name({'loss.sigma': 0.5, 'loss.weight': 2}) == 's0.5_w2'
     row = {'recipe': {'loss': recipe['loss']}}
     assert _loss_label(row) == 'noisy CE sigma 0.5, weight 2'
-    with pytest.raises(RecipeError, match=r'loss\.weight=-1 is not allowed; weight must be a number >= 0'):
+    with pytest.raises(RecipeError, match=r'loss\.weight=-1 is not allowed; weight must be a finite number >= 0'):
         resolve_recipe({**recipe, 'loss': {'name': 'noisy_cross_entropy', 'weight': -1}})
     assert os.path.isdir(my_objectives)

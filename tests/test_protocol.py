@@ -75,7 +75,7 @@ def test_the_command_line_checks_a_recipe_without_loading_torch(tmp_path):
             'assert "torch" not in sys.modules\n')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert 'loss.sigma=-0.5 is not allowed; sigma must be a number > 0' in r.stderr
+    assert 'loss.sigma=-0.5 is not allowed; sigma must be a finite number > 0' in r.stderr
 
 
 def test_the_derived_grids_are_the_paper_grids():

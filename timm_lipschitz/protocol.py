@@ -37,6 +37,8 @@ CIFAR10C_GAUSSIAN = (0.04, 0.06, 0.08, 0.09, 0.10)                    # CIFAR-10
 SEVERITIES = (1, 2, 3, 4, 5)                                          # CIFAR-10-C's corruption severities
 CERT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)                              # l2 radii of certified-accuracy tables
 TOLERANCE = 1e-9
+MAX_SIGMA = 10.0                                                      # the largest noise sigma a grid takes
+MAX_GRID = 10_000                                                     # the most levels a start:stop:step grid gives
 # a declared Lipschitz constant may be exceeded by this fraction (float rounding of orthogonal layers); certificates
 # divide by declared * (1 + LIPSCHITZ_TOLERANCE), so nothing it lets pass inflates a radius
 LIPSCHITZ_TOLERANCE = 1e-3
@@ -68,14 +70,17 @@ def _grid_from_text(spec: str) -> List[float]:
     try:
         if len(parts) == 3:
             start, stop, step = (float(p) for p in parts)
-            if not step > 0:
+            if not (step > 0 and all(math.isfinite(v) for v in (start, stop, step))):
                 raise ValueError
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if n > MAX_GRID:
+                raise ValueError
             return [round(start + i * step, 10) for i in range(max(n, 0))]
         return [float(p) for p in spec.split(',') if p.strip()]
     except ValueError:
-        raise UsageError(f"sigmas={spec!r} is not allowed; give a list, 'start:stop:step' with step > 0 (stop "
-                         f"included), comma-separated values or a preset ({', '.join(PRESETS)}).") from None
+            raise UsageError(f"sigmas={spec!r} is not allowed; give a list, 'start:stop:step' with finite numbers, step > "
+                         f"0 and at most {MAX_GRID} levels (stop included), comma-separated values or a preset "
+                         f"({', '.join(PRESETS)}).") from None
 
 
 PAPER_SIGMAS = tuple(_grid_from_text(PAPER_GRID))
@@ -103,9 +108,10 @@ def resolve_protocol(spec: SigmaSpec, clip: bool = False, default: Sequence[floa
     values = _grid_from_text(spec) if isinstance(spec, str) else [float(s) for s in spec]
     if not values:
         raise UsageError(f'sigmas={spec!r} gives an empty grid; give at least one sigma >= 0.')
-    bad = [s for s in values if not 0 <= s < math.inf]
+    bad = [s for s in values if not 0 <= s <= MAX_SIGMA]
     if bad:
-        raise UsageError(f'sigma values {bad} are not allowed; every sigma must be a finite number >= 0.')
+        raise UsageError(f'sigma values {bad} are not allowed; every sigma must be a number in [0, {MAX_SIGMA:g}] '
+                         f'(pixels are in [0, 1]: beyond that the images are noise, and a huge sigma overflows).')
     return NoiseProtocol(tuple(values), clip=clip)
 
 

@@ -6,6 +6,7 @@ mistaken recipe in well under a second.
 from __future__ import annotations
 
 import copy
+import math
 import importlib
 import importlib.machinery
 import importlib.util
@@ -18,6 +19,7 @@ import yaml
 
 from .errors import UsageError
 from .losses import HyperparameterError, loss_class
+from .numbers import NumberLoader, check_number, load_yaml
 from .protocol import PAPER_GRID, parse_sigmas
 
 __all__ = ['DEFAULTS', 'SCHEMA', 'load_recipe', 'resolve_recipe', 'apply_overrides', 'validate_recipe',
@@ -149,8 +151,9 @@ def deep_merge(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]
 MAX_RECIPE_BYTES = 2 ** 20  # a recipe is a page of settings; a larger file is a mistake (a 100 MB one parsed for minutes)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML silently keeps the last)."""
+class _UniqueKeyLoader(NumberLoader):
+    """YAML's safe loader with the package's numbers (``1e-3`` is a number), refusing a key given twice in one
+    mapping (plain YAML silently keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
         lines: Dict[Any, int] = {}
@@ -241,7 +244,7 @@ def apply_overrides(recipe: Dict[str, Any], overrides: Iterable[str]) -> Dict[st
         if '=' not in item:
             raise RecipeError(f'override {item!r} is not key=value (e.g. loss.sigma=0.5).')
         key, raw = item.split('=', 1)
-        set_dotted(out, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        set_dotted(out, key.strip(), load_yaml(raw) if raw.strip() else None)
     return out
 
 
@@ -298,8 +301,28 @@ def _check_loss(loss: Any) -> None:
         raise RecipeError(str(e.renamed('loss.'))) from None
 
 
+DROP_RATES = ('drop_rate', 'drop_path_rate', 'drop_block_rate')  # timm's model arguments that are probabilities
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """Every number anywhere in a recipe is finite: YAML's .inf or .nan in a rate, a sigma or a target diverges at
+    the first step or corrupts a record (the objectives, optimizer and schedule state their own ranges too)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f'{key}.{k}' if key else str(k))
+    elif isinstance(value, list):
+        for v in value:
+            _check_finite(v, key)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f'{key}={value!r} is not allowed; give a finite number.')
+
+
 def _check_numbers(recipe: Dict[str, Any]) -> None:
     """Ranges of the numeric keys: each refusal names the dotted key and what is allowed."""
+    _check_finite(recipe, '')
+    for key in DROP_RATES:
+        check_number(f'model.kwargs.{key}', get_dotted(recipe, f'model.kwargs.{key}'), low=0, high=1, high_open=True,
+                     allow_none=True, error=RecipeError)
     for key in ('epochs', 'steps', 'batch_size', 'gradient_accumulation_steps', 'log_every_steps', 'eval.repeats',
                 'eval.batch_size', 'data.eval_batch_size', 'checkpoint.keep', 'eval.max_images'):
         v = get_dotted(recipe, key)

@@ -36,6 +36,7 @@ import yaml
 from ._lazy import lazy_module
 from .errors import UserError
 from .fileio import atomic_write_json, atomic_write_text, read_json
+from .folders import PRODUCTS, check_output_folder
 from .recipes import flatten, recipe_differences, under
 
 torch = lazy_module('torch', __name__)  # the run rules are torch-free: a refused run folder is answered fast
@@ -45,7 +46,7 @@ __all__ = ['latest_state', 'save_state', 'space_message', 'RunFolderError', 'Sta
            'check_new_run', 'check_resume', 'read_metrics', 'LOCK_NAME', 'STOPPED_NAME', 'FINAL_NAME', 'DIVERGED_NAME',
            'METRICS_NAME',
            'folder_size', 'finished_summary', 'require_finished', 'open_run_folder', 'apply_run_rules',
-           'check_not_foreign', 'discard_fresh_run', 'segments', 'archive_segment', 'SEGMENTS_NAME',
+           'check_not_foreign', 'discard_fresh_run', 'discard_if_stub', 'segments', 'archive_segment', 'SEGMENTS_NAME',
            'check_not_shorter', 'WEIGHT_NEUTRAL', 'DATA_NAME', 'check_same_data', 'state_name', 'state_step',
            'with_recorded_normalization']
 
@@ -57,6 +58,8 @@ SEGMENTS_NAME = 'segments.json'  # the earlier segments of a run resumed with an
 DATA_NAME = 'data.json'  # the fingerprint of the training split the run started with
 METRICS_NAME = 'metrics.jsonl'  # one JSON line per log call
 RUN_MARKERS = ('recipe.yaml', METRICS_NAME, 'state', FINAL_NAME, 'model.safetensors')
+# every file a run writes into its folder (its checkpoint files aside)
+RUN_FILES = (*RUN_MARKERS, LOCK_NAME, STOPPED_NAME, DIVERGED_NAME, SEGMENTS_NAME, DATA_NAME)
 
 
 class RunFolderError(UserError, RuntimeError):
@@ -173,14 +176,9 @@ def require_finished(folder: Union[str, Path], error: type = None) -> Dict[str, 
 
 
 def check_not_foreign(out: Path) -> None:
-    """A folder that holds no run must be empty (but for a claim): training there would overwrite files the project
-    did not write (a user's README.md or config.json, with ``--output-dir .``)."""
-    out = Path(out)
-    entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
-    if entries:
-        shown = ', '.join(entries[:6]) + (f', ... ({len(entries)} entries)' if len(entries) > 6 else '')
-        raise RunFolderError(f'{out} is not empty and holds no run ({shown}): a run there would overwrite files '
-                             f'the project did not write. Train into a new or empty folder (--output-dir).')
+    """A folder that holds no run must hold nothing a user wrote (the one output rule, :mod:`.folders`): training
+    there would overwrite a user's README.md or config.json (``--output-dir .``)."""
+    check_output_folder(out, '--output-dir', writes=PRODUCTS['checkpoint'], ignore=(LOCK_NAME,))
 
 
 def discard_fresh_run(out: Path) -> None:
@@ -190,6 +188,19 @@ def discard_fresh_run(out: Path) -> None:
         if entry.name == LOCK_NAME:
             continue
         shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def discard_if_stub(folder: Dict[str, Any], out: Path, accelerator) -> Iterator[None]:
+    """A new run that ends with an error before its first saved state (a refused recipe, a model argument that
+    fails at the first forward, a bug) leaves nothing worth resuming: what it wrote is removed, so the corrected run
+    starts cleanly instead of being refused as an unfinished run. A run with a saved state keeps it."""
+    try:
+        yield
+    except BaseException:
+        if folder['fresh'] and accelerator.is_main_process and latest_state(out) is None:
+            discard_fresh_run(out)
+        raise
 
 
 def check_new_run(out: Path) -> None:

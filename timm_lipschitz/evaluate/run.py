@@ -16,10 +16,10 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from .. import __version__
-from ..certificates import (DETERMINISTIC_KEY, Declaration, check_certified_unbroken, check_declared, declaration,
-                            dataset_certificate, theorem1_radius)
-from ..errors import UsageError
+from ..certificates import (DETERMINISTIC_KEY, Declaration, check_certified_unbroken, check_declared,
+                            dataset_certificate, declaration, theorem1_radius)
 from ..fileio import atomic_write_json, atomic_write_text, read_json
+from ..folders import MANIFEST_NAME, PRODUCTS, check_output_folder, record_outputs
 from ..modes import eval_mode, for_evaluation
 from ..naming import FILE_CHARS, safe_name
 from ..protocol import CERT_RADII, SEVERITIES
@@ -61,11 +61,8 @@ def environment(command: Optional[str] = None) -> Dict[str, Any]:
 
 
 def check_out_dir(out: Path) -> Path:
-    """The output folder of an evaluation: a folder (created), never a file."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f'--out {out} is a file; give a folder for eval.json, eval.md and the plots.')
-    return out
+    """The output folder of an evaluation: new, empty, or written by timm-lipschitz (the one output rule)."""
+    return check_output_folder(out, '--out', writes=PRODUCTS['eval'])
 
 
 # ---- extra measurements ------------------------------------------------------------------------------------------
@@ -246,7 +243,10 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
         first_data = first_data if first_data is not None else ds
     if demo:
         _demo(evaluated, first_data, results, out, settings)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     _write_outputs(out, results, sweeps, command)
+    record_outputs(out, [p.name for p in out.iterdir() if before.get(p.name) != p.stat().st_mtime_ns and
+                         p.name != MANIFEST_NAME], 'timm-lipschitz eval')
     if record:
         record_in_folders(models, results, settings, record_departures)
     return results

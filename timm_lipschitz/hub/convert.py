@@ -10,6 +10,7 @@ import timm
 import torch
 
 from ..errors import UsageError
+from ..folders import MANIFEST_NAME, PRODUCTS, check_output_folder, record_outputs
 from .files import CheckpointError, save_pretrained
 
 __all__ = ['convert_checkpoint', 'CONVERTER_SOURCES']
@@ -65,6 +66,7 @@ def convert_checkpoint(path: Union[str, Path], out_dir: Union[str, Path], source
     """
     if source not in CONVERTER_SOURCES:
         raise UsageError(f'source={source!r} is not allowed; choose one of {CONVERTER_SOURCES}.')
+    check_output_folder(out_dir, 'OUT_DIR', writes=PRODUCTS['checkpoint'])
     path = Path(path)
     state = _load_foreign(path)
     found = _detect_source(state)
@@ -89,5 +91,7 @@ def convert_checkpoint(path: Union[str, Path], out_dir: Union[str, Path], source
         raise CheckpointError(f'{path} does not map onto cifar_resnet{depth} (shortcut {shortcut}): missing '
                               f'{missing[:5]}, unexpected {unexpected[:5]}.')
     model.load_state_dict(state)
-    return save_pretrained(model, out_dir, tag=f'converted_{source}', dataset=dataset, objective='external',
-                           hparams={'source_file': path.name, 'source': source})
+    folder = save_pretrained(model, out_dir, tag=f'converted_{source}', dataset=dataset, objective='external',
+                             hparams={'source_file': path.name, 'source': source})
+    record_outputs(folder, [p.name for p in folder.iterdir() if p.name != MANIFEST_NAME], 'timm-lipschitz convert')
+    return folder

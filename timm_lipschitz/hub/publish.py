@@ -16,6 +16,7 @@ from ..certificates import DETERMINISTIC_KEY
 from ..data import DataError, create_dataset, timm_crop_pct
 from ..errors import UserError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from ..folders import MANIFEST_NAME, PRODUCTS, check_output_folder, record_outputs
 from ..runs import require_finished
 from ..zoo import INDEX, WEIGHTS_DIR
 from .files import WEIGHTS_NAME, CheckpointError, read_config, read_metadata, record_evaluation, save_pretrained
@@ -44,7 +45,8 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
     _restate_preprocessing(model, recipe)
     rob_file = run_dir / 'robustness.json'
     rob = read_json(rob_file) if rob_file.is_file() else {}
-    out = Path(out_dir) if out_dir else run_dir / 'publish'
+    out = check_output_folder(Path(out_dir) if out_dir else run_dir / 'publish', '--out-dir',
+                              writes=PRODUCTS['checkpoint'], exclusive=True)  # the whole folder is uploaded
     plot = None
     for png in run_dir.glob('*.png'):
         atomic_write_bytes(out / png.name, png.read_bytes())
@@ -58,6 +60,7 @@ def publish(run_dir: Union[str, Path], repo_id: str, dry_run: bool = False, out_
     extra = {k: rob[k] for k in ('corruptions', 'attacks', DETERMINISTIC_KEY) if rob.get(k)}
     if extra:  # what was evaluated after training reaches the published card and metadata too
         record_evaluation(out, load_as=f'hf-hub:{repo_id}', command=command, **extra)
+    record_outputs(out, [p.name for p in out.iterdir() if p.name != MANIFEST_NAME], 'timm-lipschitz publish')
     if not dry_run:
         _upload(out, repo_id, private)
     return out
@@ -112,7 +115,8 @@ def _upload(out: Path, repo_id: str, private: bool) -> None:
     try:
         api = HfApi()
         api.create_repo(repo_id, exist_ok=True, private=private)
-        api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message='Upload timm-lipschitz checkpoint')
+        api.upload_folder(repo_id=repo_id, folder_path=str(out), commit_message='Upload timm-lipschitz checkpoint',
+                          ignore_patterns=[MANIFEST_NAME])
     except Exception as e:  # network, token rights, the Hub's answer: one line, the built folder stays
         first = (str(e).strip().splitlines() or [''])[0][:300]
         raise PublishError(f'could not upload to {repo_id}: {type(e).__name__}: {first}. The folder is built in '

@@ -17,6 +17,7 @@ from safetensors.torch import save as st_save
 
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..folders import PRODUCTS, check_output_folder, record_outputs
 from ..models.robustbench import RobustBenchModel, entry_name, exports_home, register_export
 from .sources import load_model, load_robustness, resolve
 
@@ -101,6 +102,8 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     """Export a run folder, checkpoint folder or tag; returns (the timm entry name, the export folder, the model
     info written there)."""
     threat, name = _threat(threat), _name(name)
+    if out_dir is not None:
+        check_output_folder(out_dir, '--out', writes=PRODUCTS['export'])
     resolved = resolve(str(source))
     model, _ = load_model(str(source))
     summary = load_robustness(source)
@@ -117,6 +120,7 @@ def export_robustbench(source: str, name: str, threat: str, out_dir: Optional[Un
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(folder / 'model.safetensors', st_save(tensors, metadata={'format': 'pt', 'entry': entry}))
     atomic_write_json(folder / f'{name}.json', details)
+    record_outputs(folder, ['model.safetensors', f'{name}.json'], 'timm-lipschitz export --robustbench')
     args = {k: v for k, v in resolved.config.get('model_args', {}).items() if k not in ('num_classes', 'in_chans')}
     spec = {'folder': str(folder.resolve()), 'arch': arch, 'model_args': args,
             'num_classes': int(model.num_classes), 'input_size': [int(s) for s in cfg['input_size']],

@@ -19,6 +19,7 @@ from ..errors import UsageError
 from ..modes import eval_mode
 from ..naming import compact
 from ..normalization import Normalizer, check_pixels, warn_if_not_pixels
+from ..numbers import check_number, range_text
 from ..ratio import full_precision
 from .noise import NoiseStream
 
@@ -50,27 +51,28 @@ class HyperparameterError(UsageError):
         return HyperparameterError(prefix + self.name, self.value, self.rule)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _checked(name: str, value: Any, **rule: Any) -> Any:
+    """The package's one number check (:func:`timm_lipschitz.numbers.check_number`), refused as a
+    :class:`HyperparameterError` so a recipe can name its own key (``loss.<name>``)."""
+    try:
+        return check_number(name, value, error=ValueError, **rule)
+    except ValueError:
+        allowed = range_text(rule.get('low'), rule.get('high'), rule.get('low_open', False), False,
+                             rule.get('integer', False))
+        raise HyperparameterError(name, value, f'{name} must be {allowed}') from None
 
 
 def check_positive(name: str, value: Any) -> float:
-    if not _is_number(value) or not value > 0:
-        raise HyperparameterError(name, value, f'{name} must be a number > 0')
-    return float(value)
+    return float(_checked(name, value, low=0, low_open=True))
 
 
 def check_non_negative(name: str, value: Any) -> float:
-    if not _is_number(value) or not value >= 0:
-        raise HyperparameterError(name, value, f'{name} must be a number >= 0')
-    return float(value)
+    return float(_checked(name, value, low=0))
 
 
 def check_count(name: str, value: Any) -> int:
     """A count (steps, copies): an integer >= 1, not a bool."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise HyperparameterError(name, value, 'it must be an integer >= 1')
-    return value
+    return _checked(name, value, low=1, integer=True)
 
 
 def check_choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:

@@ -26,6 +26,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -34,16 +35,17 @@ import yaml
 from .._lazy import lazy_module
 from ..errors import UsageError, UserError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
+from ..folders import PRODUCTS, check_output_file, check_output_folder
+from ..numbers import check_number
 from ..recipes import (DEFAULTS, SCHEMA, RecipeError, deep_merge, differing_keys, get_dotted, load_recipe,
                        read_yaml_file, resolve_recipe, under)
 from ..runs import finished_summary, with_recorded_normalization
 from .points import RECIPE_SHORT, point_name
+from .slurm import MAX_REQUEUES, SCRIPT_MARKER, check_slurm, gpus_per_task, launcher, slurm_script
+from .tables import render
 
 torch = lazy_module('torch', __name__)
 training = lazy_module('timm_lipschitz.train', __name__)  # a sweep that only plans, collects or writes SLURM needs no torch
-from .slurm import gpus_per_task, launcher, slurm_script
-from .tables import render
-import time
 
 __all__ = ['load_grid', 'expand_grid', 'point_name', 'run_sweep', 'collect_results', 'GridError', 'RECIPE_SHORT',
            'point_states', 'stale_keys',
@@ -263,7 +265,7 @@ def _report_states(grid: Dict[str, Any], points: List[Dict[str, Any]], states: D
 def _write_slurm(grid: Dict[str, Any], points: List[Dict[str, Any]], todo: List[Dict[str, Any]],
                  slurm: Dict[str, Any]) -> Dict[str, Any]:
     resources = dict(slurm)
-    path = Path(resources.pop('path'))
+    path = check_output_file(resources.pop('path'), '--slurm', SCRIPT_MARKER)
     gpus = gpus_per_task(load_recipe(grid['base']), resources.pop('gpus', None))
     text = slurm_script(grid, [_command(grid, p, launcher(gpus)) for p in points],
                         [point_name(p) for p in points], gpus, **resources)
@@ -320,10 +322,30 @@ def collect_results(grid: Dict[str, Any], points: Optional[List[Dict[str, Any]]]
     return results
 
 
+SLURM_DEFAULTS = {'gpus_per_task': None, 'cpus_per_task': 4, 'mem': None, 'time': None, 'partition': None,
+                  'max_requeues': None, 'signal_lead': 120}
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """The sweep's flags, checked before anything is written: counts in range, SLURM values in their formats, and
+    the SLURM flags only with ``--slurm`` (they shape nothing else)."""
+    check_number('--jobs', args.jobs, low=1, integer=True)
+    given = [k for k, v in SLURM_DEFAULTS.items() if getattr(args, k) not in (v, None) or
+             (k == 'max_requeues' and getattr(args, k) != MAX_REQUEUES)]
+    if given and not args.slurm:
+        raise UsageError(f'{", ".join("--" + k.replace("_", "-") for k in given)} only shape the SLURM script: add '
+                         f'--emit-commands --slurm FILE, or drop them.')
+    if args.slurm:
+        check_slurm(args.gpus_per_task, args.cpus_per_task, args.mem, args.time, args.partition, args.signal_lead,
+                    args.max_requeues)
+
+
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     """``timm-lipschitz sweep`` (arguments: :func:`timm_lipschitz.cli.add_sweep_arguments`)."""
+    _check_flags(args)
+    grid = load_grid(args.grid)
+    check_output_folder(grid['output_dir'], "the grid's output_dir", writes=PRODUCTS['sweep'])
     if args.collect:
-        grid = load_grid(args.grid)
         results = collect_results(grid)
         print(render(grid, results).read_text())
         return results
@@ -332,7 +354,7 @@ def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         slurm = {'path': args.slurm, 'gpus': args.gpus_per_task, 'cpus': args.cpus_per_task, 'mem': args.mem,
                  'time': args.time, 'partition': args.partition, 'signal_lead': args.signal_lead,
                  'max_requeues': args.max_requeues,
-                 'invocation': 'timm-lipschitz sweep ' + ' '.join(shlex.quote(a) for a in args.argv)}
+                 'invocation': 'timm-lipschitz sweep ' + ' '.join(shlex.quote(a) for a in args.argv).replace('\n', '\\n')}
     results = run_sweep(args.grid, jobs=args.jobs, dry_run=args.dry_run, emit_commands=args.emit_commands,
                         progress=args.progress, seeds=args.seeds, slurm=slurm, rerun_stale=args.rerun_stale)
     if not (args.dry_run or args.emit_commands or args.slurm):

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._lazy import lazy_module
 from ..fileio import atomic_write_text
+from ..folders import record_outputs
 from ..losses import loss_class
 from ..protocol import TABLE_SIGMAS, format_cell, mean_std, summary_key, value_at
 from ..recipes import get_dotted
@@ -222,4 +223,5 @@ def render(grid: Dict[str, Any], results: Dict[str, Any]) -> Path:
         md += [f'| {k} | {"n/a" if v is None else f"{v:.2f}"} |' for k, v in slopes.items()]
     path = out / 'tables.md'
     atomic_write_text(path, '\n'.join(md) + '\n')
+    record_outputs(out, ['tables.md', 'results.json', *(p.name for p in out.glob('*.png'))], 'timm-lipschitz sweep')
     return path

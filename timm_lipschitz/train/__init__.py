@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 from accelerate.utils import set_seed
 
 from ..recipes import ResolvedRecipe, resolve_recipe
-from ..runs import discard_fresh_run, latest_state, open_run_folder
+from ..runs import discard_if_stub, latest_state, open_run_folder
 from ..seeding import stream_seed
 from .build import (PreparedRun, apply_model_options, apply_threads, build_data, build_model, build_objective,
                     build_optimizer, build_scheduler, build_train_loader, check_runtime, compile_step, cpu_threads,
@@ -60,14 +60,10 @@ def train(recipe: Union[str, Path, Dict[str, Any]], overrides: Sequence[str] = (
     print(f'[rank {accelerator.process_index}] num_processes={accelerator.num_processes} distributed_type='
           f'{accelerator.distributed_type.value} device={accelerator.device} '
           f'mixed_precision={accelerator.mixed_precision} threads={threads}', flush=True)
-    with open_run_folder(accelerator, Path(recipe['output_dir']), recipe, resume) as folder:
+    out = Path(recipe['output_dir'])
+    with open_run_folder(accelerator, out, recipe, resume) as folder, discard_if_stub(folder, out, accelerator):
         set_seed(stream_seed('global', recipe['seed']))
-        try:
-            run = prepare_run(recipe, accelerator, folder, resume, progress, stop_at_step)
-        except BaseException:
-            if folder['fresh'] and accelerator.is_main_process:
-                discard_fresh_run(Path(recipe['output_dir']))  # a refused new run leaves no stub behind
-            raise
+        run = prepare_run(recipe, accelerator, folder, resume, progress, stop_at_step)
         model, loop = run.model, run.loop
         step_optimizer = optimizer_stepper(accelerator, run.optimizer)
         loop.start(run.optimizer)
