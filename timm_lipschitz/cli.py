@@ -13,9 +13,10 @@ from typing import Optional, Sequence
 
 from . import __version__
 from .errors import EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, UsageError, UserError
+from .numbers import check_number
 from .protocol import (ATTACK_IMAGES, ATTACK_STEPS, CERTIFY_PRESETS, EVAL_SPLIT, PAPER_GRID, PRESETS, SEVERITIES,
                        SMOOTHING)
-from .sweep.slurm import MAX_REQUEUES
+from .sweep.slurm import MAX_REQUEUES, SLURM_DEFAULTS
 
 __all__ = ['main', 'build_parser', 'add_train_arguments', 'add_eval_arguments', 'add_sweep_arguments']
 
@@ -65,8 +66,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--std', help='normalization std (comma list)')
     p.add_argument('--lipschitz', action='store_true', help='k(x) statistics, PGD lower bound, spectral upper bound')
     p.add_argument('--certify', action='store_true', help='randomized smoothing certificates (Cohen et al.)')
-    p.add_argument('--certify-sigma', type=float, default=SMOOTHING['sigma'],
-                   help='noise level of the smoothed classifier')
+    p.add_argument('--certify-sigma', type=float,
+                   help=f"noise level of the smoothed classifier ({SMOOTHING['sigma']})")
     p.add_argument('--certify-preset', choices=tuple(CERTIFY_PRESETS),
                    help='settings from the literature: cohen = n0 100, n 100,000, alpha 0.001 (Cohen et al. 2019); '
                         'also writes their per-image TSV (certify_<model>.tsv); --n0/--n/--alpha given too override it')
@@ -74,15 +75,16 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument('--n', type=int, help=f"Monte Carlo samples to bound its probability (certify; {SMOOTHING['n']})")
     p.add_argument('--alpha', type=float, help=f"failure probability of a certificate, in (0, 1) "
                                                f"({SMOOTHING['alpha']})")
-    p.add_argument('--certify-images', type=int, default=SMOOTHING['num_images'],
-                   help='images certified (a prefix of the split\'s stratified evaluation order)')
+    p.add_argument('--certify-images', type=int,
+                   help=f"images certified (a prefix of the split's stratified evaluation order; "
+                        f"{SMOOTHING['num_images']})")
     p.add_argument('--demo', action='store_true', help="the paper's Table 1: one image at sigma 0..0.6")
     p.add_argument('--corruptions', nargs='?', const='all', metavar='WHICH',
                    help='the CIFAR-10-C corruptions, computed on the fly: all (the default when given alone), '
                         'benchmark (the 15), extra (the 4), a family (noise, blur, weather, digital) or a comma '
                         'list of names')
-    p.add_argument('--severities', default=','.join(map(str, SEVERITIES)),
-                   help=f'corruption severities, a comma list of {min(SEVERITIES)}..{max(SEVERITIES)}')
+    p.add_argument('--severities',
+                   help=f'corruption severities, a comma list of {min(SEVERITIES)}..{max(SEVERITIES)} (all of them)')
     p.add_argument('--attack', nargs='?', const='l2,linf', metavar='NORMS',
                    help='robust accuracy under adversarial attacks in [0,1] pixel space: l2, linf or l2,linf (the '
                         'default when given alone); needs pip install "timm-lipschitz[attacks]"')
@@ -130,13 +132,13 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                       'requeued and resumed when preempted) instead of printing')
     slurm.add_argument('--gpus-per-task', type=int, help='GPUs per point (default: 1 for a mixed-precision '
                                                         'recipe, else 0); several run under torchrun')
-    slurm.add_argument('--cpus-per-task', type=int, default=4, help='CPU cores per point')
+    slurm.add_argument('--cpus-per-task', type=int, default=SLURM_DEFAULTS['cpus_per_task'], help='CPU cores per point')
     slurm.add_argument('--mem', help='memory per point, e.g. 16G')
     slurm.add_argument('--time', help='time limit per run of a point, e.g. 04:00:00 (a longer point requeues)')
     slurm.add_argument('--partition', help='SLURM partition')
     slurm.add_argument('--max-requeues', type=int, default=MAX_REQUEUES,
                        help='a task stopped this often already fails instead of requeueing again (SLURM_RESTART_COUNT)')
-    slurm.add_argument('--signal-lead', type=int, default=120,
+    slurm.add_argument('--signal-lead', type=int, default=SLURM_DEFAULTS['signal_lead'],
                        help='seconds before the time limit at which the point saves its state and requeues')
     return p
 
@@ -205,6 +207,7 @@ def _run_train(args: argparse.Namespace) -> None:
     from .recipes import TRUST_LOCAL_PLUGINS, resolve_recipe
     if args.trust_local_plugins:  # the user's decision, inherited by processes this one launches
         os.environ[TRUST_LOCAL_PLUGINS] = '1'
+    check_number('--stop-at-step', args.stop_at_step, low=1, integer=True, allow_none=True)
     recipe = resolve_recipe(args.recipe, train_overrides(args))  # a recipe mistake is answered before torch loads
     from .train import train
     train(recipe, resume=args.resume, progress=not args.no_progress, stop_at_step=args.stop_at_step)

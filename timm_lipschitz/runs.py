@@ -367,7 +367,8 @@ class RunClaim:
         host, pid = other.get('host'), other.get('pid')
         if host == socket.gethostname() and isinstance(pid, int):
             alive = _process_start(pid)
-            if alive is not None and (alive == 'unknown' or alive == other.get('pid_start')):
+            # a live process whose start the claim does not record may be the one that claimed it: never called dead
+            if alive is not None and (alive == 'unknown' or other.get('pid_start') in (None, alive)):
                 raise RunFolderError(
                     f'run folder {self.path.parent} is in use by process {pid} on this host (since '
                     f'{other.get("since")}); wait for it to end, or train into another --output-dir.')

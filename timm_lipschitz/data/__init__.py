@@ -5,8 +5,8 @@ Loaders hand out float images in [0, 1] (never normalized: noise is added in pix
 from timm.data import resolve_data_config
 
 from ..normalization import unwrap_model
-from .base import (DataError, DatasetInfo, TensorImageDataset, adapt_images, check_labels, split_fingerprint,
-                   timm_crop_pct, to_float)
+from .base import (DataError, DatasetInfo, TensorImageDataset, adapt_images, check_labels, evaluated_fingerprint,
+                   split_fingerprint, timm_crop_pct, to_float)
 from .idx import read_idx, write_idx
 from .lazy import LazyImageDataset
 from .loader import DeviceLoader, SeededSampler, epoch_permutation, standard_loader
@@ -17,7 +17,7 @@ __all__ = ['timm_crop_pct', 'create_dataset', 'list_datasets', 'register_dataset
            'DataError', 'TensorImageDataset', 'LazyImageDataset', 'adapt_images', 'check_labels', 'to_float',
            'read_idx', 'write_idx', 'DeviceLoader', 'SeededSampler', 'epoch_permutation', 'standard_loader',
            'AUGMENTATIONS', 'batch_augment', 'train_transform', 'DEBIAN_FASHION_MNIST', 'resolve_input_size',
-           'split_fingerprint']
+           'split_fingerprint', 'evaluated_fingerprint']
 
 
 def resolve_input_size(model, input_size=None):

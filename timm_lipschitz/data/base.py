@@ -146,6 +146,17 @@ class TensorImageDataset(Dataset):
 FINGERPRINT_SAMPLES = 64  # images decoded for the fingerprint of a split read from files (all of an in-memory one)
 
 
+def evaluated_fingerprint(dataset) -> str:
+    """sha256 (first 16 hex) of every image and label of a dataset as an evaluation reads them (after the shape
+    policy, in evaluation order): two evaluations with the same fingerprint measured the same images."""
+    h = hashlib.sha256(f'{len(dataset)}'.encode())
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        h.update(int(label).to_bytes(8, 'little', signed=True))
+        h.update(torch.as_tensor(image).float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def split_fingerprint(dataset) -> str:
     """sha256 (first 16 hex) of a split's labels and images: every image of an in-memory split, and
     :data:`FINGERPRINT_SAMPLES` evenly spread decoded images of one read from files. Two roots that give the same

@@ -192,9 +192,10 @@ def _mnist(split: str, root: Path, download: bool) -> Raw:
 
 
 @register_dataset('fashion_mnist')
-def _fashion_mnist(split: str, root: Path, download: bool) -> Raw:
-    """Also finds the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist) without a flag."""
-    return _read_idx_split('fashion_mnist', split, root, download, 'FashionMNIST', [DEBIAN_FASHION_MNIST],
+def _fashion_mnist(split: str, root: Path, download: bool, fallbacks: bool = True) -> Raw:
+    """Also finds the Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist) without a flag, unless
+    a root was given: an explicit root is used or refused, never replaced by a found one."""
+    return _read_idx_split('fashion_mnist', split, root, download, 'FashionMNIST', [DEBIAN_FASHION_MNIST] * fallbacks,
                            FASHION_LABELS, ', or install the Debian package: apt-get install dataset-fashion-mnist')
 
 
@@ -393,7 +394,10 @@ def create_dataset(name: str, split: str = 'train', root: Optional[Union[str, Pa
         return LoadedDataset(LazyImageDataset(load, n, info, labels=labels), info)
     if name not in _SOURCES:
         raise UsageError(f'unknown dataset {name!r}; known datasets: {", ".join(list_datasets())}.')
-    images, labels, names, source = _SOURCES[name](split, root_path or default_root() / name, download, **kwargs)
+    source_fn = _SOURCES[name]
+    if root_path is not None and 'fallbacks' in inspect.signature(source_fn).parameters:
+        kwargs['fallbacks'] = False  # an explicit root is used or refused, never replaced by a found one
+    images, labels, names, source = source_fn(split, root_path or default_root() / name, download, **kwargs)
     native = tuple(images.shape[1:])
     images = adapt_images(images, input_size)
     info = DatasetInfo(name, split, len(names), native, tuple(images.shape[1:]), list(names), len(images), source)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import UsageError
+from ..numbers import check_number
 from ..protocol import CERTIFY_PRESETS, SEVERITIES, SMOOTHING
 from ..robustness.attacks import check_request, parse_eps
 from ..robustness.certify import check_settings
@@ -45,9 +46,8 @@ def input_size_request(args: argparse.Namespace) -> Optional[List[int]]:
     """``--input-size C,H,W`` (ours) or ``C H W`` (timm's validate.py), or ``--img-size N``; None: the model's own."""
     if args.input_size and getattr(args, 'img_size', None):
         raise UsageError('--input-size and --img-size name the same thing: give one of them.')
-    if getattr(args, 'img_size', None):
-        if args.img_size < 1:
-            raise UsageError(f'--img-size {args.img_size} is not allowed; give a positive integer.')
+    if getattr(args, 'img_size', None) is not None:
+        check_number('--img-size', args.img_size, low=1, integer=True)
         return [0, args.img_size, args.img_size]  # channels: the model's own (filled in per model)
     text = ','.join(args.input_size) if isinstance(args.input_size, list) else args.input_size
     return _ints(text, '--input-size', 3)
@@ -81,6 +81,8 @@ def attack_request(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
 def corruption_request(args: argparse.Namespace) -> Sequence[int]:
     """The severities of ``--corruptions``: CIFAR-10-C's 1..5 (the library's severity 0, the clean image, is for
     tests, not a severity to report)."""
+    if args.severities is not None and args.corruptions is None:
+        raise UsageError('--severities sets the corruptions, which run with --corruptions: add it or drop --severities.')
     severities = _ints(args.severities, '--severities', None) or SEVERITIES
     bad = [s for s in severities if s not in SEVERITIES]
     if bad:
@@ -94,9 +96,16 @@ def corruption_request(args: argparse.Namespace) -> Sequence[int]:
 def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
     """The randomized-smoothing settings (``--certify`` and the attacks' certified column), checked by the
     certificate module's one check and named by their flags."""
+    given = [f'--{k.replace("_", "-")}' for k in ('certify_sigma', 'certify_preset', 'n0', 'n', 'alpha',
+                                                 'certify_images') if getattr(args, k, None) is not None]
+    if given and not (args.certify or args.attack is not None):
+        raise UsageError(f'{", ".join(given)} set randomized smoothing, which runs with --certify (or beside --attack); '
+                         f'add --certify or drop them.')
     preset = CERTIFY_PRESETS.get(getattr(args, 'certify_preset', None) or '', {})
     chosen = {k: getattr(args, k) for k in ('n0', 'n', 'alpha') if getattr(args, k) is not None}
-    settings = {**SMOOTHING, **preset, **chosen, 'sigma': args.certify_sigma, 'num_images': args.certify_images}
+    settings = {**SMOOTHING, **preset, **chosen}
+    settings.update({k: v for k, v in (('sigma', args.certify_sigma), ('num_images', args.certify_images))
+                     if v is not None})
     if preset:
         settings['preset'] = args.certify_preset
         settings['departs_from_preset'] = {k: v for k, v in chosen.items() if v != preset.get(k)}
@@ -107,7 +116,22 @@ def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
     return settings
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """The numeric flags of an evaluation, by the package's one number check (each refusal names its flag)."""
+    check_number('--batch-size', args.batch_size, low=1, integer=True)
+    check_number('--max-images', args.max_images, low=1, integer=True, allow_none=True)
+    check_number('--img-size', args.img_size, low=1, integer=True, allow_none=True)
+    check_number('--repeats', args.repeats, low=1, integer=True)
+    check_number('--seed', args.seed, low=0, high=2 ** 63 - 1, integer=True)
+    attack_flags = [f for f, given in (('--eps', args.eps), ('--black-box', args.black_box),
+                                       ('--autoattack-square-restarts', args.autoattack_square_restarts is not None))
+                    if given]
+    if attack_flags and args.attack is None:
+        raise UsageError(f'{", ".join(attack_flags)} set the attacks, which run with --attack: add it or drop them.')
+
+
 def run_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    check_numbers(args)
     resolve_device(args.device)  # a bad --device fails before any model or data is loaded
     severities = corruption_request(args)
     out = check_out_dir(Path(args.out))

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..data import check_labels, create_dataset
+from ..data import check_labels, create_dataset, evaluated_fingerprint
 from ..errors import UsageError
 from ..hub.sources import load_model
 from ..modes import eval_mode
@@ -110,7 +110,9 @@ def data_for(model: nn.Module, info: Dict[str, Any], data: Optional[str], root: 
              input_size: Optional[Sequence[int]], split: str, max_images: Optional[int], seed: int = 0):
     """The evaluation split for one model (its own training data unless ``data`` names other data), checked against
     the model's class count and names; ``max_images`` takes a prefix of the split's evaluation order (stratified,
-    :mod:`timm_lipschitz.robustness.subsets`). Returns ``(dataset, name)``."""
+    :mod:`timm_lipschitz.robustness.subsets`). An explicit root is used or refused, never replaced by a found one.
+    Returns ``(dataset, name, where)``: ``where`` records the root given, the files read and the fingerprint of the
+    evaluated images and labels (``eval.json`` keeps it)."""
     recipe_data = info['recipe'].get('data', {})
     name = data or recipe_data.get('name') or info['metadata'].get('dataset')
     if not name:
@@ -119,8 +121,11 @@ def data_for(model: nn.Module, info: Dict[str, Any], data: Optional[str], root: 
     if input_size:
         _check_input_size(model, size)
     kwargs = recipe_data.get('kwargs', {}) if name == recipe_data.get('name') else {}
-    ds, dinfo = create_dataset(name, split, root=root or recipe_data.get('root'), input_size=size, **kwargs)
+    root = root or recipe_data.get('root')
+    ds, dinfo = create_dataset(name, split, root=root, input_size=size, **kwargs)
     _check_classes(model, name, dinfo)
     if hasattr(ds, 'labels'):
         check_labels(ds.labels, model.num_classes, f'{name}/{split}')
-    return evaluation_subset(ds, max_images, seed), name
+    subset = evaluation_subset(ds, max_images, seed)
+    return subset, name, {'root': None if root is None else str(root), 'source': dinfo.source,
+                          'fingerprint': evaluated_fingerprint(subset)}

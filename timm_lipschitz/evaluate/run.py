@@ -236,9 +236,10 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     for model, info in models:
         with eval_mode(model):
             size = model_input_size(model, input_size)
-            ds, name = data_for(model, info, data, root, size, split, max_images, seed)
+            ds, name, where = data_for(model, info, data, root, size, split, max_images, seed)
             label = unique_label(info['label'], results)
             results[label], sweeps[label] = _evaluate_one(model, info, ds, name, {**settings, 'input_size': size})
+            results[label]['data_files'] = where
         evaluated[label] = model
         first_data = first_data if first_data is not None else ds
     if demo:

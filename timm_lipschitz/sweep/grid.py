@@ -41,7 +41,7 @@ from ..recipes import (DEFAULTS, SCHEMA, RecipeError, deep_merge, differing_keys
                        read_yaml_file, resolve_recipe, under)
 from ..runs import finished_summary, with_recorded_normalization
 from .points import RECIPE_SHORT, point_name
-from .slurm import MAX_REQUEUES, SCRIPT_MARKER, check_slurm, gpus_per_task, launcher, slurm_script
+from .slurm import SCRIPT_MARKER, SLURM_DEFAULTS, check_slurm, gpus_per_task, launcher, slurm_script
 from .tables import render
 
 torch = lazy_module('torch', __name__)
@@ -322,18 +322,16 @@ def collect_results(grid: Dict[str, Any], points: Optional[List[Dict[str, Any]]]
     return results
 
 
-SLURM_DEFAULTS = {'gpus_per_task': None, 'cpus_per_task': 4, 'mem': None, 'time': None, 'partition': None,
-                  'max_requeues': None, 'signal_lead': 120}
 
 
 def _check_flags(args: argparse.Namespace) -> None:
     """The sweep's flags, checked before anything is written: counts in range, SLURM values in their formats, and
     the SLURM flags only with ``--slurm`` (they shape nothing else)."""
     check_number('--jobs', args.jobs, low=1, integer=True)
-    given = [k for k, v in SLURM_DEFAULTS.items() if getattr(args, k) not in (v, None) or
-             (k == 'max_requeues' and getattr(args, k) != MAX_REQUEUES)]
+    given = [k for k, v in SLURM_DEFAULTS.items() if getattr(args, k) != v]
     if given and not args.slurm:
-        raise UsageError(f'{", ".join("--" + k.replace("_", "-") for k in given)} only shape the SLURM script: add '
+        raise UsageError(f'{", ".join("--" + k.replace("_", "-") for k in given)} '
+                         f'{"shapes" if len(given) == 1 else "shape"} only the SLURM script: add '
                          f'--emit-commands --slurm FILE, or drop them.')
     if args.slurm:
         check_slurm(args.gpus_per_task, args.cpus_per_task, args.mem, args.time, args.partition, args.signal_lead,
