@@ -3,13 +3,13 @@ import timm
 
 from .cifar_resnet import (CIFAR10_LABELS, CIFAR10_MEAN, CIFAR10_STD, BasicBlock, CifarResNet, PreActBasicBlock,
                            ShortcutA, blocks_per_stage)
-from .lipnet import LIPSCHITZ_NAMES, CifarLipResNet, LipConvNet, to_plain
+from .lipnet import LIPSCHITZ_NAMES, CifarLipResNet, LipConvNet, LipMLP, to_plain
 from .mnist_convnet import MNIST_MEAN, MNIST_STD, MnistConvNet
 from .robustbench import RobustBenchModel  # registers the RobustBench exports listed in the exports index
 
 __all__ = ['CifarResNet', 'BasicBlock', 'PreActBasicBlock', 'ShortcutA', 'MnistConvNet', 'blocks_per_stage',
            'CIFAR10_MEAN', 'CIFAR10_STD', 'CIFAR10_LABELS', 'MNIST_MEAN', 'MNIST_STD', 'list_registered',
-           'RobustBenchModel', 'LipConvNet', 'CifarLipResNet', 'LIPSCHITZ_NAMES', 'to_plain']
+           'RobustBenchModel', 'LipConvNet', 'CifarLipResNet', 'LIPSCHITZ_NAMES', 'to_plain', 'LipMLP']
 
 
 def list_registered() -> list[str]:

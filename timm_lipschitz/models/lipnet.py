@@ -41,11 +41,11 @@ from ._features import StagedFeatures, reset_head
 from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 from .cifar_resnet import CIFAR10_LABELS
 
-__all__ = ['LipConvNet', 'CifarLipResNet', 'LipschitzNet', 'SLLBlock', 'AOLConv2d', 'OrthoLinear', 'UnitRowLinear',
+__all__ = ['LipConvNet', 'CifarLipResNet', 'LipMLP', 'LipschitzNet', 'SLLBlock', 'AOLConv2d', 'OrthoLinear', 'UnitRowLinear',
            'to_plain', 'LIPSCHITZ_NAMES', 'HEADS', 'MaxMin', 'aol_conv', 'ortho_linear', 'unit_row_linear',
            'in_float32']
 
-LIPSCHITZ_NAMES = ('lip_convnet', 'cifar_lipresnet_xs', 'cifar_lipresnet_s')
+LIPSCHITZ_NAMES = ('lip_convnet', 'cifar_lipresnet_xs', 'cifar_lipresnet_s', 'lip_mlp')
 
 
 def in_float32(reparametrize: Callable[[torch.Tensor], torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
@@ -261,7 +261,7 @@ def _check_head(head: str) -> str:
     return head
 
 
-class LipschitzNet(StagedFeatures, DeclaresLipschitz, nn.Module):
+class LipschitzNet(DeclaresLipschitz, nn.Module):
     """What the 1-Lipschitz models share: the constrained head and the design declaration (body 1; logits 1 for an
     orthogonal head, sqrt(classes) for unit rows), checked against the measured factors."""
 
@@ -318,7 +318,7 @@ def _conv_plan(widths: Sequence[int], strides: Sequence[int]) -> Tuple[Tuple[int
     return widths, strides
 
 
-class LipConvNet(LipschitzNet):
+class LipConvNet(StagedFeatures, LipschitzNet):
     """A small 1-Lipschitz conv net for 28/32 px images: 3x3 AOL convs (``widths``, ``strides``; default 32-64-64,
     the last two with stride 2), each followed by MaxMin, then orthogonal hidden layers (``hidden_dim``: one width or
     a list, each followed by MaxMin) and the head (``head``: orthogonal, or unit rows). ``widths=(32, 32, 64, 64),
@@ -405,7 +405,7 @@ def _linear(layer: nn.Module) -> float:
     return torch.linalg.matrix_norm(effective_weight(layer).double(), ord=2).item()
 
 
-class CifarLipResNet(LipschitzNet):
+class CifarLipResNet(StagedFeatures, LipschitzNet):
     """A CIFAR-style 1-Lipschitz residual net: a 3x3 AOL stem, three stages of ``blocks`` SLL blocks at ``widths``
     channels (a stride-2 AOL conv between stages, each conv followed by MaxMin), the norm-preserving global pool
     (sum / sqrt(H W)) and the head (``head``: orthogonal, or unit rows). Feature levels: the three stages."""
@@ -467,6 +467,61 @@ class CifarLipResNet(LipschitzNet):
         return factors + [('pool', 1.0), ('fc', _linear(self.fc))]
 
 
+class LipMLP(LipschitzNet):
+    """A 1-Lipschitz MLP on the flattened pixels: orthogonal dense layers (``hidden_dim``, each followed by MaxMin) and
+    the head. A first layer at least as wide as the input has orthonormal columns, an isometry: it keeps every l2
+    distance between images, which the certificate is about (strided convolutions and narrow bottlenecks lose
+    them). ``forward_features`` returns the last hidden activations; there are no spatial feature levels (timm's
+    ``features_only`` does not apply)."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: Union[int, Tuple[int, int]] = 28,
+                 hidden_dim: Union[int, Sequence[int]] = (1024, 1024, 1024), head: str = 'orthogonal',
+                 drop_rate: float = 0., global_pool: str = '', device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        hidden = _hidden(hidden_dim)
+        if global_pool not in ('', 'flatten'):
+            raise UsageError(f"global_pool={global_pool!r} is not allowed for lip_mlp; use '' (it has no pooling).")
+        self.num_classes, self.in_chans, self.drop_rate, self.global_pool = num_classes, in_chans, drop_rate, ''
+        self.head = _check_head(head)
+        self.num_hidden = len(hidden)
+        for i, (a, b) in enumerate(zip((in_chans * h * w,) + hidden, hidden), 1):
+            setattr(self, f'fc{i}', ortho_linear(a, b, **dd))
+        self.act = MaxMin()
+        self.feature_info: List[Dict[str, Any]] = []
+        self.num_features = self.head_hidden_size = hidden[-1]
+        self.fc = _head(head, hidden[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    @staticmethod
+    def _check_pool(global_pool: str) -> None:
+        if global_pool not in ('', 'flatten'):
+            raise UsageError(f"global_pool={global_pool!r} is not allowed for lip_mlp; use '' (it has no pooling).")
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^fc1\.', blocks=r'^fc(?!1\.)\d')
+
+    def hidden_layers(self) -> Tuple[nn.Module, ...]:
+        return tuple(getattr(self, f'fc{i}') for i in range(1, self.num_hidden + 1))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(x, 1)
+        for layer in self.hidden_layers():
+            x = self.act(layer(x))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def lipschitz_factors(self, hw: Tuple[int, int]) -> List[Tuple[str, float]]:
+        """Exact norms of the effective weights: each hidden layer, the head last."""
+        return [(f'fc{i}', _linear(layer)) for i, layer in enumerate(self.hidden_layers(), 1)] + \
+            [('fc', _linear(self.fc))]
+
+
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
     return {
         'url': '', 'num_classes': 10, 'input_size': (1, 28, 28), 'pool_size': (7, 7), 'fixed_input_size': True,
@@ -489,6 +544,8 @@ default_cfgs = keep_untrained_default(generate_default_cfgs({
     'cifar_lipresnet_xs': _cifar_cfg(),
     'cifar_lipresnet_s': _cifar_cfg(),
     **pretrained_cfgs_for('cifar_lipresnet', _cifar_cfg),
+    'lip_mlp': _cfg(first_conv='fc1', pool_size=None),
+    **pretrained_cfgs_for('lip_mlp', lambda **kw: _cfg(first_conv='fc1', pool_size=None, **kw)),
 }))
 
 
@@ -512,3 +569,11 @@ def cifar_lipresnet_s(pretrained: bool = False, **kwargs: Any) -> CifarLipResNet
     return build(CifarLipResNet, 'cifar_lipresnet_s', pretrained,
                  feature_cfg=dict(out_indices=(0, 1, 2), flatten_sequential=True),
                  **{'widths': (32, 64, 128), 'blocks': 3, **kwargs})
+
+
+@register_model
+def lip_mlp(pretrained: bool = False, **kwargs: Any) -> LipMLP:
+    """A 1-Lipschitz MLP (three orthogonal 1024-unit layers, MaxMin, an orthogonal head), 1x28x28: its first layer
+    keeps every l2 distance between images."""
+    return build(LipMLP, 'lip_mlp', pretrained, feature_cfg=dict(flatten_sequential=True), **kwargs)
+
