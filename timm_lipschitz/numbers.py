@@ -16,11 +16,19 @@ import yaml
 
 from .errors import UsageError
 
-__all__ = ['check_number', 'check_count', 'NumberLoader', 'load_yaml', 'is_number', 'range_text', 'NUMBER_PATTERN']
+__all__ = ['exact', 'check_number', 'check_count', 'NumberLoader', 'load_yaml', 'is_number', 'range_text', 'NUMBER_PATTERN']
 
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def exact(value: Any) -> str:
+    """A value as a label writes it: a number exactly as given (the shortest text that reads back to it:
+    ``0.5000001`` stays ``0.5000001``, ``0.5`` is ``0.5``, ``1e-05`` stays ``1e-05``), anything else as is."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))  # 1.0 reads as 1, as the tables always wrote it
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def range_text(low: Optional[float], high: Optional[float], low_open: bool, high_open: bool, integer: bool) -> str:

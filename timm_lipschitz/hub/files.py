@@ -33,6 +33,7 @@ from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps, read_json
 from ..normalization import unwrap_model
 from ..protocol import SUMMARY_KEYS
+from ..robustness.corruptions import corruption_names
 from ..runs import finished_summary
 from .card import render_card
 
@@ -75,6 +76,7 @@ def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
         out['corruption_mean'] = corruptions['mean']
         out['corruption_images'] = corruptions['num_images']
         out['corruption_severities'] = list(corruptions['severities'])
+        out['corruption_names'] = corruption_names(corruptions)  # what the mean is over
         out.update(_protocol_summary('corruption', corruptions))
     cert = record.get(DETERMINISTIC_KEY)
     if cert:

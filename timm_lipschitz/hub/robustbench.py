@@ -57,8 +57,11 @@ def _scores(summary: Dict[str, Any], threat: str, source: str) -> Tuple[Optional
         if summary.get('corruption_mean') is None:
             raise UsageError(f'no corruption result is recorded for {source}; record one with timm-lipschitz eval '
                              f'{_folder_hint(source)} --corruptions --record, then export again.')
+        names = summary.get('corruption_names')
+        over = (f"the {len(names)} corruptions {', '.join(names)}" if names else
+                'the CIFAR-10-C corruptions it recorded (a record from before 0.3 does not name them)')
         return None, float(summary['corruption_mean']), (
-            f"Mean over the CIFAR-10-C corruptions computed on the fly, severities "
+            f"Mean over {over}, computed on the fly with CIFAR-10-C's constants, severities "
             f"{summary.get('corruption_severities')}, {summary.get('corruption_images')} test images.")
     norm = threat.lower()
     found = {float(k.split('@', 1)[1]): v for k, v in summary.items()

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._lazy import lazy_module
 from ..fileio import atomic_write_text
+from ..numbers import exact
 from ..folders import record_outputs
 from ..losses import loss_class
 from ..protocol import TABLE_SIGMAS, format_cell, mean_std, summary_key, value_at
@@ -91,7 +92,7 @@ def paper_tables(results: Dict[str, Any], group: str = 'loss.sigma', rows: str =
 
         def fmt(v: Cell, c: Any, s: float) -> str:
             return _bold(format_cell(v), None if v is None else v[0], best[(c, s)])
-        head = [f'σ_test {s:g}, {cols.split(".")[-1]} {c:g}' for s in sigmas for c in col_vals]
+        head = [f'σ_test {s:g}, {cols.split(".")[-1]} {exact(c)}' for s in sigmas for c in col_vals]
         lines = [f'### {group.split(".")[-1]} = {g}', '',
                  f'| training | {rows.split(".")[-1]} | ' + ' | '.join(head) + ' |',
                  '|---|---|' + '---|' * len(head)]
@@ -99,7 +100,7 @@ def paper_tables(results: Dict[str, Any], group: str = 'loss.sigma', rows: str =
             lines.append('| standard | - | ' + ' | '.join(fmt(grid_cells[('std', None, c, s)], c, s)
                                                        for s in sigmas for c in col_vals) + ' |')
         for rv in row_vals:
-            lines.append(f'| proposed | {rv:g} | ' + ' | '.join(fmt(grid_cells[('m', rv, c, s)], c, s)
+            lines.append(f'| proposed | {exact(rv)} | ' + ' | '.join(fmt(grid_cells[('m', rv, c, s)], c, s)
                                                              for s in sigmas for c in col_vals) + ' |')
         out.append('\n'.join(lines))
     if not method and standard:
@@ -114,7 +115,7 @@ def _loss_label(row: Dict[str, Any]) -> str:
         return 'standard'
     loss = row['recipe']['loss']
     return loss_class(loss['name']).label() + ' ' + ', '.join(
-        f'{k} {v:g}' if isinstance(v, (int, float)) and not isinstance(v, bool) else f'{k} {v}'
+        f'{k} {exact(v)}'
         for k, v in loss.items() if k != 'name')
 
 
@@ -127,7 +128,7 @@ def _flatten(prefix: str, value: Any) -> List[Tuple[str, Any]]:
 def _row_label(row: Dict[str, Any]) -> str:
     """The objective plus every other grid override except the seed (``model.std [1.0]``, ``steps 200``): only
     seeds are pooled, so variants of one loss (a wider net, another data fraction) keep their own rows."""
-    extra = [f'{k} {v:g}' if isinstance(v, float) else f'{k} {v}'
+    extra = [f'{k} {exact(v)}'
              for k, v in _flatten('', row.get('axes') or {})
              if k != 'seed' and not k.startswith('loss.')]
     return ', '.join([_loss_label(row)] + extra)
@@ -221,6 +222,11 @@ def render(grid: Dict[str, Any], results: Dict[str, Any]) -> Path:
         md += ['', f"## Sensitivity at σ_test {sens.get('sigma_test', 0.3)}", '',
                '| hyperparameter | Δacc/Δh |', '|---|---|']
         md += [f'| {k} | {"n/a" if v is None else f"{v:.2f}"} |' for k, v in slopes.items()]
+    if results.get('stale'):  # finished with another recipe than the grid's today: named, never tabulated
+        md += ['', '## Stale points (not tabulated)', '',
+               'Finished with another recipe than the grid asks today; `--rerun-stale` runs them again (the old runs '
+               'are kept as `<point>.stale-<k>`).', '', '| point | keys that differ |', '|---|---|']
+        md += [f'| {name} | {", ".join(keys)} |' for name, keys in sorted(results['stale'].items())]
     path = out / 'tables.md'
     atomic_write_text(path, '\n'.join(md) + '\n')
     record_outputs(out, ['tables.md', 'results.json', *(p.name for p in out.glob('*.png'))], 'timm-lipschitz sweep')
