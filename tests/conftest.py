@@ -30,3 +30,18 @@ def drawn(monkeypatch):
         return out
     monkeypatch.setattr(report, 'save_figure', capture)
     return figures
+
+
+def _signals_at_defaults() -> None:
+    """In a child about to exec: the stop signals at their defaults. A test suite run as a background job
+    (``nohup pytest &``) inherits SIGINT and SIGQUIT ignored, and a program rightly keeps an inherited SIG_IGN; a test
+    that sends a signal must not depend on how it was started."""
+    import signal
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+@pytest.fixture
+def signals_at_defaults():
+    """``preexec_fn`` for a child a test sends signals to (:func:`_signals_at_defaults`)."""
+    return _signals_at_defaults

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
 
 import timm_lipschitz  # noqa: F401
+from timm_lipschitz.cli import main
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,3 +191,140 @@ def test_no_progress_silences_the_certificates_and_the_attacks(capfd):
     est = _estimator(PixelModel(model), (1, 8, 8), 10, torch.device('cpu'))
     quiet = _attack('autoattack', est, 'l2', 0.5, 2, 8, progress=False)
     assert quiet.attacks and not any(getattr(a, 'verbose', False) for a in quiet.attacks)
+
+
+# ---- every command keeps the promises train keeps ------------------------------------------------------------------
+def _snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` with its sha256: what a refusal must leave exactly as it was."""
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+    from timm_lipschitz.train import train
+    out = tmp_path_factory.mktemp('finished') / 'run'
+    train({'name': 'tiny', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
+           'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True}, 'loss': {'name': 'cross_entropy'},
+           'optimizer': {'name': 'sgd', 'lr': 0.05}, 'steps': 2, 'batch_size': 32, 'log_with': [],
+           'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'output_dir': str(out)}, progress=False)
+    return out
+
+
+def _user_folder(tmp_path: Path, *names: str) -> Path:
+    folder = tmp_path / 'mine'
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_text(f'my own {name}\n')
+    return folder
+
+
+def _grid_into(tmp_path: Path, output_dir: Path) -> Path:
+    grid = tmp_path / 'grid.yaml'
+    grid.write_text(yaml.safe_dump({'name': 'g', 'base': str(ROOT / 'recipes' / 'digits_lipschitz.yaml'),
+                                    'output_dir': str(output_dir), 'axes': {'loss.sigma': [0.25]}}))
+    return grid
+
+
+# (argv builder, the files the user folder holds, the message): each was replaced or accepted by 0.2.0
+REFUSED_OUTPUTS = {
+    'slurm over the grid file': (lambda t, run, mine: ['sweep', str(_grid_into(t, t / 'sw')), '--emit-commands',
+                                                        '--slurm', str(t / 'grid.yaml')], (),
+                                 'is not a script timm-lipschitz wrote'),
+    'slurm over a file of yours': (lambda t, run, mine: ['sweep', str(_grid_into(t, t / 'sw')), '--emit-commands',
+                                                          '--slurm', str(mine / 'job.sh')], ('job.sh',),
+                                   'is not a script timm-lipschitz wrote'),
+    'publish into your folder': (lambda t, run, mine: ['publish', str(run), '--repo-id', 'org/x', '--dry-run',
+                                                        '--out-dir', str(mine)], ('README.md', 'notes.txt'),
+                                 'would replace README.md'),
+    'publish beside your file': (lambda t, run, mine: ['publish', str(run), '--repo-id', 'org/x', '--dry-run',
+                                                        '--out-dir', str(mine)], ('notes.txt',),
+                                 'which would be uploaded with it'),
+    'export over your weights': (lambda t, run, mine: ['export', '--robustbench', str(run), '--name', 'Mine2026',
+                                                        '--threat', 'L2', '--out', str(mine)],
+                                 ('model.safetensors',), 'would replace model.safetensors'),
+    'convert into your folder': (lambda t, run, mine: ['convert', str(run / 'model.safetensors'), str(mine)],
+                                 ('README.md',), 'would replace README.md'),
+    'collect into your folder': (lambda t, run, mine: ['sweep', str(_grid_into(t, mine)), '--collect'],
+                                 ('tables.md', 'results.json'), 'would replace'),
+    'eval into your folder': (lambda t, run, mine: ['eval', str(run), '--sigmas', '0', '--out', str(mine)],
+                              ('eval.md', 'eval.json'), 'would replace eval.json, eval.md'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(REFUSED_OUTPUTS))
+def test_no_command_replaces_a_users_file(case, finished_run, tmp_path, capsys):
+    argv, files, message = REFUSED_OUTPUTS[case]
+    mine = _user_folder(tmp_path, *files)
+    argv = argv(tmp_path, finished_run, mine)
+    before, grid_before = _snapshot(tmp_path), _snapshot(finished_run)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert _snapshot(tmp_path) == before and _snapshot(finished_run) == grid_before
+
+
+def test_a_folder_a_command_wrote_is_written_again(finished_run, tmp_path, capsys):
+    """The rule refuses a user's files only: an evaluation's own folder (its manifest, or an older eval.json with
+    its recorded environment) and a publish folder are written again."""
+    out = tmp_path / 'ev'
+    assert main(['eval', str(finished_run), '--sigmas', '0', '--out', str(out), '--no-progress']) == 0
+    assert main(['eval', str(finished_run), '--sigmas', '0', '--out', str(out), '--no-progress']) == 0
+    (out / '.timm-lipschitz.json').unlink()  # a folder from before the manifest: eval.json proves it is ours
+    assert main(['eval', str(finished_run), '--sigmas', '0', '--out', str(out), '--no-progress']) == 0
+    pub = tmp_path / 'pub'
+    for _ in range(2):
+        assert main(['publish', str(finished_run), '--repo-id', 'org/x', '--dry-run', '--out-dir', str(pub)]) == 0
+
+
+REFUSED_FLAGS = [
+    (['eval', 'TAG', '--sigmas', '0:inf:0.1'], "sigmas='0:inf:0.1' is not allowed"),
+    (['eval', 'TAG', '--sigmas', '1e300'], 'every sigma must be a number in [0, 10]'),
+    (['eval', 'TAG', '-b', '0'], '--batch-size=0 is not allowed; give an integer >= 1'),
+    (['eval', 'TAG', '--max-images', '-3'], '--max-images=-3 is not allowed'),
+    (['eval', 'TAG', '--img-size', '0'], '--img-size=0 is not allowed'),
+    (['eval', 'TAG', '--alpha', '0.01'], '--alpha set randomized smoothing, which runs with --certify'),
+    (['eval', 'TAG', '--certify-sigma', '0.5'], '--certify-sigma set randomized smoothing'),
+    (['eval', 'TAG', '--certify-preset', 'cohen'], '--certify-preset set randomized smoothing'),
+    (['eval', 'TAG', '--severities', '1'], '--severities sets the corruptions, which run with --corruptions'),
+    (['eval', 'TAG', '--eps', 'l2=0.5'], '--eps set the attacks, which run with --attack'),
+    (['train', '--recipe', 'RECIPE', '--stop-at-step', '-1'], '--stop-at-step=-1 is not allowed'),
+    (['sweep', 'GRID', '--jobs', '0'], '--jobs=0 is not allowed'),
+    (['sweep', 'GRID', '--time', '01:00:00'], '--time shapes only the SLURM script'),
+    (['sweep', 'GRID', '--emit-commands', '--slurm', 'OUT', '--time', 'abc'], "--time 'abc' is not allowed"),
+    (['sweep', 'GRID', '--emit-commands', '--slurm', 'OUT', '--cpus-per-task', '0'], '--cpus-per-task=0'),
+    (['sweep', 'GRID', '--emit-commands', '--slurm', 'OUT', '--signal-lead', '-5'], '--signal-lead=-5'),
+    (['sweep', 'GRID', '--emit-commands', '--slurm', 'OUT', '--mem', 'x; rm -rf /'], "--mem 'x; rm -rf /'"),
+    (['sweep', 'GRID', '--emit-commands', '--slurm', 'OUT', '--partition', 'a\nb'], "--partition 'a\\nb'"),
+]
+
+
+@pytest.mark.parametrize('argv,message', REFUSED_FLAGS, ids=lambda v: ' '.join(v) if isinstance(v, list) else '')
+def test_every_number_and_mode_of_a_flag_is_checked_before_anything_is_written(argv, message, tmp_path, capsys):
+    subst = {'TAG': 'mnist_convnet.cross_entropy_mnist5k', 'RECIPE': str(ROOT / 'recipes' / 'digits_lipschitz.yaml'),
+             'GRID': str(_grid_into(tmp_path, tmp_path / 'sweep')), 'OUT': str(tmp_path / 'jobs.sh')}
+    before = _snapshot(tmp_path)
+    assert main([subst.get(a, a) for a in argv] + (['--out', str(tmp_path / 'ev')] if argv[0] == 'eval' else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_explicit_data_root_is_used_or_refused_and_eval_json_records_what_was_read(tmp_path, capsys):
+    """0.2.0 evaluated --data fashion_mnist --data-root /nonexistent from the Debian package's copy, and said not."""
+    from timm_lipschitz.data import DEBIAN_FASHION_MNIST
+    tag = 'mnist_convnet.cross_entropy_fmnist'
+    if not DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip('the Debian package dataset-fashion-mnist is not installed')
+    assert main(['eval', tag, '--data-root', str(tmp_path / 'nonexistent'), '--sigmas', '0', '--max-images', '20',
+                 '--out', str(tmp_path / 'a')]) == 2
+    assert f'looked in: {tmp_path / "nonexistent"}' in capsys.readouterr().err
+    assert not (tmp_path / 'a').exists()
+    assert main(['eval', tag, '--sigmas', '0', '--max-images', '20', '--out', str(tmp_path / 'b'), '--no-progress']) == 0
+    assert main(['eval', tag, '--sigmas', '0', '--max-images', '20', '--out', str(tmp_path / 'c'), '--no-progress',
+                 '--data-root', str(DEBIAN_FASHION_MNIST)]) == 0
+    b, c = (json.loads((tmp_path / d / 'eval.json').read_text())['models'][tag]['data_files'] for d in 'bc')
+    assert b['root'] is None and c['root'] == str(DEBIAN_FASHION_MNIST)
+    assert b['source'] == c['source'] == f'idx files in {DEBIAN_FASHION_MNIST}'
+    assert b['fingerprint'] == c['fingerprint'] and len(b['fingerprint']) == 16  # the same images, read twice

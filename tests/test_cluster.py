@@ -64,7 +64,7 @@ def _weights(folder):
 
 
 @pytest.mark.parametrize('nproc,sig', [(1, signal.SIGTERM), (1, signal.SIGUSR1), (2, signal.SIGTERM)])
-def test_a_stop_signal_saves_the_step_and_resume_loses_nothing(tmp_path, nproc, sig):
+def test_a_stop_signal_saves_the_step_and_resume_loses_nothing(tmp_path, nproc, sig, signals_at_defaults):
     """The signal ends the run at a step boundary with a complete state there, stopped.json saying why and exit code
     75; --resume then finishes with the weights of an unbroken run with as many processes."""
     ref = recipe(tmp_path / 'ref')
@@ -75,7 +75,8 @@ def test_a_stop_signal_saves_the_step_and_resume_loses_nothing(tmp_path, nproc, 
     out = tmp_path / 'run'
     path = _write(tmp_path, recipe(out), 'run')
     proc = subprocess.Popen(_train_cmd(path, nproc=nproc), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=signals_at_defaults)
     _wait_for(out / 'state' / 'step_00000050', proc)
     time.sleep(0.3)
     os.killpg(proc.pid, sig) if nproc > 1 else proc.send_signal(sig)
@@ -191,7 +192,7 @@ def _slurm_grid(tmp_path):
     return tmp_path / 'grid.yaml'
 
 
-def test_sweep_writes_a_slurm_job_array_that_requeues_and_resumes(tmp_path):
+def test_sweep_writes_a_slurm_job_array_that_requeues_and_resumes(tmp_path, signals_at_defaults):
     from timm_lipschitz.cli import main
     grid = _slurm_grid(tmp_path)
     script = tmp_path / 'jobs.sbatch'
@@ -222,7 +223,7 @@ def test_sweep_writes_a_slurm_job_array_that_requeues_and_resumes(tmp_path):
     assert (tmp_path / 'sweep' / 's0.25' / 'final.json').is_file() and not (tmp_path / 'requeued').exists()
 
     task = subprocess.Popen(['bash', str(script)], env=dict(env, SLURM_ARRAY_TASK_ID='1'), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=signals_at_defaults)
     _wait_for(tmp_path / 'sweep' / 's0.5' / 'state' / 'step_00000050', task)
     task.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends to the batch script
     output, _ = task.communicate(timeout=300)

@@ -611,3 +611,90 @@ def test_a_value_the_scheme_cannot_read_back_never_becomes_a_tag(monkeypatch):
                                                                     else float(text), 3))
     with pytest.raises(tags.TagError, match='cannot be written exactly in a tag'):
         tags.encode_number(1e-11)
+
+
+# ---- one resolver, one reader of config.json ------------------------------------------------------------------------
+def _folder_copy(tmp_path, tag='mnist_convnet.cross_entropy_mnist5k'):
+    model = timm.create_model(tag, pretrained=True)
+    return save_pretrained(model, tmp_path / 'ck', tag=tag.split('.', 1)[1], dataset='mnist_5k')
+
+
+@pytest.mark.parametrize('edit,message', [
+    (lambda c: c.update(architecture='no_such_net'), "architecture='no_such_net' is not a registered timm"),
+    (lambda c: c.pop('architecture'), 'architecture=None is not allowed'),
+    (lambda c: c.update(architecture=7), 'architecture=7 is not allowed'),
+    (lambda c: c.update(architecture='hf-hub:org/elsewhere'), 'points elsewhere; a local folder must name'),
+    (lambda c: c.update(model_args=5), 'model_args=5 is not allowed; give a mapping'),
+    (lambda c: c['model_args'].update(hidden_dim='wide'), 'do not build a mnist_convnet'),
+    (lambda c: c['model_args'].update(no_such_argument=1), 'do not build a mnist_convnet'),
+    (lambda c: c.update(num_classes=-1), 'num_classes=-1 is not allowed'),
+])
+def test_a_damaged_config_is_one_line_and_never_reaches_the_hub(edit, message, tmp_path, monkeypatch, capsys):
+    """Every reader goes through hub.files.read_config; 0.2.0 gave tracebacks and, for hf-hub: in a local folder,
+    retried the Hub five times."""
+    import huggingface_hub
+
+    from timm_lipschitz.cli import main
+    calls = []
+    for mod in (huggingface_hub, huggingface_hub.file_download):
+        monkeypatch.setattr(mod, 'hf_hub_download', lambda *a, **k: calls.append(a) or 1 / 0)
+    monkeypatch.setattr(timm.models._hub, 'hf_hub_download', lambda *a, **k: calls.append(a) or 1 / 0,
+                        raising=False)
+    folder = _folder_copy(tmp_path)
+    config = json.loads((folder / 'config.json').read_text())
+    edit(config)
+    (folder / 'config.json').write_text(json.dumps(config))
+    for argv in (['eval', str(folder), '--sigmas', '0', '--out', str(tmp_path / 'ev')],
+                 ['export', '--robustbench', str(folder), '--name', 'X2026', '--threat', 'corruptions',
+                  '--out', str(tmp_path / 'ex')]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert calls == []
+
+
+@pytest.mark.parametrize('content,message', [('[1, 2]', 'holds a list, not a mapping'), ('{', 'not readable JSON')])
+def test_a_config_that_is_not_a_mapping_is_one_line(content, message, tmp_path):
+    from timm_lipschitz.hub import resolve
+    folder = _folder_copy(tmp_path)
+    (folder / 'config.json').write_text(content)
+    with pytest.raises(CheckpointError, match=message):
+        resolve(str(folder))
+
+
+def test_a_recipe_yaml_that_is_not_a_recipe_is_one_line(tmp_path):
+    from timm_lipschitz.hub import resolve
+    folder = _folder_copy(tmp_path)
+    (folder / 'recipe.yaml').write_text('x\n')
+    with pytest.raises(CheckpointError, match='recipe.yaml holds a str, not a recipe'):
+        resolve(str(folder))
+
+
+def test_one_resolver_takes_every_source(tmp_path):
+    from timm_lipschitz.hub import load_model, resolve
+    folder = _folder_copy(tmp_path)
+    kinds = {resolve(str(folder)).kind, resolve(f'local-dir:{folder}').kind,
+             resolve('mnist_convnet.cross_entropy_mnist5k').kind,
+             resolve(model_name='mnist_convnet', checkpoint=str(folder / 'model.safetensors')).kind}
+    assert kinds == {'folder', 'tag', 'checkpoint'}
+    a, _ = load_model(str(folder))
+    b, info = load_model(model_name='mnist_convnet', checkpoint=str(folder / 'model.safetensors'))
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(a.eval()(x), b.eval()(x))
+    assert load_robustness(folder / 'model.safetensors')['tag'] == 'cross_entropy_mnist5k'
+    with pytest.raises(CheckpointError, match='publish takes a finished run folder'):
+        publish('mnist_convnet.cross_entropy_mnist5k', 'org/x', dry_run=True)
+
+
+def test_a_corruptions_export_names_the_corruptions_and_images_behind_its_number():
+    """0.2.0 said 'Mean over the CIFAR-10-C corruptions' of a record that measured only the 4 noise ones."""
+    from timm_lipschitz.hub.robustbench import model_info
+    summary = {'corruption_mean': 71.5, 'corruption_images': 5, 'corruption_severities': [1, 2, 3, 4, 5],
+               'corruption_names': ['gaussian_noise', 'shot_noise', 'impulse_noise', 'speckle_noise'],
+               'acc@0': 90.0, 'num_images': 100}
+    info = model_info('Mine2026', summary, 'cifar10', 'corruptions', 'arch')
+    assert 'the 4 corruptions gaussian_noise, shot_noise, impulse_noise, speckle_noise' in info['footnote']
+    assert '5 test images' in info['footnote']
+    old = model_info('Mine2026', {k: v for k, v in summary.items() if k != 'corruption_names'}, 'cifar10',
+                     'corruptions', 'arch')
+    assert 'does not name them' in old['footnote']

@@ -156,6 +156,11 @@ def test_concurrent_claim_and_stale_claim(tmp_path):
     (out / 'run.lock').write_text(json.dumps({'host': 'elsewhere', 'pid': 1, 'since': 'today'}))
     with pytest.raises(RunFolderError, match=r'claimed by process 1 on host elsewhere.*delete .*run\.lock'):
         RunClaim(out).acquire()
+    # a live process, named by a claim that does not record when it started: never called dead (0.2.0 took over)
+    (out / 'run.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': 'now'}))
+    with pytest.raises(RunFolderError, match=rf'is in use by process {os.getpid()}'):
+        RunClaim(out).acquire()
+    assert json.loads((out / 'run.lock').read_text())['since'] == 'now'
 
 
 def test_a_truncated_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path, capsys):
@@ -289,12 +294,13 @@ def test_a_stop_signal_in_the_final_evaluation_keeps_the_exit_75_contract(tmp_pa
     assert resumed.returncode == 0 and json.loads((run / 'final.json').read_text())['steps'] == 6
 
 
-def test_ctrl_c_prints_one_line_and_the_last_saved_state(tmp_path):
+def test_ctrl_c_prints_one_line_and_the_last_saved_state(tmp_path, signals_at_defaults):
     import time
     (tmp_path / 'r.yaml').write_text(yaml.safe_dump(tiny_runs(tmp_path / 'run', steps=100000,
                                                          checkpoint={'every_steps': 5})))
     proc = subprocess.Popen([sys.executable, '-m', 'timm_lipschitz.cli', 'train', '--recipe', str(tmp_path / 'r.yaml'),
-                             '--no-progress'], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             '--no-progress'], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=signals_at_defaults)
     deadline = time.time() + 300
     while not list((tmp_path / 'run' / 'state').glob('step_*')) if (tmp_path / 'run' / 'state').is_dir() else True:
         assert proc.poll() is None and time.time() < deadline

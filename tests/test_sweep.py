@@ -200,6 +200,11 @@ def test_a_stale_point_is_reported_never_tabulated_and_rerun_only_on_request(tmp
     assert results['rows'] == [] and list(results['stale']) == ['namecrossentropy'] and 'steps' in \
         results['stale']['namecrossentropy']
     assert '[stale] namecrossentropy (differs in steps)' in capsys.readouterr().out
+    tables = (tmp_path / 'sweep' / 'tables.md').read_text()  # the tables say what they left out, and why
+    assert '## Stale points (not tabulated)' in tables and '| namecrossentropy | steps |' in tables
+    from timm_lipschitz.cli import main
+    assert main(['sweep', str(path), '--collect']) == 0
+    assert '| namecrossentropy | steps |' in capsys.readouterr().out
     results = run_sweep(path, rerun_stale=True)
     assert [r['final']['steps'] for r in results['rows']] == [3] and not results['stale']
     kept = tmp_path / 'sweep' / 'namecrossentropy.stale-1'
@@ -232,3 +237,13 @@ def test_a_grid_mapping_merges_into_the_base_section(tmp_path):
     recipes = [resolve_recipe(grid['base'], _overrides(grid, p, str(tmp_path / 'x'))) for p in expand_grid(grid)]
     assert all(r['optimizer']['lr'] == 0.01 and r['optimizer']['weight_decay'] == 0.0005 for r in recipes)
     assert recipes[1]['loss'] == {'name': 'lipschitz_hinge', 'sigma': 0.5}  # another loss starts its section clean
+
+
+def test_table_labels_print_the_exact_value():
+    """A point at sigma 0.5000001 is not labelled sigma 0.5 (0.2.0 formatted with :g); tags keep their scheme."""
+    from timm_lipschitz.sweep.tables import _loss_label, _row_label
+    row = {'recipe': {'loss': {'name': 'lipschitz_hinge', 'sigma': 0.5000001, 'beta': 1.0, 'lipschitz_target': 1e-05}},
+           'axes': {'data.train_fraction': 0.25}}
+    assert 'sigma 0.5000001' in _loss_label(row) and 'lipschitz_target 1e-05' in _loss_label(row)
+    assert _row_label(row).endswith('data.train_fraction 0.25') and 'beta 1,' in _loss_label(row)
+

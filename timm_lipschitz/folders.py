@@ -97,7 +97,7 @@ def _package_weights(path: Path) -> bool:
 
 
 def _is_run_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / m).exists() for m in runs.RUN_MARKERS)
+    return path.is_dir() and any((path / m).exists() for m in runs.RUN_RECORDS)
 
 
 def _foreign(folder: Path, ignore: Iterable[str] = ()) -> List[str]:

@@ -60,6 +60,7 @@ METRICS_NAME = 'metrics.jsonl'  # one JSON line per log call
 RUN_MARKERS = ('recipe.yaml', METRICS_NAME, 'state', FINAL_NAME, 'model.safetensors')
 # every file a run writes into its folder (its checkpoint files aside)
 RUN_FILES = (*RUN_MARKERS, LOCK_NAME, STOPPED_NAME, DIVERGED_NAME, SEGMENTS_NAME, DATA_NAME)
+RUN_RECORDS = (METRICS_NAME, 'state', FINAL_NAME, DATA_NAME)  # what only a training run writes
 
 
 class RunFolderError(UserError, RuntimeError):

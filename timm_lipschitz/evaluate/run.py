@@ -228,7 +228,6 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
     settings['certify_args'] = certify_args or {}
     resolve_device(device)
     out = check_out_dir(Path(out_dir))
-    out.mkdir(parents=True, exist_ok=True)
     results: Dict[str, Any] = {}
     sweeps: Dict[str, Any] = {}
     evaluated: Dict[str, nn.Module] = {}
@@ -242,9 +241,10 @@ def evaluate(models: List[Tuple[nn.Module, Dict[str, Any]]], out_dir: str, data:
             results[label]['data_files'] = where
         evaluated[label] = model
         first_data = first_data if first_data is not None else ds
+    out.mkdir(parents=True, exist_ok=True)  # after every measurement: a refused evaluation writes nothing
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     if demo:
         _demo(evaluated, first_data, results, out, settings)
-    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     _write_outputs(out, results, sweeps, command)
     record_outputs(out, [p.name for p in out.iterdir() if before.get(p.name) != p.stat().st_mtime_ns and
                          p.name != MANIFEST_NAME], 'timm-lipschitz eval')
