@@ -161,7 +161,7 @@ def test_the_eval_command_records_overrides(tmp_path, capsys):
     (['--certify', '--certify-sigma', '0'], '--certify-sigma=0.0 is not allowed'),
     (['--corruptions', 'noise', '--severities', '0'], r"--severities '0': \[0\] are not allowed; give severities "
                                                        r"from 1 to 5"),
-    (['--sigmas', 'inf'], r'sigma values \[inf\] are not allowed; every sigma must be a finite number'),
+    (['--sigmas', 'inf'], r'sigma values \[inf\] are not allowed; every sigma must be a number in \[0, 10\]'),
     (['--attack', 'l2', '--eps', 'linf=0.1'], '--eps gives linf values, but --attack l2 does not run that norm'),
     (['--attack', 'l2', '--attack-method', 'autoattack', '--autoattack-square-restarts', '0'],
      '--autoattack-square-restarts=0 is not allowed; give an integer >= 1'),

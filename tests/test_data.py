@@ -170,7 +170,9 @@ def test_idx_datasets_from_local_root(tmp_path, name, sub):
                     reason='Debian package dataset-fashion-mnist is not installed (apt-get install '
                            'dataset-fashion-mnist)')
 def test_real_fashion_mnist_from_debian_package(tmp_path):
-    test, info = create_dataset('fashion_mnist', 'test', root=tmp_path)  # empty root: falls back to Debian's
+    with pytest.raises(DataError, match=f'looked in: {tmp_path}'):  # an explicit root is used or refused
+        create_dataset('fashion_mnist', 'test', root=tmp_path)
+    test, info = create_dataset('fashion_mnist', 'test')  # no root: the Debian package's copy is found
     assert len(test) == 10_000 and info.class_names[9] == 'Ankle boot'
     assert np.bincount(test.labels.numpy()).tolist() == [1000] * 10
     assert 60 < test.images.float().mean() < 80  # Fashion-MNIST's mean pixel is about 72.9

@@ -493,7 +493,7 @@ def test_the_evaluation_records_which_images_it_measured(tmp_path, monkeypatch):
     from timm_lipschitz.robustness.subsets import evaluation_subset
     sorted_split = _class_sorted()
     monkeypatch.setattr(run, 'data_for', lambda model, info, data, root, size, split, n, seed=0:
-                        (evaluation_subset(sorted_split, n, seed), 'sorted'))
+                        (evaluation_subset(sorted_split, n, seed), 'sorted', {}))
     model = timm.create_model('mnist_convnet', num_classes=10, img_size=8, in_chans=1).eval()
     r = evaluate([(model, {'label': 'm', 'recipe': {}, 'metadata': {}})], str(tmp_path), sigmas=[0.0],
                  max_images=60, progress=False, certify=True, certify_args={'n': 20, 'n0': 5, 'num_images': 20},

@@ -16,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from timm_lipschitz.recipes import RecipeError, resolve_recipe
+from timm_lipschitz.folders import OutputError
 from timm_lipschitz.runs import RunFolderError, read_metrics
 from timm_lipschitz.train import latest_state, train
 
@@ -225,7 +226,7 @@ def test_a_folder_with_someone_elses_files_is_refused_naming_them(tmp_path):
     (out / 'README.md').write_text('mine\n')
     (out / 'config.json').write_text('{"mine": true}\n')
     for resume in (False, True):
-        with pytest.raises(RunFolderError, match=r'is not empty and holds no run \(README\.md, config\.json\)'):
+        with pytest.raises(OutputError, match=r'--output-dir .* would replace README\.md, config\.json, which timm-lipschitz did not write'):
             train(tiny_runs(out), resume=resume, progress=False)
     assert (out / 'README.md').read_text() == 'mine\n' and sorted(p.name for p in out.iterdir()) == \
         ['README.md', 'config.json']

@@ -347,11 +347,12 @@ SHIPPED = sorted(p for p in (ROOT / 'recipes').rglob('*.yaml') if not {'accelera
 
 
 def test_recipes_are_shipped():
-    """Every recipe and grid the README and the benchmarks name exists and resolves; the README's demo pair differs
+    """Every recipe and grid the README, the topic pages and the benchmarks name exists and resolves; the README's demo pair differs
     only in the objective (the hinge at the paper's best sigma_test 0.5 setting)."""
     import re
     from timm_lipschitz.sweep import expand_grid, load_grid
-    docs = (ROOT / 'README.md').read_text() + (ROOT / 'benchmarks' / 'README.md').read_text()
+    docs = ''.join(p.read_text() for p in [ROOT / 'README.md', ROOT / 'benchmarks' / 'README.md',
+                                          *sorted((ROOT / 'docs').glob('*.md'))])
     named = sorted(set(re.findall(r'recipes/[\w/]+\.yaml', docs)))
     assert len(named) >= 8, named
     for rel in named:

@@ -30,15 +30,16 @@ from .fileio import atomic_write_json, read_json
 runs = lazy_module('timm_lipschitz.runs', __name__)  # the run folder's names (runs.py checks folders with this rule)
 
 __all__ = ['OutputError', 'check_output_folder', 'record_outputs', 'check_output_file', 'written', 'PRODUCTS',
-           'MANIFEST_NAME']
+           'MANIFEST_NAME', 'CONFIG_NAME']
 
 MANIFEST_NAME = '.timm-lipschitz.json'
+CONFIG_NAME = 'config.json'  # timm's export config of a checkpoint folder (read by hub.files.read_config only)
 # what each command writes into its folder (file names or patterns)
 PRODUCTS: Dict[str, Sequence[str]] = {
     'eval': ('eval.json', 'eval.md', 'eval.png', 'certified.png', 'demo.png', 'corruption_families.png',
              'corruptions_*.png', 'attacks_*.png', 'certify_*.tsv'),
     'sweep': ('tables.md', 'results.json', '*.png', 'slurm'),
-    'checkpoint': ('model.safetensors', 'config.json', 'README.md', 'robustness.json', 'robustness.md',
+    'checkpoint': ('model.safetensors', CONFIG_NAME, 'README.md', 'robustness.json', 'robustness.md',
                    'robustness.png', 'recipe.yaml', '*.png'),
     'export': ('model.safetensors', '*.json'),
 }

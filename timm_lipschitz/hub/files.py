@@ -31,6 +31,7 @@ from .. import __version__
 from ..certificates import DETERMINISTIC_KEY, summary_record
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps, read_json
+from ..folders import CONFIG_NAME
 from ..normalization import unwrap_model
 from ..protocol import SUMMARY_KEYS
 from ..robustness.corruptions import corruption_names
@@ -42,7 +43,6 @@ __all__ = ['save_pretrained', 'read_metadata', 'load_checkpoint', 'recipe_hash',
 
 FORMAT_VERSION = 2
 WEIGHTS_NAME = 'model.safetensors'
-CONFIG_NAME = 'config.json'
 _REMOTE = ('hf-hub:', 'local-dir:', 'http:', 'https:')
 
 

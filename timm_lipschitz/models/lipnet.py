@@ -467,51 +467,61 @@ class CifarLipResNet(StagedFeatures, LipschitzNet):
         return factors + [('pool', 1.0), ('fc', _linear(self.fc))]
 
 
-class LipMLP(LipschitzNet):
+class LipMLP(StagedFeatures, LipschitzNet):
     """A 1-Lipschitz MLP on the flattened pixels: orthogonal dense layers (``hidden_dim``, each followed by MaxMin) and
     the head. A first layer at least as wide as the input has orthonormal columns, an isometry: it keeps every l2
     distance between images, which the certificate is about (strided convolutions and narrow bottlenecks lose
-    them). ``forward_features`` returns the last hidden activations; there are no spatial feature levels (timm's
-    ``features_only`` does not apply)."""
+    them).
+
+    timm's conventions as in ``lip_convnet``, with no convolution: ``forward_features`` returns the image map itself
+    (``num_features`` = its channels, one feature level), the flatten + hidden layers are the "pooling"
+    (``global_pool='flatten'``; ``''`` returns the map) and ``forward_head(pre_logits=True)`` returns the last hidden
+    activations."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: Union[int, Tuple[int, int]] = 28,
                  hidden_dim: Union[int, Sequence[int]] = (1024, 1024, 1024), head: str = 'orthogonal',
-                 drop_rate: float = 0., global_pool: str = '', device=None, dtype=None):
+                 drop_rate: float = 0., global_pool: str = 'flatten', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         hidden = _hidden(hidden_dim)
-        if global_pool not in ('', 'flatten'):
-            raise UsageError(f"global_pool={global_pool!r} is not allowed for lip_mlp; use '' (it has no pooling).")
-        self.num_classes, self.in_chans, self.drop_rate, self.global_pool = num_classes, in_chans, drop_rate, ''
+        self._check_pool(global_pool)
+        self.num_classes, self.in_chans, self.drop_rate, self.global_pool = num_classes, in_chans, drop_rate, \
+            global_pool
         self.head = _check_head(head)
+        self.stem = nn.Identity()
         self.num_hidden = len(hidden)
         for i, (a, b) in enumerate(zip((in_chans * h * w,) + hidden, hidden), 1):
             setattr(self, f'fc{i}', ortho_linear(a, b, **dd))
         self.act = MaxMin()
-        self.feature_info: List[Dict[str, Any]] = []
-        self.num_features = self.head_hidden_size = hidden[-1]
+        self.feature_info: List[Dict[str, Any]] = [dict(num_chs=in_chans, reduction=1, module='stem')]
+        self.num_features, self.head_hidden_size = in_chans, hidden[-1]
         self.fc = _head(head, hidden[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     @staticmethod
     def _check_pool(global_pool: str) -> None:
-        if global_pool not in ('', 'flatten'):
-            raise UsageError(f"global_pool={global_pool!r} is not allowed for lip_mlp; use '' (it has no pooling).")
+        if global_pool not in ('flatten', ''):
+            raise UsageError(f"global_pool={global_pool!r} is not allowed for lip_mlp; use 'flatten' or ''.")
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^fc1\.', blocks=r'^fc(?!1\.)\d')
 
+    def feature_stages(self):
+        return (self.stem,)
+
     def hidden_layers(self) -> Tuple[nn.Module, ...]:
         return tuple(getattr(self, f'fc{i}') for i in range(1, self.num_hidden + 1))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == '':
+            return x
         x = torch.flatten(x, 1)
         for layer in self.hidden_layers():
             x = self.act(layer(x))
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.drop_rate:
             x = F.dropout(x, p=float(self.drop_rate), training=self.training)
         return x if pre_logits else self.fc(x)
@@ -544,8 +554,8 @@ default_cfgs = keep_untrained_default(generate_default_cfgs({
     'cifar_lipresnet_xs': _cifar_cfg(),
     'cifar_lipresnet_s': _cifar_cfg(),
     **pretrained_cfgs_for('cifar_lipresnet', _cifar_cfg),
-    'lip_mlp': _cfg(first_conv='fc1', pool_size=None),
-    **pretrained_cfgs_for('lip_mlp', lambda **kw: _cfg(first_conv='fc1', pool_size=None, **kw)),
+    'lip_mlp': _cfg(first_conv='fc1', pool_size=(28, 28)),
+    **pretrained_cfgs_for('lip_mlp', lambda **kw: _cfg(**{'first_conv': 'fc1', 'pool_size': (28, 28), **kw})),
 }))
 
 
@@ -575,5 +585,5 @@ def cifar_lipresnet_s(pretrained: bool = False, **kwargs: Any) -> CifarLipResNet
 def lip_mlp(pretrained: bool = False, **kwargs: Any) -> LipMLP:
     """A 1-Lipschitz MLP (three orthogonal 1024-unit layers, MaxMin, an orthogonal head), 1x28x28: its first layer
     keeps every l2 distance between images."""
-    return build(LipMLP, 'lip_mlp', pretrained, feature_cfg=dict(flatten_sequential=True), **kwargs)
+    return build(LipMLP, 'lip_mlp', pretrained, feature_cfg=dict(out_indices=(0,)), **kwargs)
 

@@ -35,7 +35,7 @@ import yaml
 from .._lazy import lazy_module
 from ..errors import UsageError, UserError
 from ..fileio import atomic_write_json, atomic_write_text, read_json
-from ..folders import PRODUCTS, check_output_file, check_output_folder
+from ..folders import PRODUCTS, check_output_file, check_output_folder, record_outputs
 from ..numbers import check_number
 from ..recipes import (DEFAULTS, SCHEMA, RecipeError, deep_merge, differing_keys, get_dotted, load_recipe,
                        read_yaml_file, resolve_recipe, under)
@@ -272,6 +272,7 @@ def _write_slurm(grid: Dict[str, Any], points: List[Dict[str, Any]], todo: List[
     atomic_write_text(path, text)
     path.chmod(0o755)
     (Path(grid['output_dir']).resolve() / 'slurm').mkdir(parents=True, exist_ok=True)  # SLURM opens its logs there
+    record_outputs(grid['output_dir'], ['slurm'], 'timm-lipschitz sweep --slurm')
     print(f'wrote {path}: a SLURM job array of {len(points)} points; submit it with sbatch {path}')
     return {'points': len(points), 'todo': len(todo), 'slurm': str(path)}
 

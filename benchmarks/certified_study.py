@@ -1,0 +1,141 @@
+"""The deterministic-certificate study: for each finished run, clean and certified accuracy on the whole test split
+from the same checkpoint, training accuracy, the radius rule that certified each image, the training time from
+``final.json``, and the soundness check (declared constants against the effective weights).
+
+    python benchmarks/certified_study.py NAME LABEL=RUN_FOLDER [LABEL=RUN_FOLDER ...] [--reference-1nn]
+
+Each row evaluates the run's evaluation form (the plain export) with :func:`timm_lipschitz.certificates.
+dataset_certificate`, the function ``eval --certify`` runs. ``--reference-1nn`` adds two rows that need no network:
+a nearest-neighbour classifier on the training split, certified by the distance from each test image to the
+bisector between its nearest training image and every training image of another class (a sound radius: within it
+the nearest neighbour keeps its class), and the simpler half-gap bound (d_other - d_same) / 2. They show what the
+data's geometry allows in [0,1] pixel space.
+
+Writes ``<NAME>.json`` and ``<NAME>.md`` (benchmarks/out/; benchmarks/results/ under UPDATE_RESULTS=1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import timm_lipschitz  # noqa: E402,F401
+from timm_lipschitz import certificates as C  # noqa: E402
+from timm_lipschitz.data import create_dataset  # noqa: E402
+from timm_lipschitz.hub import load_model  # noqa: E402
+from timm_lipschitz.modes import for_evaluation  # noqa: E402
+
+from _results import write_results  # noqa: E402
+
+RADII = (0.0, 0.25, 0.5, 1.0)
+
+
+def _split(name: str, split: str, size) -> torch.utils.data.Dataset:
+    return create_dataset(name, split, input_size=size)[0]
+
+
+def run_row(folder: Path) -> Dict[str, Any]:
+    """Every number of one run's row (module doc)."""
+    model, info = load_model(str(folder))
+    runner = for_evaluation(model)
+    decl = C.declaration(runner)
+    recipe = info['recipe']
+    size = tuple(runner.pretrained_cfg['input_size'])
+    data = recipe.get('data', {}).get('name') or info['metadata'].get('dataset')
+    test, train = _split(data, 'test', size), _split(data, 'train', size)
+    t = time.time()
+    cert = C.dataset_certificate(runner, test, decl, radii_=RADII)
+    seconds = time.time() - t
+    fit = C.dataset_certificate(runner, train, decl, radii_=(0.0, 0.5))
+    sound = C.check_declared(runner, test, decl)
+    final = json.loads((folder / 'final.json').read_text())
+    loss = {k: v for k, v in recipe.get('loss', {}).items()}
+    return {'folder': str(folder), 'model': recipe['model']['name'], 'model_args': recipe['model'].get('kwargs', {}),
+            'loss': loss, 'epochs': final.get('epochs'), 'parameters': sum(p.numel() for p in model.parameters()),
+            'clean': cert['certified_accuracy'][0], 'certified': dict(zip(map(str, RADII[1:]),
+                                                                          cert['certified_accuracy'][1:])),
+            'rules': cert['rules'], 'train_clean': fit['certified_accuracy'][0],
+            'train_certified_0.5': fit['certified_accuracy'][1], 'test_images': cert['num_images'],
+            'train_time_s': final.get('train_time_s'), 'threads': final.get('threads'),
+            'images_per_s': final.get('images_per_s'), 'certify_seconds': seconds,
+            'soundness': {k: sound[k] for k in ('passed', 'declared', 'declared_body', 'jacobian_norm_max',
+                                                 'pgd_lower_bound_max', 'effective_layer_bound')}}
+
+
+def nearest_neighbour_rows(data: str = 'fashion_mnist', size=(1, 28, 28)) -> List[Dict[str, Any]]:
+    """The 1-NN references (module doc), on the whole test split against the whole training split."""
+    def tensors(ds):
+        xs, ys = zip(*[ds[i] for i in range(len(ds))])
+        return torch.stack(xs).flatten(1).double(), torch.tensor(ys)
+    xtr, ytr = tensors(_split(data, 'train', size))
+    xte, yte = tensors(_split(data, 'test', size))
+    sq = (xtr ** 2).sum(1)
+    bisector, half, correct = [], [], []
+    for i in range(0, len(xte), 250):
+        x = xte[i:i + 250]
+        d2 = ((x ** 2).sum(1, keepdim=True) + sq[None] - 2 * x @ xtr.T).clamp_min(0)
+        nn = d2.argmin(1)
+        pred = ytr[nn]
+        correct.append(pred == yte[i:i + 250])
+        other = ytr[None] != pred[:, None]
+        s = xtr[nn]
+        zs = ((s ** 2).sum(1, keepdim=True) + sq[None] - 2 * s @ xtr.T).clamp_min(0).sqrt()
+        ds2 = d2.gather(1, nn[:, None])
+        bisector.append(((d2 - ds2) / (2 * zs.clamp_min(1e-12))).masked_fill(~other, float('inf')).min(1).values)
+        d_other = d2.masked_fill(~other, float('inf')).min(1).values.sqrt()
+        half.append((d_other - ds2.squeeze(1).sqrt()) / 2)
+    ok = torch.cat(correct)
+    rows = []
+    for label, r in (('1-NN, bisector radius', torch.cat(bisector)), ('1-NN, half-gap radius', torch.cat(half))):
+        acc = [100.0 * (ok & (r >= t)).double().mean().item() for t in RADII]
+        rows.append({'label': label, 'clean': acc[0], 'certified': dict(zip(map(str, RADII[1:]), acc[1:])),
+                     'test_images': len(ok)})
+    return rows
+
+
+def markdown(rows: Dict[str, Dict[str, Any]], header: str) -> str:
+    lines = [header, '', '| model | clean | certified l2 0.25 | certified l2 0.5 | certified l2 1 | train clean | '
+             'per-pair / whole-model radii | training s (threads) | parameters |', '|---|---|---|---|---|---|---|---|---|']
+    for label, r in rows.items():
+        cert = r['certified']
+        rules = r.get('rules')
+        lines.append(f"| {label} | {r['clean']:.2f} | {cert['0.25']:.2f} | {cert['0.5']:.2f} | {cert['1.0']:.2f} | "
+                     + (f"{r['train_clean']:.2f}" if 'train_clean' in r else '–') + ' | '
+                     + (f"{rules['per_pair']:,} / {rules['whole_model']:,}" if rules else '–') + ' | '
+                     + (f"{r['train_time_s']:.0f} ({r['threads']})" if r.get('train_time_s') else '–') + ' | '
+                     + (f"{r['parameters']:,}" if r.get('parameters') else '–') + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('name')
+    p.add_argument('runs', nargs='*', help='LABEL=RUN_FOLDER')
+    p.add_argument('--reference-1nn', action='store_true')
+    args = p.parse_args()
+    t0 = time.time()
+    rows: Dict[str, Dict[str, Any]] = {}
+    for spec in args.runs:
+        label, folder = spec.split('=', 1)
+        rows[label] = run_row(Path(folder))
+        print(label, rows[label]['clean'], rows[label]['certified'], flush=True)
+    if args.reference_1nn:
+        for r in nearest_neighbour_rows():
+            rows[r.pop('label')] = r
+    header = (f"Fashion-MNIST test split (10,000 images), accuracy %; {platform.processor() or platform.machine()}, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {time.time() - t0:.0f} s; "
+              f"{time.strftime('%Y-%m-%d')}.")
+    write_results(args.name, {'header': header, 'rows': rows}, markdown(rows, header))
+
+
+if __name__ == '__main__':
+    main()
