@@ -164,6 +164,13 @@ def test_eval_certify_and_attack_report_the_deterministic_certificate_everywhere
     assert '## Deterministic certificate (Lipschitz margin)' in card and '(the whole-model rule, L = 1)' in card
     assert 'L_body = 1, the declared constant of the layers before the orthogonal head' in card
     assert f"value: {round(cert['certified_accuracy'][2], 2)}" in card.split('---')[1]  # the model-index metric
+    smooth = json.loads((run / 'robustness.json').read_text())['smoothing']  # smoothing beside it, same images
+    assert 'rows' not in smooth and smooth['num_images'] == 5 and smooth['n'] == 50
+    positions = [row['index'] for row in e['smoothing']['rows']]
+    assert smooth['deterministic_same_images'][1] == pytest.approx(
+        100 * sum(cert['radius'][i] >= 0.25 for i in positions) / 5)
+    assert '## Randomized smoothing on the same images' in card and '| deterministic certificate |' in card
+    assert scores['smoothing']['certified']['0.25'] == smooth['certified_accuracy'][1]
     from timm_lipschitz.hub.publish import publish
     published = (publish(run, 'org/lip', dry_run=True, out_dir=tmp_path / 'pub') / 'README.md').read_text()
     assert '## Deterministic certificate (Lipschitz margin)' in published  # the Hub card keeps it

@@ -13,7 +13,8 @@ __all__ = ['tag_rows', 'tag_table', 'LIST_COLUMNS', 'DETERMINISTIC_RADII']
 
 DETERMINISTIC_RADII = ('0.25', '0.5', '1')  # l2 radii of the recorded deterministic certificate in `hub list`
 DETERMINISTIC = tuple(f'deterministic certified l2 {r}' for r in DETERMINISTIC_RADII)
-LIST_COLUMNS = (*SUMMARY_KEYS, 'corruption_mean', 'certified', *DETERMINISTIC)  # the headline scores of `hub list`
+SMOOTHING = 'smoothing certified l2 0.5'  # randomized smoothing's, where an evaluation recorded it
+LIST_COLUMNS = (*SUMMARY_KEYS, 'corruption_mean', SMOOTHING, *DETERMINISTIC)  # the headline scores of `hub list`
 
 
 def tag_rows() -> List[Dict[str, Any]]:
@@ -25,6 +26,7 @@ def tag_rows() -> List[Dict[str, Any]]:
         cert = (read_summary(scores) or {}).get('certified') or {}
         rows.append({'name': name, 'dataset': meta.get('dataset'), 'objective': meta.get('objective'),
                      **{k: scores.get(k) for k in LIST_COLUMNS},
+                     SMOOTHING: ((scores.get('smoothing') or {}).get('certified') or {}).get('0.5'),
                      **{column: cert.get(r) for column, r in zip(DETERMINISTIC, DETERMINISTIC_RADII)}})
     return rows
 

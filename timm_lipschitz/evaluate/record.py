@@ -19,7 +19,7 @@ __all__ = ['departures', 'record_in_folders']
 
 
 def departures(kind: str, settings: Dict[str, Any], result: Dict[str, Any]) -> List[str]:
-    """How a ``corruptions``, ``attacks`` or ``deterministic_certificate`` result departs from the full protocol (empty: it
+    """How a ``corruptions``, ``attacks``, ``deterministic_certificate`` or ``smoothing`` result departs from the full protocol (empty: it
     follows it; the certificate's protocol is every image of the test split)."""
     out: List[str] = []
     if settings['split'] != EVAL_SPLIT:
@@ -57,6 +57,18 @@ def _protocol(kind: str, settings: Dict[str, Any], entry: Dict[str, Any], gaps: 
             'full_protocol': not gaps, 'departures': list(gaps)}
 
 
+def _smoothing_record(result: Dict[str, Any], cert: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """What a folder keeps of randomized smoothing: its settings and scores, not the per-image rows; beside them,
+    the deterministic certificate on the same images (each row's position in the evaluation data), so the card
+    compares like with like."""
+    out = {k: v for k, v in result.items() if k != 'rows'}
+    if cert is not None and cert.get('radius') is not None:
+        radius = [cert['radius'][row['index']] for row in result['rows']]
+        out['deterministic_same_images'] = [100.0 * sum(r >= t if t > 0 else r >= 0 for r in radius) / len(radius)
+                                            for t in result['radii']]
+    return out
+
+
 def record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: Dict[str, Any],
                       settings: Dict[str, Any], record_departures: bool = False) -> Dict[str, List[str]]:
     """Corruption and attack results of a run or checkpoint folder go into that folder's own files when they follow
@@ -67,7 +79,7 @@ def record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: D
         if folder is None:
             continue
         extra = {}
-        for kind in ('corruptions', 'attacks', DETERMINISTIC_KEY):
+        for kind in ('corruptions', 'attacks', DETERMINISTIC_KEY, 'smoothing'):
             if kind not in entry:
                 continue
             gaps = departures(kind, settings, entry[kind])
@@ -78,6 +90,8 @@ def record_in_folders(models: List[Tuple[nn.Module, Dict[str, Any]]], results: D
             if kind == DETERMINISTIC_KEY:  # the folder keeps the scores and the check, not the per-image radii
                 result = {k: v for k, v in result.items() if k not in ('radius', 'rule')}
                 result['soundness'] = entry.get('soundness')
+            if kind == 'smoothing':
+                result = _smoothing_record(result, entry.get(DETERMINISTIC_KEY))
             extra[kind] = result
         if extra:
             record_evaluation(folder, **extra)

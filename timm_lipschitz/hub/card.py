@@ -151,6 +151,10 @@ def card_sections(record: Dict[str, Any], plot: Optional[str]) -> List[str]:
                                       '|---|' + '---|' * len(cert['radii']),
                                       '| certified accuracy | ' + ' | '.join(
                                           f'{a:.2f}' for a in cert['certified_accuracy']) + ' |']))
+    smooth = record.get('smoothing')
+    if smooth:
+        lines += _recorded('Randomized smoothing on the same images', smooth, smooth.get('num_images'),
+                           _smoothing_text(smooth), _smoothing_table(smooth))
     attacks = record.get('attacks')
     if attacks:
         lines += _recorded('Adversarial robustness', attacks, attacks.get('num_images'),
@@ -221,4 +225,25 @@ def _certificate_text(cert: Dict[str, Any]) -> str:
             f"classified correctly and {rule}; one forward pass per image, no sampling, {{images}}."
             + (f" Checked before certifying: {', '.join(checks)}, all within the declared constants." if checks
                else ''))
+
+
+def _smoothing_text(smooth: Dict[str, Any]) -> str:
+    return (f"Certified accuracy (%) of the smoothed classifier (Cohen et al. 2019: sigma {smooth['sigma']:g}, n0 "
+            f"{smooth['n0']}, n {smooth['n']:,}, alpha {smooth['alpha']:g}; n0 + n forward passes per image), "
+            f"{{images}}, a prefix of the split's stratified evaluation order"
+            + ("; beside it the deterministic certificate on the same images (one forward pass each)"
+               if smooth.get('deterministic_same_images') else '')
+            + f". No radius above sigma * Phi^-1(alpha^(1/n)) = {smooth['max_radius']:.3f} can be certified by "
+            f"smoothing with these settings (–).")
+
+
+def _smoothing_table(smooth: Dict[str, Any]) -> str:
+    radii = smooth['radii']
+    rows = [('randomized smoothing', smooth['certified_accuracy'])]
+    if smooth.get('deterministic_same_images'):
+        rows.append(('deterministic certificate', smooth['deterministic_same_images']))
+    return '\n'.join(['| certificate | ' + ' | '.join(f'l2 {r:g}' for r in radii) + ' |',
+                      '|---|' + '---|' * len(radii)] +
+                     [f'| {name} | ' + ' | '.join('–' if a is None else f'{a:.2f}' for a in accs) + ' |'
+                      for name, accs in rows])
 

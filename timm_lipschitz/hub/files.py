@@ -78,6 +78,11 @@ def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
         out['corruption_severities'] = list(corruptions['severities'])
         out['corruption_names'] = corruption_names(corruptions)  # what the mean is over
         out.update(_protocol_summary('corruption', corruptions))
+    smooth = record.get('smoothing')
+    if smooth:
+        out['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
+                            'num_images': smooth['num_images'],
+                            'certified': {f'{r:g}': a for r, a in zip(smooth['radii'], smooth['certified_accuracy'])}}
     cert = record.get(DETERMINISTIC_KEY)
     if cert:
         out[DETERMINISTIC_KEY] = summary_record(cert)
