@@ -268,6 +268,22 @@ def _what_ran(args: argparse.Namespace) -> str:
     return ', '.join(ran) or 'nothing measured'
 
 
+def add_autoattack(results: Dict[str, Any], models, out: Path, images: int, eps: Dict[str, List[float]],
+                   steps: int, common: Dict[str, Any], square_restarts: Any = None) -> None:
+    """AutoAttack and PGD on the same first ``images`` images, into ``results[label]['autoattack']``."""
+    restarts = {'autoattack': {'square_restarts': square_restarts} if square_restarts else {}, 'pgd': {}}
+    runs = {m: evaluate(models, str(out / m), max_images=images,
+                        attacks=dict(method=m, norms=list(eps), eps=eps, max_images=images, steps=steps,
+                                     smoothing=False, **restarts[m]), **common)
+            for m in ('autoattack', 'pgd')}
+    for label in runs['autoattack']:
+        a, p = runs['autoattack'][label]['attacks'], runs['pgd'][label]['attacks']
+        entry = results.setdefault(label, {})
+        entry['autoattack'] = {'method': a['method'], 'pgd_method': p['method'], 'num_images': a['num_images'],
+                               'clean': a['clean'], 'warnings': a['warnings'], 'broken_by': a.get('broken_by', {}),
+                               'pgd': {n: p[n] for n in eps}, **{n: a[n] for n in eps}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('name')

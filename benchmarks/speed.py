@@ -178,10 +178,25 @@ def bench_lipschitz_net(device, repeats, quick):
                        'eval lip_convnet (exported)': forward('lip_convnet'),
                        'eval lip_convnet (constrained at each call)': forward('lip_convnet', exported=False),
                        'eval plain twin': forward('plain twin')}, repeats)
-    return {'step_seconds': med, 'raw': raw, 'batch': 128, 'input': [1, 28, 28],
+    return {'step_seconds': med, 'raw': raw, 'batch': 128, 'input': [1, 28, 28], 'profile': _profile_step(
+                nets['lip_convnet'], objective, opts['lip_convnet'], x, y),
             'train_ratio': med['train lip_convnet'] / med['train plain twin'],
             'eval_ratio': med['eval lip_convnet (exported)'] / med['eval plain twin'],
             'eval_uncached_ratio': med['eval lip_convnet (constrained at each call)'] / med['eval plain twin']}
+
+
+def _profile_step(net, objective, opt, x, y, steps: int = 3, top: int = 8):
+    """Where a 1-Lipschitz training step spends its time: torch.profiler's operators by self CPU time (%)."""
+    from torch.profiler import ProfilerActivity, profile
+    net.train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            objective(net, x, y).loss.backward()
+            opt.step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{'op': e.key, 'self_cpu_percent': 100.0 * e.self_cpu_time_total / total} for e in events[:top]]
 
 
 def bench_trainer_vs_plain(device, repeats, quick, tmp):

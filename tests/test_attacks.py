@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from helpers import TinyNet
 from scipy.stats import norm as gaussian
 from timm_lipschitz.robustness.attacks import (AttackError, PixelModel, attack_sweep, eps_key, masking_warnings,
                                                parse_eps)
@@ -224,24 +225,6 @@ def test_eval_attack_on_a_run_folder_reports_everywhere(tmp_path, drawn, capsys)
     assert scores['attack_split'] == 'test' and scores['attack_full_protocol'] is False
 
 
-class _TinyNet(nn.Module):
-    """BatchNorm makes the mode matter; a timm-like pretrained_cfg lets the package's helpers read it."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4, 3)
-        self.num_classes = 3
-        self.pretrained_cfg = {'input_size': (1, 8, 8), 'mean': (0.5,), 'std': (0.5,)}
-
-    def forward_features(self, x):
-        return torch.relu(self.bn(self.conv(x)))
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean((2, 3)))
-
-
 def _data(n: int = 6):
     g = torch.Generator().manual_seed(0)
     return torch.utils.data.TensorDataset(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 3)
@@ -250,7 +233,7 @@ def _data(n: int = 6):
 def test_an_attack_hands_the_model_back_in_its_mode():
     pytest.importorskip('art')
     from timm_lipschitz.robustness.attacks import attack_sweep
-    model = _TinyNet().train()
+    model = TinyNet().train()
     attack_sweep(model, _data(4), norms=['l2'], eps={'l2': [0.5]}, steps=1, max_images=4)
     assert model.training
 

@@ -9,9 +9,9 @@ import pytest
 import timm
 import torch
 import yaml
+from timm_lipschitz.cli import main
 
 import timm_lipschitz  # noqa: F401
-from timm_lipschitz.cli import main
 
 
 ROOT = Path(__file__).resolve().parent.parent

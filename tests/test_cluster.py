@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import child_env, tiny_grid, tiny_recipe
 from safetensors.torch import load_file
 from timm_lipschitz.train import EXIT_PREEMPTED, latest_state
 
@@ -104,7 +105,7 @@ def test_a_stop_signal_saves_the_step_and_resume_loses_nothing(tmp_path, nproc, 
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
-    """The first run must still hold its claim when the second starts: 12 epochs of this tiny model can end in
+    """The first run must still hold its claim when the second starts: 12 epochs of this tiny_recipe model can end in
     the seconds a second interpreter takes to start (the flaky case), so it trains far longer and is killed."""
     out = tmp_path / 'run'
     path = _write(tmp_path, recipe(out, epochs=100_000), 'run')
@@ -236,54 +237,16 @@ def test_sweep_writes_a_slurm_job_array_that_requeues_and_resumes(tmp_path, sign
     assert json.loads((tmp_path / 'sweep' / 's0.5' / 'final.json').read_text())['steps'] == 8 * 44
 
 
-def tiny(out, **over):
-    recipe = {'name': 'tiny', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
-              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
-              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05},
-              'steps': 6, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
-              'output_dir': str(out)}
-    recipe.update(over)
-    return recipe
-
-
 def _slurm(tmp_path, **extra):
     from timm_lipschitz.cli import main
-    path = _grid(tmp_path)
+    path = tiny_grid(tmp_path)
     script = tmp_path / 'jobs.sbatch'
     assert main(['sweep', str(path), '--emit-commands', '--slurm', str(script), *extra.get('argv', [])]) == 0
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / 'scontrol').write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/requeued\n')
     (bin_dir / 'scontrol').chmod(0o755)
-    return script, _env_runs(PATH=f'{bin_dir}:{os.environ["PATH"]}', SLURM_ARRAY_JOB_ID='7', SLURM_ARRAY_TASK_ID='0')
-
-
-def _grid(tmp_path, steps=2, seeds=None, extra=None):
-    base = tiny(tmp_path / 'unused', steps=steps, optimizer={'name': 'sgd', 'lr': 0.05, 'weight_decay': 0.0005})
-    base.pop('output_dir')
-    (tmp_path / 'base.yaml').write_text(yaml.safe_dump(base))
-    grid = {'name': 'g', 'base': 'base.yaml', 'output_dir': str(tmp_path / 'sweep'),
-            'axes': {'loss.name': ['cross_entropy']}, **(extra or {})}
-    if seeds is not None:
-        grid['seeds'] = seeds
-    (tmp_path / 'grid.yaml').write_text(yaml.safe_dump(grid))
-    return tmp_path / 'grid.yaml'
-
-
-def _env_runs(**extra):
-    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', **extra)
-
-
-def _slurm_runs(tmp_path, **extra):
-    from timm_lipschitz.cli import main
-    path = _grid(tmp_path)
-    script = tmp_path / 'jobs.sbatch'
-    assert main(['sweep', str(path), '--emit-commands', '--slurm', str(script), *extra.get('argv', [])]) == 0
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / 'scontrol').write_text(f'#!/bin/bash\necho "$@" >> {tmp_path}/requeued\n')
-    (bin_dir / 'scontrol').chmod(0o755)
-    return script, _env_runs(PATH=f'{bin_dir}:{os.environ["PATH"]}', SLURM_ARRAY_JOB_ID='7', SLURM_ARRAY_TASK_ID='0')
+    return script, child_env(PATH=f'{bin_dir}:{os.environ["PATH"]}', SLURM_ARRAY_JOB_ID='7', SLURM_ARRAY_TASK_ID='0')
 
 
 def test_the_slurm_script_never_requeues_a_task_that_failed_before_stopping(tmp_path):
@@ -293,14 +256,14 @@ def test_the_slurm_script_never_requeues_a_task_that_failed_before_stopping(tmp_
     assert f'run={tmp_path.resolve()}/sweep' in text
     run = tmp_path / 'sweep' / 'namecrossentropy'
     run.mkdir(parents=True)
-    (run / 'recipe.yaml').write_text(yaml.safe_dump({**tiny(run), 'seed': 9}))  # its resume will be refused
+    (run / 'recipe.yaml').write_text(yaml.safe_dump({**tiny_recipe(run), 'seed': 9}))  # its resume will be refused
     (run / 'stopped.json').write_text('{}')  # left by an earlier attempt
     done = subprocess.run(['bash', str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and 'seed: 9 -> 0' in done.stderr and not (tmp_path / 'requeued').exists()
 
 
 def test_the_slurm_script_stops_requeueing_after_the_stated_number(tmp_path):
-    script, env = _slurm_runs(tmp_path, argv=['--max-requeues', '3'])
+    script, env = _slurm(tmp_path, argv=['--max-requeues', '3'])
     text = script.read_text().replace('setsid bash -c "exec ${COMMANDS[$task]}" &',
                                       'setsid bash -c "echo {} > $run/stopped.json" &')  # a task that stops
     script.write_text(text)

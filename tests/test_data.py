@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_recipe
 from timm_lipschitz.data import (DEBIAN_FASHION_MNIST, DataError, DeviceLoader, adapt_images, batch_augment,
                                  check_labels, create_dataset, epoch_permutation, list_datasets, read_idx,
                                  standard_loader, train_transform, write_idx)
@@ -389,16 +390,6 @@ def test_an_image_folder_knows_its_labels_without_decoding_an_image(tmp_path, mo
     assert sorted(labels_of(evaluation_subset(ds, 4)).tolist()) == [0, 0, 1, 1] and opened == []
 
 
-def tiny(out, **over):
-    recipe = {'name': 'tiny', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
-              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
-              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05},
-              'steps': 6, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
-              'output_dir': str(out)}
-    recipe.update(over)
-    return recipe
-
-
 def test_the_keyed_augmentation_differs_across_images_and_epochs_and_repeats_for_one_key():
     """An item's augmentation is a function of (seed, epoch, index): the same key gives the same crop, and the
     images of one epoch get their own crops (a stream that dropped the index gave all of them one crop)."""
@@ -421,7 +412,7 @@ def test_the_trainers_dataloader_tells_the_keyed_augmentation_each_epoch():
     from timm_lipschitz.train.build import build_train_loader
     from timm_lipschitz.data import create_dataset
     ds, _ = create_dataset('digits', 'train', input_size=(1, 8, 8))
-    recipe = tiny('unused', data={'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': False,
+    recipe = tiny_recipe('unused', data={'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': False,
                                   'augmentation': 'crop', 'num_workers': 0})
     recipe = resolve_recipe(recipe)
     accelerator = accelerate.Accelerator(cpu=True)

@@ -15,13 +15,13 @@ from typing import List, Tuple
 import pytest
 import timm
 import yaml
-
-import timm_lipschitz  # noqa: F401
 from timm_lipschitz.cli import build_parser
 from timm_lipschitz.hub.card import CITATION
 from timm_lipschitz.listing import tag_rows, tag_table
 from timm_lipschitz.recipes import resolve_recipe
 from timm_lipschitz.sweep import load_grid
+
+import timm_lipschitz  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / 'README.md', *sorted(p for p in (ROOT / 'docs').glob('*.md') if p.name != 'DESIGN.md')]

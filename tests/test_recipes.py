@@ -2,7 +2,6 @@
 recipe, a grid, ``--set`` or a flag checked the same way (finite where finite is meant, in range, named by its key)."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,36 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import child_env, tiny_grid, tiny_recipe
 from timm_lipschitz.recipes import RecipeError, resolve_recipe
 
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env(**extra):
-    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', **extra)
-
-
-def tiny(out, **over):
-    recipe = {'name': 'tiny', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
-              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
-              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05},
-              'steps': 6, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
-              'output_dir': str(out)}
-    recipe.update(over)
-    return recipe
-
-
-def _grid(tmp_path, steps=2, seeds=None, extra=None):
-    base = tiny(tmp_path / 'unused', steps=steps, optimizer={'name': 'sgd', 'lr': 0.05, 'weight_decay': 0.0005})
-    base.pop('output_dir')
-    (tmp_path / 'base.yaml').write_text(yaml.safe_dump(base))
-    grid = {'name': 'g', 'base': 'base.yaml', 'output_dir': str(tmp_path / 'sweep'),
-            'axes': {'loss.name': ['cross_entropy']}, **(extra or {})}
-    if seeds is not None:
-        grid['seeds'] = seeds
-    (tmp_path / 'grid.yaml').write_text(yaml.safe_dump(grid))
-    return tmp_path / 'grid.yaml'
 
 
 @pytest.mark.parametrize('content,message', [
@@ -63,11 +37,11 @@ def test_plugins_from_the_current_directory_need_consent(tmp_path):
               'model': {'name': 'no_such_model'}}
     (tmp_path / 'r.yaml').write_text(yaml.safe_dump(recipe))
     refused = subprocess.run([sys.executable, '-m', 'timm_lipschitz.train', '--recipe', 'r.yaml'], cwd=tmp_path,
-                             capture_output=True, text=True, env=_env(), timeout=600)
+                             capture_output=True, text=True, env=child_env(), timeout=600)
     assert refused.returncode == 2 and "plugins: 'evil' would be imported from" in refused.stderr
     assert not (tmp_path / 'ran').exists()
     trusted = subprocess.run([sys.executable, '-m', 'timm_lipschitz.train', '--recipe', 'r.yaml',
-                              '--trust-local-plugins'], cwd=tmp_path, capture_output=True, text=True, env=_env(),
+                              '--trust-local-plugins'], cwd=tmp_path, capture_output=True, text=True, env=child_env(),
                              timeout=600)
     assert (tmp_path / 'ran').read_text() == 'yes' and f'plugins: imported evil from {tmp_path / "evil.py"}' in \
         trusted.stderr and "model.name='no_such_model'" in trusted.stderr
@@ -76,9 +50,9 @@ def test_plugins_from_the_current_directory_need_consent(tmp_path):
 def test_a_negative_seed_is_refused_naming_the_key(tmp_path):
     from timm_lipschitz.sweep import GridError, run_sweep
     with pytest.raises(RecipeError, match=r'seed=-1 is not allowed; it must be an integer from 0'):
-        resolve_recipe(tiny(tmp_path / 'run', seed=-1))
+        resolve_recipe(tiny_recipe(tmp_path / 'run', seed=-1))
     with pytest.raises(GridError, match=r'seed=-1 is not allowed'):
-        run_sweep(_grid(tmp_path, seeds=[-1]), dry_run=True)
+        run_sweep(tiny_grid(tmp_path, seeds=[-1]), dry_run=True)
 
 
 # ---- the one number checker -----------------------------------------------------------------------------------------
@@ -142,7 +116,7 @@ def test_a_run_that_fails_at_its_first_step_leaves_no_stub(tmp_path, monkeypatch
     def broken(self, x):
         raise ValueError('a forward that fails at the first step')
     monkeypatch.setattr(MnistConvNet, 'forward', broken)
-    recipe = {'name': 'tiny', 'model': {'name': 'mnist_convnet'}, 'loss': {'name': 'cross_entropy'},
+    recipe = {'name': 'tiny_recipe', 'model': {'name': 'mnist_convnet'}, 'loss': {'name': 'cross_entropy'},
               'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True}, 'steps': 2, 'log_with': [],
               'eval': {'sigmas': [0.0], 'every_epochs': 0}, 'output_dir': str(tmp_path / 'run')}
     with pytest.raises(ValueError):

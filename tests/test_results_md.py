@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-
 from timm_lipschitz.certificates import eval_entry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,13 +10,13 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import TinyNet
 from scipy.stats import norm
 from timm_lipschitz.certificates import Declaration, dataset_certificate, declaration, theorem1_radius
 from timm_lipschitz.models._bounds import conv_operator_norm
-from timm_lipschitz.robustness import (Smooth, jacobian_norm, lower_confidence_bound, max_certified_radius,
-                                       noise_sweep, parse_sigmas, pgd_lower_bound, plot_certified, plot_sweeps,
-                                       sampled_k, summary_table, sweep_table,
-                                       unit_noise)
+from timm_lipschitz.robustness import (Smooth, jacobian_norm, lower_confidence_bound, max_certified_radius, noise_sweep,
+                                       parse_sigmas, pgd_lower_bound, plot_certified, plot_sweeps, sampled_k,
+                                       summary_table, sweep_table, unit_noise)
 
 import timm_lipschitz  # noqa: F401
 
@@ -368,24 +368,6 @@ def _data(n: int = 6):
     return torch.utils.data.TensorDataset(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 3)
 
 
-class _TinyNet(nn.Module):
-    """BatchNorm makes the mode matter; a timm-like pretrained_cfg lets the package's helpers read it."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4, 3)
-        self.num_classes = 3
-        self.pretrained_cfg = {'input_size': (1, 8, 8), 'mean': (0.5,), 'std': (0.5,)}
-
-    def forward_features(self, x):
-        return torch.relu(self.bn(self.conv(x)))
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x).mean((2, 3)))
-
-
 def _class_sorted(n_per_class: int = 30, classes: int = 10):
     """A split sorted by class, like mnist_5k and every imagefolder: its first images are all of class 0."""
     labels = torch.arange(classes).repeat_interleave(n_per_class)
@@ -456,7 +438,7 @@ def test_plots_show_n_an_interval_over_images_the_chance_line_and_the_true_data(
 
 @pytest.mark.parametrize('name', sorted(_uses()))
 def test_every_evaluation_hands_the_model_back_in_its_mode(name, tmp_path):
-    model = _TinyNet().train()
+    model = TinyNet().train()
     seen = []
     model.bn.register_forward_hook(lambda mod, i, o: seen.append(mod.training))
     _uses()[name](model, tmp_path)

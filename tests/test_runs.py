@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-from timm_lipschitz.recipes import RecipeError, resolve_recipe
+from helpers import child_env, max_weight_diff, tiny_recipe
 from timm_lipschitz.folders import OutputError
+from timm_lipschitz.recipes import RecipeError, resolve_recipe
 from timm_lipschitz.runs import RunFolderError, read_metrics
 from timm_lipschitz.train import latest_state, train
 
@@ -175,21 +175,6 @@ def test_a_truncated_metrics_line_is_dropped_with_a_warning_on_resume(tmp_path, 
     assert broken == 0 and rows[-1]['step'] == 15
 
 
-def tiny_runs(out, **over):
-    recipe = {'name': 'tiny_runs', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
-              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
-              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05},
-              'steps': 6, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
-              'output_dir': str(out)}
-    recipe.update(over)
-    return recipe
-
-
-def _max_diff(a, b):
-    wa, wb = load_file(str(Path(a) / 'model.safetensors')), load_file(str(Path(b) / 'model.safetensors'))
-    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
-
-
 def _image_folder(root, shade=0):
     from PIL import Image
     for ci, cls in enumerate(('a', 'b')):
@@ -200,11 +185,7 @@ def _image_folder(root, shade=0):
 
 def _cli(*argv, cwd=None, env=None):
     return subprocess.run([sys.executable, '-m', 'timm_lipschitz.cli', *map(str, argv)], capture_output=True,
-                          text=True, cwd=cwd, env=env or _env(), timeout=600)
-
-
-def _env(**extra):
-    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT), HF_HUB_OFFLINE='1', **extra)
+                          text=True, cwd=cwd, env=env or child_env(), timeout=600)
 
 
 _TERM_IN_FINAL_EVAL = textwrap.dedent('''
@@ -227,7 +208,7 @@ def test_a_folder_with_someone_elses_files_is_refused_naming_them(tmp_path):
     (out / 'config.json').write_text('{"mine": true}\n')
     for resume in (False, True):
         with pytest.raises(OutputError, match=r'--output-dir .* would replace README\.md, config\.json, which timm-lipschitz did not write'):
-            train(tiny_runs(out), resume=resume, progress=False)
+            train(tiny_recipe(out), resume=resume, progress=False)
     assert (out / 'README.md').read_text() == 'mine\n' and sorted(p.name for p in out.iterdir()) == \
         ['README.md', 'config.json']
 
@@ -236,16 +217,16 @@ def test_a_recipe_refused_after_the_claim_leaves_no_stub(tmp_path):
     """0.2.0 left recipe.yaml behind: the corrected run was refused ('already holds an unfinished run')."""
     out = tmp_path / 'run'
     with pytest.raises(RecipeError, match='batch_size=32 must be divisible'):
-        train(tiny_runs(out, gradient_accumulation_steps=7), progress=False)
+        train(tiny_recipe(out, gradient_accumulation_steps=7), progress=False)
     assert not out.exists() or list(out.iterdir()) == []
-    assert train(tiny_runs(out), progress=False)['steps'] == 6
+    assert train(tiny_recipe(out), progress=False)['steps'] == 6
 
 
 def test_a_finished_run_is_not_resumed_shorter(tmp_path):
     out = tmp_path / 'run'
-    train(tiny_runs(out), progress=False)
+    train(tiny_recipe(out), progress=False)
     with pytest.raises(RunFolderError, match='with steps=3: the run has trained 6 steps already'):
-        train(tiny_runs(out, steps=3), resume=True, progress=False)
+        train(tiny_recipe(out, steps=3), resume=True, progress=False)
     assert json.loads((out / 'final.json').read_text())['steps'] == 6 and yaml.safe_load(
         (out / 'recipe.yaml').read_text())['steps'] == 6
 
@@ -253,7 +234,7 @@ def test_a_finished_run_is_not_resumed_shorter(tmp_path):
 def test_a_run_resumed_with_more_steps_records_the_commands_that_reproduce_it(tmp_path):
     """--resume --set steps=20 on a 10-step cosine run: one command from the final recipe gives other weights."""
     from timm_lipschitz.cli import main
-    r = tiny_runs(tmp_path / 'run', steps=10, schedule={'name': 'cosine'},
+    r = tiny_recipe(tmp_path / 'run', steps=10, schedule={'name': 'cosine'},
              data={'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True, 'train_fraction': 0.1})
     (tmp_path / 'r.yaml').write_text(yaml.safe_dump(r))
     assert main(['train', '--recipe', str(tmp_path / 'r.yaml'), '--no-progress']) == 0
@@ -264,10 +245,10 @@ def test_a_run_resumed_with_more_steps_records_the_commands_that_reproduce_it(tm
         (tmp_path / 'run' / 'README.md').read_text()
     for command in final['commands']:
         assert main(command.split()[1:] + ['--no-progress']) == 0
-    assert _max_diff(tmp_path / 'run', str(tmp_path / 'run') + '_reproduced') == 0.0
+    assert max_weight_diff(tmp_path / 'run', str(tmp_path / 'run') + '_reproduced') == 0.0
     assert main(['train', '--recipe', str(tmp_path / 'r.yaml'), '--set', 'steps=20', '--output-dir',
                  str(tmp_path / 'direct'), '--no-progress']) == 0
-    assert _max_diff(tmp_path / 'run', tmp_path / 'direct') > 1e-4  # why one command is not the record
+    assert max_weight_diff(tmp_path / 'run', tmp_path / 'direct') > 1e-4  # why one command is not the record
 
 
 def test_a_resume_reads_its_data_from_a_new_root_only_when_it_is_the_same_data(tmp_path):
@@ -276,16 +257,16 @@ def test_a_resume_reads_its_data_from_a_new_root_only_when_it_is_the_same_data(t
     _image_folder(tmp_path / 'c', shade=1)
     data = lambda root: {'name': 'imagefolder', 'root': str(root), 'input_size': [3, 8, 8], 'fast_path': True}  # noqa
     out = tmp_path / 'run'
-    train(tiny_runs(out, data=data(tmp_path / 'a'), batch_size=8), progress=False)
+    train(tiny_recipe(out, data=data(tmp_path / 'a'), batch_size=8), progress=False)
     with pytest.raises(RunFolderError, match=r"data\.root='.*c' is not the one .* started with"):
-        train(tiny_runs(out, steps=8, batch_size=8, data=data(tmp_path / 'c')), resume=True, progress=False)
-    assert train(tiny_runs(out, steps=8, batch_size=8, data=data(tmp_path / 'b')), resume=True,
+        train(tiny_recipe(out, steps=8, batch_size=8, data=data(tmp_path / 'c')), resume=True, progress=False)
+    assert train(tiny_recipe(out, steps=8, batch_size=8, data=data(tmp_path / 'b')), resume=True,
                  progress=False)['steps'] == 8
 
 
 def test_a_stop_signal_in_the_final_evaluation_keeps_the_exit_75_contract(tmp_path):
-    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(tiny_runs(tmp_path / 'run')))
-    stopped = subprocess.run([sys.executable, '-c', _TERM_IN_FINAL_EVAL, str(tmp_path / 'r.yaml')], env=_env(),
+    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(tiny_recipe(tmp_path / 'run')))
+    stopped = subprocess.run([sys.executable, '-c', _TERM_IN_FINAL_EVAL, str(tmp_path / 'r.yaml')], env=child_env(),
                              capture_output=True, text=True, timeout=600)
     run = tmp_path / 'run'
     assert stopped.returncode == 75, stopped.stderr[-2000:]
@@ -297,10 +278,10 @@ def test_a_stop_signal_in_the_final_evaluation_keeps_the_exit_75_contract(tmp_pa
 
 def test_ctrl_c_prints_one_line_and_the_last_saved_state(tmp_path, signals_at_defaults):
     import time
-    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(tiny_runs(tmp_path / 'run', steps=100000,
+    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(tiny_recipe(tmp_path / 'run', steps=100000,
                                                          checkpoint={'every_steps': 5})))
     proc = subprocess.Popen([sys.executable, '-m', 'timm_lipschitz.cli', 'train', '--recipe', str(tmp_path / 'r.yaml'),
-                             '--no-progress'], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             '--no-progress'], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=signals_at_defaults)
     deadline = time.time() + 300
     while not list((tmp_path / 'run' / 'state').glob('step_*')) if (tmp_path / 'run' / 'state').is_dir() else True:
@@ -329,7 +310,7 @@ def test_an_empty_claim_says_it_is_empty(tmp_path):
     out.mkdir()
     (out / 'run.lock').write_text('')
     with pytest.raises(RunFolderError, match=r'run\.lock is empty .* names no process.*delete'):
-        train(tiny_runs(out), progress=False)
+        train(tiny_recipe(out), progress=False)
 
 
 def test_a_folder_holding_an_unfinished_run_is_refused(tmp_path):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_grid
 from timm_lipschitz.recipes import resolve_recipe
 from timm_lipschitz.sweep import (GridError, expand_grid, load_grid, objective_table, paper_tables, point_name,
                                   run_sweep, sensitivity)
@@ -170,32 +171,10 @@ def test_only_real_standard_runs_make_the_standard_row():
     assert '| standard | 1 | **90.00** |' in obj and 'hinge sigma 0.5, beta 0, lipschitz_target 0.01 | 1 | 80.00' in obj
 
 
-def _grid_runs(tmp_path, steps=2, seeds=None, extra=None):
-    base = tiny(tmp_path / 'unused', steps=steps, optimizer={'name': 'sgd', 'lr': 0.05, 'weight_decay': 0.0005})
-    base.pop('output_dir')
-    (tmp_path / 'base.yaml').write_text(yaml.safe_dump(base))
-    grid = {'name': 'g', 'base': 'base.yaml', 'output_dir': str(tmp_path / 'sweep'),
-            'axes': {'loss.name': ['cross_entropy']}, **(extra or {})}
-    if seeds is not None:
-        grid['seeds'] = seeds
-    (tmp_path / 'grid.yaml').write_text(yaml.safe_dump(grid))
-    return tmp_path / 'grid.yaml'
-
-
-def tiny(out, **over):
-    recipe = {'name': 'tiny', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
-              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
-              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05},
-              'steps': 6, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
-              'output_dir': str(out)}
-    recipe.update(over)
-    return recipe
-
-
 def test_a_stale_point_is_reported_never_tabulated_and_rerun_only_on_request(tmp_path, capsys):
     from timm_lipschitz.sweep import run_sweep
-    run_sweep(_grid_runs(tmp_path, steps=2))
-    path = _grid_runs(tmp_path, steps=3)  # the grid edited after its point ran
+    run_sweep(tiny_grid(tmp_path, steps=2))
+    path = tiny_grid(tmp_path, steps=3)  # the grid edited after its point ran
     results = run_sweep(path)
     assert results['rows'] == [] and list(results['stale']) == ['namecrossentropy'] and 'steps' in \
         results['stale']['namecrossentropy']
@@ -213,7 +192,7 @@ def test_a_stale_point_is_reported_never_tabulated_and_rerun_only_on_request(tmp
 
 def test_a_seed_filter_never_loses_results_and_one_that_selects_nothing_is_an_error(tmp_path):
     from timm_lipschitz.sweep import GridError, run_sweep
-    path = _grid_runs(tmp_path, seeds=[0, 1])
+    path = tiny_grid(tmp_path, seeds=[0, 1])
     run_sweep(path, seeds=[0])
     results = run_sweep(path, seeds=[1])  # the README's workflow: 0.2.0 kept seed 1 only
     assert sorted(r['point'] for r in results['rows']) == ['namecrossentropy_seed0', 'namecrossentropy_seed1']
@@ -225,14 +204,14 @@ def test_a_seed_filter_never_loses_results_and_one_that_selects_nothing_is_an_er
     assert (tmp_path / 'sweep' / 'results.json').read_text() == written and not (tmp_path / 'x.sbatch').exists()
     (tmp_path / 'noseeds').mkdir()
     with pytest.raises(GridError, match='the grid has no seeds axis'):
-        run_sweep(_grid_runs(tmp_path / 'noseeds'), seeds=[0])
+        run_sweep(tiny_grid(tmp_path / 'noseeds'), seeds=[0])
 
 
 def test_a_grid_mapping_merges_into_the_base_section(tmp_path):
     """0.2.0: set: {optimizer: {lr: 0.01}} replaced the section, so weight decay 0.0005 became the default 0.0001."""
     from timm_lipschitz.sweep import expand_grid, load_grid
     from timm_lipschitz.sweep.grid import _overrides
-    grid = load_grid(_grid_runs(tmp_path, extra={'set': {'optimizer': {'lr': 0.01}},
+    grid = load_grid(tiny_grid(tmp_path, extra={'set': {'optimizer': {'lr': 0.01}},
                                             'include': [{'loss': {'name': 'lipschitz_hinge', 'sigma': 0.5}}]}))
     recipes = [resolve_recipe(grid['base'], _overrides(grid, p, str(tmp_path / 'x'))) for p in expand_grid(grid)]
     assert all(r['optimizer']['lr'] == 0.01 and r['optimizer']['weight_decay'] == 0.0005 for r in recipes)

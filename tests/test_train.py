@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import max_weight_diff, tiny_recipe
 from safetensors.torch import load_file
 from timm_lipschitz.recipes import RecipeError, resolve_recipe
 from timm_lipschitz.train import (DivergenceGuard, TrainState, TrainingDiverged, _window_add, _window_means,
@@ -488,21 +489,6 @@ def test_gpu_only_options_are_refused_on_a_cpu(tmp_path):
     assert s['steps'] == 3  # the fused optimizer runs on a CPU too
 
 
-def tiny_runs(out, **over):
-    recipe = {'name': 'tiny_runs', 'model': {'name': 'mnist_convnet', 'kwargs': {'hidden_dim': 16}},
-              'data': {'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': True},
-              'loss': {'name': 'cross_entropy'}, 'optimizer': {'name': 'sgd', 'lr': 0.05},
-              'steps': 6, 'batch_size': 32, 'eval': {'sigmas': [0.0, 0.3], 'every_epochs': 0}, 'log_with': [],
-              'output_dir': str(out)}
-    recipe.update(over)
-    return recipe
-
-
-def _max_diff(a, b):
-    wa, wb = load_file(str(Path(a) / 'model.safetensors')), load_file(str(Path(b) / 'model.safetensors'))
-    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
-
-
 def _strict(text: str):
     def refuse(constant):
         raise ValueError(f'{constant} in JSON')
@@ -529,14 +515,14 @@ def test_threads_auto_shares_the_cpus_among_the_local_processes_and_refuses_nons
 def test_a_dataloader_run_with_augmentation_resumes_exactly(tmp_path):
     """0.2.0: fast_path false + augmentation, stopped and resumed, ended 0.014-0.467 away from the uninterrupted run."""
     from timm_lipschitz.train.loop import StoppedAsAsked
-    r = lambda out: tiny_runs(out, steps=60, loss={'name': 'lipschitz_hinge', 'sigma': 0.3},  # noqa: E731
+    r = lambda out: tiny_recipe(out, steps=60, loss={'name': 'lipschitz_hinge', 'sigma': 0.3},  # noqa: E731
                          data={'name': 'digits', 'input_size': [1, 8, 8], 'fast_path': False,
                                'augmentation': 'cifar', 'num_workers': 0})
     train(r(tmp_path / 'a'), progress=False)
     with pytest.raises(StoppedAsAsked):
         train(r(tmp_path / 'b'), progress=False, stop_at_step=50)  # inside the second epoch
     train(r(tmp_path / 'b'), resume=True, progress=False)
-    assert _max_diff(tmp_path / 'a', tmp_path / 'b') == 0.0
+    assert max_weight_diff(tmp_path / 'a', tmp_path / 'b') == 0.0
 
 
 def test_no_output_file_holds_nan_or_infinity(tmp_path):

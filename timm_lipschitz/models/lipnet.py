@@ -309,6 +309,44 @@ def _hidden(hidden_dim: Union[int, Sequence[int]]) -> Tuple[int, ...]:
     return dims
 
 
+class FlatHeadNet(StagedFeatures, LipschitzNet):
+    """What ``lip_convnet`` and ``lip_mlp`` share: their "pooling" flattens the feature map and runs orthogonal hidden
+    layers (``fc1``, ``fc2``, ...; each followed by MaxMin) before the head; ``global_pool=''`` returns the map."""
+
+    kind = 'this net'
+
+    def _init_flat_head(self, features: int, hidden: Tuple[int, ...], head: str, num_classes: int, **dd) -> None:
+        self.num_hidden = len(hidden)
+        for i, (a, b) in enumerate(zip((features,) + hidden, hidden), 1):
+            setattr(self, f'fc{i}', ortho_linear(a, b, **dd))
+        self.act = MaxMin()
+        self.head_hidden_size = hidden[-1]
+        self.fc = _head(head, hidden[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    @classmethod
+    def _check_pool(cls, global_pool: str) -> None:
+        if global_pool not in ('flatten', ''):
+            raise UsageError(f"global_pool={global_pool!r} is not allowed for {cls.kind}; use 'flatten' or ''.")
+
+    def hidden_layers(self) -> Tuple[nn.Module, ...]:
+        return tuple(getattr(self, f'fc{i}') for i in range(1, self.num_hidden + 1))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == '':
+            return x
+        x = torch.flatten(x, 1)
+        for layer in self.hidden_layers():
+            x = self.act(layer(x))
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def head_factors(self) -> List[Tuple[str, float]]:
+        """Exact norms of the hidden layers' and the head's effective weights."""
+        return [(f'fc{i}', _linear(layer)) for i, layer in enumerate(self.hidden_layers(), 1)] + \
+            [('fc', _linear(self.fc))]
+
+
 def _conv_plan(widths: Sequence[int], strides: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     widths, strides = tuple(widths), tuple(strides)
     if not widths or any(isinstance(c, bool) or not isinstance(c, int) or c < 2 or c % 2 for c in widths):
@@ -318,7 +356,7 @@ def _conv_plan(widths: Sequence[int], strides: Sequence[int]) -> Tuple[Tuple[int
     return widths, strides
 
 
-class LipConvNet(StagedFeatures, LipschitzNet):
+class LipConvNet(FlatHeadNet):
     """A small 1-Lipschitz conv net for 28/32 px images: 3x3 AOL convs (``widths``, ``strides``; default 32-64-64,
     the last two with stride 2), each followed by MaxMin, then orthogonal hidden layers (``hidden_dim``: one width or
     a list, each followed by MaxMin) and the head (``head``: orthogonal, or unit rows). ``widths=(32, 32, 64, 64),
@@ -328,6 +366,8 @@ class LipConvNet(StagedFeatures, LipschitzNet):
     channels), the flatten + hidden layers are the "pooling" (``global_pool='flatten'``, ``''`` returns the map) and
     ``forward_head(pre_logits=True)`` returns the last hidden activations. Feature levels: the conv stages.
     """
+
+    kind = 'lip_convnet'
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: Union[int, Tuple[int, int]] = 28,
                  widths: Sequence[int] = (32, 64, 64), strides: Sequence[int] = (1, 2, 2),
@@ -350,17 +390,8 @@ class LipConvNet(StagedFeatures, LipschitzNet):
             setattr(self, f'stage{i}', nn.Sequential(aol_conv(cin, c, stride=s, **dd), MaxMin()))
             h, w, reduction, cin = (h - 1) // s + 1, (w - 1) // s + 1, reduction * s, c
             self.feature_info.append(dict(num_chs=c, reduction=reduction, module=f'stage{i}'))
-        self.num_stages, self.num_hidden = len(widths), len(hidden)
-        for i, (a, b) in enumerate(zip((cin * h * w,) + hidden, hidden), 1):
-            setattr(self, f'fc{i}', ortho_linear(a, b, **dd))
-        self.act = MaxMin()
-        self.num_features, self.head_hidden_size = cin, hidden[-1]
-        self.fc = _head(head, hidden[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def _check_pool(global_pool: str) -> None:
-        if global_pool not in ('flatten', ''):
-            raise UsageError(f"global_pool={global_pool!r} is not allowed for lip_convnet; use 'flatten' or ''.")
+        self.num_stages, self.num_features = len(widths), cin
+        self._init_flat_head(cin * h * w, hidden, head, num_classes, **dd)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -369,23 +400,10 @@ class LipConvNet(StagedFeatures, LipschitzNet):
     def feature_stages(self):
         return tuple(getattr(self, f'stage{i}') for i in range(1, self.num_stages + 1))
 
-    def hidden_layers(self) -> Tuple[nn.Module, ...]:
-        return tuple(getattr(self, f'fc{i}') for i in range(1, self.num_hidden + 1))
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.feature_stages():
             x = stage(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == '':
-            return x
-        x = torch.flatten(x, 1)
-        for layer in self.hidden_layers():
-            x = self.act(layer(x))
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
 
     def lipschitz_factors(self, hw: Tuple[int, int]) -> List[Tuple[str, float]]:
         """Exact norms of the effective weights: each conv, each hidden layer, the head last."""
@@ -394,8 +412,7 @@ class LipConvNet(StagedFeatures, LipschitzNet):
             conv = stage[0]
             factors.append((f'conv{i}', conv_operator_norm(effective_weight(conv), hw)))
             hw = tuple((hw[k] - 1) // conv.stride[k] + 1 for k in range(2))
-        factors += [(f'fc{i}', _linear(layer)) for i, layer in enumerate(self.hidden_layers(), 1)]
-        return factors + [('fc', _linear(self.fc))]
+        return factors + self.head_factors()
 
 
 def _linear(layer: nn.Module) -> float:
@@ -467,7 +484,7 @@ class CifarLipResNet(StagedFeatures, LipschitzNet):
         return factors + [('pool', 1.0), ('fc', _linear(self.fc))]
 
 
-class LipMLP(StagedFeatures, LipschitzNet):
+class LipMLP(FlatHeadNet):
     """A 1-Lipschitz MLP on the flattened pixels: orthogonal dense layers (``hidden_dim``, each followed by MaxMin) and
     the head. A first layer at least as wide as the input has orthonormal columns, an isometry: it keeps every l2
     distance between images, which the certificate is about (strided convolutions and narrow bottlenecks lose
@@ -477,6 +494,8 @@ class LipMLP(StagedFeatures, LipschitzNet):
     (``num_features`` = its channels, one feature level), the flatten + hidden layers are the "pooling"
     (``global_pool='flatten'``; ``''`` returns the map) and ``forward_head(pre_logits=True)`` returns the last hidden
     activations."""
+
+    kind = 'lip_mlp'
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: Union[int, Tuple[int, int]] = 28,
                  hidden_dim: Union[int, Sequence[int]] = (1024, 1024, 1024), head: str = 'orthogonal',
@@ -490,18 +509,9 @@ class LipMLP(StagedFeatures, LipschitzNet):
             global_pool
         self.head = _check_head(head)
         self.stem = nn.Identity()
-        self.num_hidden = len(hidden)
-        for i, (a, b) in enumerate(zip((in_chans * h * w,) + hidden, hidden), 1):
-            setattr(self, f'fc{i}', ortho_linear(a, b, **dd))
-        self.act = MaxMin()
         self.feature_info: List[Dict[str, Any]] = [dict(num_chs=in_chans, reduction=1, module='stem')]
-        self.num_features, self.head_hidden_size = in_chans, hidden[-1]
-        self.fc = _head(head, hidden[-1], num_classes, **dd) if num_classes > 0 else nn.Identity()
-
-    @staticmethod
-    def _check_pool(global_pool: str) -> None:
-        if global_pool not in ('flatten', ''):
-            raise UsageError(f"global_pool={global_pool!r} is not allowed for lip_mlp; use 'flatten' or ''.")
+        self.num_features = in_chans
+        self._init_flat_head(in_chans * h * w, hidden, head, num_classes, **dd)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -510,26 +520,12 @@ class LipMLP(StagedFeatures, LipschitzNet):
     def feature_stages(self):
         return (self.stem,)
 
-    def hidden_layers(self) -> Tuple[nn.Module, ...]:
-        return tuple(getattr(self, f'fc{i}') for i in range(1, self.num_hidden + 1))
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stem(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == '':
-            return x
-        x = torch.flatten(x, 1)
-        for layer in self.hidden_layers():
-            x = self.act(layer(x))
-        if self.drop_rate:
-            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
-        return x if pre_logits else self.fc(x)
-
     def lipschitz_factors(self, hw: Tuple[int, int]) -> List[Tuple[str, float]]:
         """Exact norms of the effective weights: each hidden layer, the head last."""
-        return [(f'fc{i}', _linear(layer)) for i, layer in enumerate(self.hidden_layers(), 1)] + \
-            [('fc', _linear(self.fc))]
+        return self.head_factors()
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
