@@ -321,7 +321,8 @@ def test_an_explicit_data_root_is_used_or_refused_and_eval_json_records_what_was
                  '--out', str(tmp_path / 'a')]) == 2
     assert f'looked in: {tmp_path / "nonexistent"}' in capsys.readouterr().err
     assert not (tmp_path / 'a').exists()
-    assert main(['eval', tag, '--sigmas', '0', '--max-images', '20', '--out', str(tmp_path / 'b'), '--no-progress']) == 0
+    assert main(['eval', tag, '--sigmas', '0', '--max-images', '20', '--out', str(tmp_path / 'b'),
+                 '--no-progress']) == 0
     assert main(['eval', tag, '--sigmas', '0', '--max-images', '20', '--out', str(tmp_path / 'c'), '--no-progress',
                  '--data-root', str(DEBIAN_FASHION_MNIST)]) == 0
     b, c = (json.loads((tmp_path / d / 'eval.json').read_text())['models'][tag]['data_files'] for d in 'bc')

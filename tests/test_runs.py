@@ -207,7 +207,8 @@ def test_a_folder_with_someone_elses_files_is_refused_naming_them(tmp_path):
     (out / 'README.md').write_text('mine\n')
     (out / 'config.json').write_text('{"mine": true}\n')
     for resume in (False, True):
-        with pytest.raises(OutputError, match=r'--output-dir .* would replace README\.md, config\.json, which timm-lipschitz did not write'):
+        with pytest.raises(OutputError, match=r'--output-dir .* would replace README\.md, config\.json, which '
+                                              r'timm-lipschitz did not write'):
             train(tiny_recipe(out), resume=resume, progress=False)
     assert (out / 'README.md').read_text() == 'mine\n' and sorted(p.name for p in out.iterdir()) == \
         ['README.md', 'config.json']
@@ -281,8 +282,8 @@ def test_ctrl_c_prints_one_line_and_the_last_saved_state(tmp_path, signals_at_de
     (tmp_path / 'r.yaml').write_text(yaml.safe_dump(tiny_recipe(tmp_path / 'run', steps=100000,
                                                          checkpoint={'every_steps': 5})))
     proc = subprocess.Popen([sys.executable, '-m', 'timm_lipschitz.cli', 'train', '--recipe', str(tmp_path / 'r.yaml'),
-                             '--no-progress'], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=signals_at_defaults)
+                             '--no-progress'], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=signals_at_defaults)
     deadline = time.time() + 300
     while not list((tmp_path / 'run' / 'state').glob('step_*')) if (tmp_path / 'run' / 'state').is_dir() else True:
         assert proc.poll() is None and time.time() < deadline

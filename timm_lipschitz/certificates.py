@@ -288,7 +288,8 @@ def _pre_logits(m: Any):
 
 def check_declared(model: Any, data: Any, decl: Optional[Declaration] = None, mean=None, std=None,
                    images: int = SOUNDNESS_IMAGES, iterations: int = POWER_ITERATIONS,
-                   tolerance: float = LIPSCHITZ_TOLERANCE, seed: int = 0, pgd: Optional[float] = None) -> Dict[str, Any]:
+                   tolerance: float = LIPSCHITZ_TOLERANCE, seed: int = 0,
+                   pgd: Optional[float] = None) -> Dict[str, Any]:
     """Every measurement of the model's effective constants against its declaration; the record of what was
     checked, or :class:`SoundnessError` naming what exceeded it.
 

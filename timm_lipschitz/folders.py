@@ -69,8 +69,9 @@ def _ours_by_record(folder: Path) -> List[str]:
     """Patterns of the files a folder written before the manifest holds, proven by its command's record."""
     patterns: List[str] = []
     ev = _json(folder / 'eval.json')
-    if isinstance(ev, dict) and ev and (isinstance(ev.get('environment'), dict) and 'timm_lipschitz' in ev['environment']
-                                        or all(isinstance(v, dict) and 'sweep' in v for v in ev.values())):
+    env = ev.get('environment') if isinstance(ev, dict) else None
+    recorded = isinstance(env, dict) and 'timm_lipschitz' in env
+    if recorded or isinstance(ev, dict) and ev and all(isinstance(v, dict) and 'sweep' in v for v in ev.values()):
         patterns += PRODUCTS['eval']
     res = _json(folder / 'results.json')
     if isinstance(res, dict) and 'grid' in res and 'rows' in res:
@@ -93,7 +94,7 @@ def _package_weights(path: Path) -> bool:
             header = json.loads(f.read(min(size, 10 ** 7)))
     except (OSError, ValueError):
         return False
-    meta = header.get('__metadata__') or {}
+    meta = (header.get('__metadata__') if isinstance(header, dict) else None) or {}
     return 'format_version' in meta or 'entry' in meta or 'robustness' in meta
 
 
@@ -119,7 +120,8 @@ def _foreign(folder: Path, ignore: Iterable[str] = ()) -> List[str]:
 def check_output_folder(folder: Any, flag: str, writes: Iterable[str] = (), exclusive: bool = False,
                         ignore: Iterable[str] = ()) -> Path:
     """Refuse an output folder that holds files a user wrote. ``writes``: the files the command is about to write
-    (named first in the refusal when one would be replaced); ``ignore``: entries the caller itself made (a claim); ``exclusive``: every foreign file is refused even if
+    (named first in the refusal when one would be replaced); ``ignore``: entries the caller itself made (a claim);
+    ``exclusive``: every foreign file is refused even if
     nothing would replace it (``publish --out-dir``: the whole folder is uploaded)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

@@ -16,7 +16,8 @@ import yaml
 
 from .errors import UsageError
 
-__all__ = ['exact', 'check_number', 'check_count', 'NumberLoader', 'load_yaml', 'is_number', 'range_text', 'NUMBER_PATTERN']
+__all__ = ['exact', 'check_number', 'check_count', 'NumberLoader', 'load_yaml', 'is_number', 'range_text',
+           'NUMBER_PATTERN']
 
 
 def is_number(value: Any) -> bool:

@@ -82,7 +82,8 @@ def corruption_request(args: argparse.Namespace) -> Sequence[int]:
     """The severities of ``--corruptions``: CIFAR-10-C's 1..5 (the library's severity 0, the clean image, is for
     tests, not a severity to report)."""
     if args.severities is not None and args.corruptions is None:
-        raise UsageError('--severities sets the corruptions, which run with --corruptions: add it or drop --severities.')
+        raise UsageError('--severities sets the corruptions, which run with --corruptions: add it or drop '
+                         '--severities.')
     severities = _ints(args.severities, '--severities', None) or SEVERITIES
     bad = [s for s in severities if s not in SEVERITIES]
     if bad:
@@ -99,7 +100,8 @@ def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
     given = [f'--{k.replace("_", "-")}' for k in ('certify_sigma', 'certify_preset', 'n0', 'n', 'alpha',
                                                  'certify_images') if getattr(args, k, None) is not None]
     if given and not (args.certify or args.attack is not None):
-        raise UsageError(f'{", ".join(given)} set randomized smoothing, which runs with --certify (or beside --attack); '
+        raise UsageError(f'{", ".join(given)} set randomized smoothing, which runs with --certify (or beside '
+                         f'--attack); '
                          f'add --certify or drop them.')
     preset = CERTIFY_PRESETS.get(getattr(args, 'certify_preset', None) or '', {})
     chosen = {k: getattr(args, k) for k in ('n0', 'n', 'alpha') if getattr(args, k) is not None}

@@ -172,7 +172,8 @@ def load_model(source: Optional[str] = None, model_name: Optional[str] = None, c
                                   f'--checkpoint {src.name}.')
         args = {k: v for k, v in src.config.get('model_args', {}).items() if k != 'num_classes'}
         try:
-            model = timm.create_model(model_name, pretrained=False, num_classes=_num_classes_of(src.weights, model_name),
+            classes = _num_classes_of(src.weights, model_name)
+            model = timm.create_model(model_name, pretrained=False, num_classes=classes,
                                       **args, pretrained_cfg_overlay=src.config.get('pretrained_cfg', {}))
         except RuntimeError as e:  # timm: an unknown model name
             raise CheckpointError(f'--model {model_name}: {str(e).splitlines()[0]}') from None
