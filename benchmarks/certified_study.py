@@ -11,7 +11,9 @@ bisector between its nearest training image and every training image of another 
 the nearest neighbour keeps its class), and the simpler half-gap bound (d_other - d_same) / 2. They show what the
 data's geometry allows in [0,1] pixel space.
 
-Writes ``<NAME>.json`` and ``<NAME>.md`` (benchmarks/out/; benchmarks/results/ under UPDATE_RESULTS=1).
+Writes ``<NAME>.json``, ``<NAME>.md`` and ``<NAME>.png`` (certified accuracy at l2 0.5 against epochs and against
+training time; the runs that differ only in length joined by a line) into benchmarks/out/ (benchmarks/results/
+under UPDATE_RESULTS=1).
 """
 from __future__ import annotations
 
@@ -33,8 +35,9 @@ from timm_lipschitz import certificates as C  # noqa: E402
 from timm_lipschitz.data import create_dataset  # noqa: E402
 from timm_lipschitz.hub import load_model  # noqa: E402
 from timm_lipschitz.modes import for_evaluation  # noqa: E402
+from timm_lipschitz.robustness.report import save_figure, subplots  # noqa: E402
 
-from _results import write_results  # noqa: E402
+from _results import OUT, write_results  # noqa: E402
 
 RADII = (0.0, 0.25, 0.5, 1.0)
 
@@ -44,22 +47,25 @@ def _split(name: str, split: str, size) -> torch.utils.data.Dataset:
 
 
 def run_row(folder: Path) -> Dict[str, Any]:
-    """Every number of one run's row (module doc)."""
+    """Every number of one run's row (module doc); a shipped tag (no run folder) has no training time."""
     model, info = load_model(str(folder))
     runner = for_evaluation(model)
     decl = C.declaration(runner)
     recipe = info['recipe']
     size = tuple(runner.pretrained_cfg['input_size'])
-    data = recipe.get('data', {}).get('name') or info['metadata'].get('dataset')
+    data = (recipe.get('data') or {}).get('name') or info['metadata'].get('dataset')
     test, train = _split(data, 'test', size), _split(data, 'train', size)
     t = time.time()
     cert = C.dataset_certificate(runner, test, decl, radii_=RADII)
     seconds = time.time() - t
     fit = C.dataset_certificate(runner, train, decl, radii_=(0.0, 0.5))
     sound = C.check_declared(runner, test, decl)
-    final = json.loads((folder / 'final.json').read_text())
-    loss = {k: v for k, v in recipe.get('loss', {}).items()}
-    return {'folder': str(folder), 'model': recipe['model']['name'], 'model_args': recipe['model'].get('kwargs', {}),
+    path = Path(str(folder))
+    final = json.loads((path / 'final.json').read_text()) if (path / 'final.json').is_file() else {}
+    hparams = json.loads(info['metadata'].get('hparams', '{}') or '{}')
+    loss = dict(recipe.get('loss') or {'name': info['metadata'].get('objective'), **hparams})
+    return {'folder': str(folder), 'model': runner.pretrained_cfg.get('architecture'),
+            'model_args': (recipe.get('model') or {}).get('kwargs', {}),
             'loss': loss, 'epochs': final.get('epochs'), 'parameters': sum(p.numel() for p in model.parameters()),
             'clean': cert['certified_accuracy'][0], 'certified': dict(zip(map(str, RADII[1:]),
                                                                           cert['certified_accuracy'][1:])),
@@ -104,7 +110,8 @@ def nearest_neighbour_rows(data: str = 'fashion_mnist', size=(1, 28, 28)) -> Lis
 
 def markdown(rows: Dict[str, Dict[str, Any]], header: str) -> str:
     lines = [header, '', '| model | clean | certified l2 0.25 | certified l2 0.5 | certified l2 1 | train clean | '
-             'per-pair / whole-model radii | training s (threads) | parameters |', '|---|---|---|---|---|---|---|---|---|']
+             'per-pair / whole-model radii | training s (threads) | parameters |',
+             '|---|---|---|---|---|---|---|---|---|']
     for label, r in rows.items():
         cert = r['certified']
         rules = r.get('rules')
@@ -114,6 +121,32 @@ def markdown(rows: Dict[str, Dict[str, Any]], header: str) -> str:
                      + (f"{r['train_time_s']:.0f} ({r['threads']})" if r.get('train_time_s') else '–') + ' | '
                      + (f"{r['parameters']:,}" if r.get('parameters') else '–') + ' |')
     return '\n'.join(lines) + '\n'
+
+
+def series(rows: Dict[str, Dict[str, Any]]) -> Dict[str, List[str]]:
+    """The trained rows grouped by everything but their length (model, its arguments, the objective): one line in
+    the plot per group, its points in order of epochs."""
+    groups: Dict[str, List[str]] = {}
+    for label, r in rows.items():
+        if r.get('epochs') and r.get('train_time_s'):
+            key = json.dumps([r['model'], r['model_args'], r['loss']], sort_keys=True)
+            groups.setdefault(key, []).append(label)
+    return {' / '.join(labels): sorted(labels, key=lambda k: rows[k]['epochs']) for labels in groups.values()}
+
+
+def plot(rows: Dict[str, Dict[str, Any]], path: Path, radius: str = '0.5') -> Path:
+    """Certified accuracy at ``radius`` against epochs (left) and training seconds (right), one line per series."""
+    fig, axes = subplots(1, 2, figsize=(11, 4.2))
+    for name, labels in series(rows).items():
+        ys = [rows[k]['certified'][radius] for k in labels]
+        for ax, x in zip(axes, ('epochs', 'train_time_s')):
+            ax.plot([rows[k][x] for k in labels], ys, marker='o', label=name if len(labels) > 1 else labels[0])
+    save_figure(fig, axes[0], path, 'epochs', f'certified accuracy at l2 {radius} (%)', legend=False)
+    axes[0].grid(alpha=0.3)
+    axes[1].grid(alpha=0.3)
+    axes[1].legend(fontsize=6)
+    return save_figure(fig, axes[1], path, 'training seconds (one thread, as final.json records)',
+                       f'certified accuracy at l2 {radius} (%)', legend=False)
 
 
 def main() -> None:
@@ -126,7 +159,7 @@ def main() -> None:
     rows: Dict[str, Dict[str, Any]] = {}
     for spec in args.runs:
         label, folder = spec.split('=', 1)
-        rows[label] = run_row(Path(folder))
+        rows[label] = run_row(Path(folder) if Path(folder).exists() else folder)
         print(label, rows[label]['clean'], rows[label]['certified'], flush=True)
     if args.reference_1nn:
         for r in nearest_neighbour_rows():
@@ -134,7 +167,8 @@ def main() -> None:
     header = (f"Fashion-MNIST test split (10,000 images), accuracy %; {platform.processor() or platform.machine()}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {time.time() - t0:.0f} s; "
               f"{time.strftime('%Y-%m-%d')}.")
-    write_results(args.name, {'header': header, 'rows': rows}, markdown(rows, header))
+    write_results(args.name, {'header': header, 'rows': rows, 'series': series(rows)}, markdown(rows, header))
+    plot(rows, OUT / f'{args.name}.png')
 
 
 if __name__ == '__main__':

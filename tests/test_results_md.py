@@ -197,7 +197,7 @@ def test_lipschitz_library_and_speed_rows_quote_their_json():
         assert float(cells[2]) == round(r['plain_forward_ms'], 1)
         assert float(cells[3]) == round(r['max_jacobian_norm'], 4)
     lip = json.loads((FILES / 'speed_cpu.json').read_text())['lipschitz_net']
-    cells = row(text, 'lip_convnet eval forward (cached plain copy) / plain twin\'s')
+    cells = row(text, 'lip_convnet eval forward (plain export) / plain twin\'s')
     assert first_number(cells[0]) == round(lip['eval_ratio'], 2)
     cells = row(text, 'lip_convnet training step / plain twin\'s')
     assert first_number(cells[0]) == round(lip['train_ratio'], 2)

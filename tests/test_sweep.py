@@ -226,3 +226,18 @@ def test_table_labels_print_the_exact_value():
     assert 'sigma 0.5000001' in _loss_label(row) and 'lipschitz_target 1e-05' in _loss_label(row)
     assert _row_label(row).endswith('data.train_fraction 0.25') and 'beta 1,' in _loss_label(row)
 
+
+
+def test_a_grid_without_the_group_key_draws_one_plain_plot(tmp_path, drawn):
+    """A margin grid has no loss.sigma: its curves are one plot named for the grid, not 'curves_sigmaNone.png'."""
+    from timm_lipschitz.recipes import load_recipe
+    from timm_lipschitz.sweep.tables import render
+    recipe = load_recipe(ROOT / 'recipes' / 'lipschitz' / 'digits_lipmlp_margin.yaml')
+    rows = [{'point': f'e{e}', 'recipe': {**recipe, 'loss': {**recipe['loss'], 'epsilon': e}}, 'final': {},
+             'robustness': {'sigmas': [0.0, 0.5], 'accuracy': [90.0, 40.0 + e], 'accuracy_std': [0.0, 0.0],
+                            'per_repeat': [[90.0], [40.0 + e]], 'num_images': 10, 'repeats': 1, 'seed': 0,
+                            'clip': False, 'quantize': False}} for e in (0.5, 1.0)]
+    render({'name': 'margin', 'output_dir': str(tmp_path)}, {'rows': rows})
+    assert sorted(drawn) == ['curves.png'] and drawn['curves.png']['title'].startswith('margin\n')
+    assert sorted(drawn['curves.png']['lines']) == ['e0.5', 'e1.0']
+    assert '![margin](curves.png)' in (tmp_path / 'tables.md').read_text()

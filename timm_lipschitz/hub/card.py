@@ -230,7 +230,7 @@ def _certificate_text(cert: Dict[str, Any]) -> str:
 def _smoothing_text(smooth: Dict[str, Any]) -> str:
     return (f"Certified accuracy (%) of the smoothed classifier (Cohen et al. 2019: sigma {smooth['sigma']:g}, n0 "
             f"{smooth['n0']}, n {smooth['n']:,}, alpha {smooth['alpha']:g}; n0 + n forward passes per image), "
-            f"{{images}}, a prefix of the split's stratified evaluation order"
+            f"{{images}}"
             + ("; beside it the deterministic certificate on the same images (one forward pass each)"
                if smooth.get('deterministic_same_images') else '')
             + f". No radius above sigma * Phi^-1(alpha^(1/n)) = {smooth['max_radius']:.3f} can be certified by "

@@ -265,8 +265,12 @@ class LipschitzNet(DeclaresLipschitz, nn.Module):
     """What the 1-Lipschitz models share: the constrained head and the design declaration (body 1; logits 1 for an
     orthogonal head, sqrt(classes) for unit rows), checked against the measured factors."""
 
-    lipschitz_method = ('1-Lipschitz by construction (orthogonium AOL convolutions, orthogonal dense layers, MaxMin, '
-                        'SLL residual blocks); checked against the exact per-layer norms of the effective weights')
+    layers = 'orthogonal dense layers, MaxMin'  # each model names its own constrained layers
+
+    @property
+    def lipschitz_method(self) -> str:
+        return (f'1-Lipschitz by construction ({self.layers}); checked against the exact per-layer norms '
+                'of the effective weights')
     lipschitz_by_design = True
     head_hidden_size: int
     num_classes: int
@@ -367,6 +371,8 @@ class LipConvNet(FlatHeadNet):
     ``forward_head(pre_logits=True)`` returns the last hidden activations. Feature levels: the conv stages.
     """
 
+    layers = 'AOL convolutions, orthogonal dense layers, MaxMin'
+
     kind = 'lip_convnet'
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: Union[int, Tuple[int, int]] = 28,
@@ -426,6 +432,8 @@ class CifarLipResNet(StagedFeatures, LipschitzNet):
     """A CIFAR-style 1-Lipschitz residual net: a 3x3 AOL stem, three stages of ``blocks`` SLL blocks at ``widths``
     channels (a stride-2 AOL conv between stages, each conv followed by MaxMin), the norm-preserving global pool
     (sum / sqrt(H W)) and the head (``head``: orthogonal, or unit rows). Feature levels: the three stages."""
+
+    layers = 'AOL convolutions, SLL residual blocks, MaxMin'
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: Sequence[int] = (16, 32, 64),
                  blocks: int = 1, inner_factor: int = 2, head: str = 'orthogonal', drop_rate: float = 0.,

@@ -311,7 +311,7 @@ def certificate_markdown(smooth: Dict[str, Any], margin: Optional[Dict[str, Any]
              f" | {smooth['average_certified_radius']:.3f} |"]
     if margin is not None:
         lines.append('| deterministic (declared Lipschitz constants) | ' +
-                     ' | '.join(f'{v:.1f}' for v in margin['certified_accuracy']) + f" | {margin['mean_radius']:.2e} |")
+                     ' | '.join(f'{v:.1f}' for v in margin['certified_accuracy']) + f" | {margin['mean_radius']:.3g} |")
     if smooth['max_radius'] < max(radii):
         lines += ['', f"–: beyond randomized smoothing's reach with these settings: no radius above σ Φ⁻¹(α^(1/n)) "
                       f"= {smooth['max_radius']:.3f} can be certified, however robust the model (raise n or σ)."]

@@ -206,10 +206,12 @@ def render(grid: Dict[str, Any], results: Dict[str, Any]) -> Path:
         curves = dict(std_rows)
         curves.update({r['point']: r['robustness'] for r in results['rows'] if not is_standard(r) and
                        get_dotted(r['recipe'], group) == g and r['robustness']})
-        if curves:
-            name = f'curves_{group.split(".")[-1]}{format_value(g)}.png'
-            report.plot_sweeps(curves, out / name, title=f'{grid["name"]}: {group.split(".")[-1]} = {g}')
-            md += ['', f'![{group} = {g}]({name})']
+        if curves:  # points without the key (a margin grid has no loss.sigma) share one plain plot
+            key = group.split(".")[-1]
+            name, title = (('curves.png', grid['name']) if g is None else
+                           (f'curves_{key}{format_value(g)}.png', f'{grid["name"]}: {key} = {g}'))
+            report.plot_sweeps(curves, out / name, title=title)
+            md += ['', f'![{title}]({name})']
     if not groups and std_rows:
         report.plot_sweeps(std_rows, out / 'curves.png', title=grid['name'])
         md += ['', '![curves](curves.png)']
