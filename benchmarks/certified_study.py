@@ -2,7 +2,7 @@
 from the same checkpoint, training accuracy, the radius rule that certified each image, the training time from
 ``final.json``, and the soundness check (declared constants against the effective weights).
 
-    python benchmarks/certified_study.py NAME LABEL=RUN_FOLDER [LABEL=RUN_FOLDER ...] [--reference-1nn]
+    python benchmarks/certified_study.py NAME LABEL=RUN_FOLDER [LABEL=RUN_FOLDER ...] [--reference-1nn] [--add]
 
 Each row evaluates the run's evaluation form (the plain export) with :func:`timm_lipschitz.certificates.
 dataset_certificate`, the function ``eval --certify`` runs. ``--reference-1nn`` adds two rows that need no network:
@@ -37,7 +37,7 @@ from timm_lipschitz.hub import load_model  # noqa: E402
 from timm_lipschitz.modes import for_evaluation  # noqa: E402
 from timm_lipschitz.robustness.report import save_figure, subplots  # noqa: E402
 
-from _results import OUT, write_results  # noqa: E402
+from _results import OUT, read_results, write_results  # noqa: E402
 
 RADII = (0.0, 0.25, 0.5, 1.0)
 
@@ -154,9 +154,10 @@ def main() -> None:
     p.add_argument('name')
     p.add_argument('runs', nargs='*', help='LABEL=RUN_FOLDER')
     p.add_argument('--reference-1nn', action='store_true')
+    p.add_argument('--add', action='store_true', help="keep the rows of NAME's last results and add these")
     args = p.parse_args()
     t0 = time.time()
-    rows: Dict[str, Dict[str, Any]] = {}
+    rows: Dict[str, Dict[str, Any]] = read_results(args.name)['rows'] if args.add else {}
     for spec in args.runs:
         label, folder = spec.split('=', 1)
         rows[label] = run_row(Path(folder) if Path(folder).exists() else folder)
@@ -166,7 +167,8 @@ def main() -> None:
             rows[r.pop('label')] = r
     header = (f"Fashion-MNIST test split (10,000 images), accuracy %; {platform.processor() or platform.machine()}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {time.time() - t0:.0f} s; "
-              f"{time.strftime('%Y-%m-%d')}.")
+              f"{time.strftime('%Y-%m-%d')}" + (f"; rows added to {args.name}'s earlier ones" if args.add else '')
+              + '.')
     write_results(args.name, {'header': header, 'rows': rows, 'series': series(rows)}, markdown(rows, header))
     plot(rows, OUT / f'{args.name}.png')
 

@@ -164,11 +164,11 @@ def test_rerunning_a_benchmark_leaves_the_tracked_results_alone(tmp_path):
                 (bench / folder / f'zz_probe.{suffix}').unlink(missing_ok=True)
 
 
-def _study_module():
+def _study_module(name: str = 'robustness_study'):
     import importlib
     import sys
     sys.path.insert(0, str(ROOT / 'benchmarks'))
-    return importlib.import_module('robustness_study')
+    return importlib.import_module(name)
 
 
 def test_worst_direction_study_tables_are_rendered_from_the_study_json():
@@ -186,6 +186,20 @@ def test_certified_study_tables_are_rendered_from_the_study_json():
     text = section('## Deterministic certificates of 1-Lipschitz networks against smoothing and attacks')
     for line in rs.summary_table(study('study_fmnist_certified')):
         assert line in text, line
+
+
+def test_certified_study_table_is_rendered_from_its_json():
+    """Every row of the certified study's table is what certified_study.py renders from its JSON, the plot beside
+    it, and each headline number the section quotes is that of its row."""
+    cs = _study_module('certified_study')
+    text = section('## A deterministic certificate that beats smoothing?')
+    data = json.loads((FILES / 'study_fmnist_certified_recipes.json').read_text())
+    for line in cs.markdown(data['rows'], data['header']).splitlines()[2:]:
+        assert line in text, line
+    assert (FILES / 'study_fmnist_certified_recipes.png').is_file()
+    best = data['rows']['lip_mlp ε1, 10 ep (the shipped tag)']
+    assert f"{best['certified']['0.5']:.2f}% certified at l2 0.5" in text
+    assert f"{best['clean']:.2f}% clean" in text
 
 
 def test_lipschitz_library_and_speed_rows_quote_their_json():

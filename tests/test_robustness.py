@@ -472,14 +472,22 @@ def test_the_evaluation_records_which_images_it_measured(tmp_path, monkeypatch):
     pytest.importorskip('art')
     import timm_lipschitz.evaluate.run as run
     from timm_lipschitz.evaluate import evaluate
+    from timm_lipschitz.robustness.certify import at_radii
     from timm_lipschitz.robustness.subsets import evaluation_subset
     sorted_split = _class_sorted()
     monkeypatch.setattr(run, 'data_for', lambda model, info, data, root, size, split, n, seed=0:
                         (evaluation_subset(sorted_split, n, seed), 'sorted', {}))
+    runs = []
+    real = run.certify_dataset
+    monkeypatch.setattr(run, 'certify_dataset', lambda *a, **k: runs.append(k['radii']) or real(*a, **k))
     model = timm.create_model('mnist_convnet', num_classes=10, img_size=8, in_chans=1).eval()
     r = evaluate([(model, {'label': 'm', 'recipe': {}, 'metadata': {}})], str(tmp_path), sigmas=[0.0],
                  max_images=60, progress=False, certify=True, certify_args={'n': 20, 'n0': 5, 'num_images': 20},
                  record=False, attacks={'norms': ['l2'], 'eps': {'l2': [0.5]}, 'steps': 1, 'max_images': 30})['m']
+    assert len(runs) == 1  # one smoothing run answers --certify and the attacks' certified column
+    reach = r['smoothing']['max_radius']
+    assert r['attacks']['smoothing']['l2']['0.5'] == (at_radii(r['smoothing'], [0.5])['certified_accuracy'][0]
+                                                      if reach >= 0.5 else None)
     assert r['images']['num_images'] == 60 and r['images']['of'] == 300 and 'stratified' in r['images']['rule']
     assert r['attacks']['subset']['num_images'] == 30 and r['smoothing']['subset']['num_images'] == 20
     certified = [row['index'] for row in r['smoothing']['rows']]

@@ -25,7 +25,7 @@ from ..naming import FILE_CHARS, safe_name
 from ..protocol import CERT_RADII, SEVERITIES
 from ..robustness import plot_certified, plot_sweeps, summary_table, sweep_table, unique_label
 from ..robustness.attacks import NORMS, attack_sweep
-from ..robustness.certify import certify_dataset, cohen_tsv
+from ..robustness.certify import at_radii, certify_dataset, cohen_tsv
 from ..robustness.corruptions import corruption_sweep
 from ..robustness.lipschitz import pgd_lower_bound, sampled_k
 from ..robustness.noise import noise_sweep
@@ -97,11 +97,11 @@ def _theorem1(model: nn.Module, subset: Dataset, lipschitz_target: float, mean, 
 def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify: bool,
                       certify_args: Dict[str, Any], mean=None, std=None, seed: int = 0,
                       lipschitz_target: Optional[float] = None, progress: bool = True,
-                      decl: Optional[Declaration] = None) -> Dict[str, Any]:
+                      decl: Optional[Declaration] = None, smooth: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Lipschitz estimates and the declaration, and certificates (randomized smoothing, the deterministic
     certificate of :mod:`timm_lipschitz.certificates` and, for a model trained with a target L_n, the paper's
     conditional Theorem 1 radius): the measurements and their markdown. ``decl``: the model's declaration when the
-    caller has it (default: read here, once)."""
+    caller has it (default: read here, once); ``smooth``: the smoothing result when the caller ran it already."""
     res: Dict[str, Any] = {}
     subset = evaluation_subset(data, LIPSCHITZ_IMAGES, seed)
     if not (lipschitz or certify):
@@ -111,7 +111,8 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
     res['lipschitz_md'] = {'title': 'Lipschitz constant of the logits w.r.t. [0,1] pixels',
                            'table': lipschitz_markdown(res['lipschitz'])}
     if certify:
-        smooth = res['smoothing'] = _smoothing(model, data, certify_args, mean, std, seed, progress=progress)
+        smooth = res['smoothing'] = dict(smooth or _smoothing(model, data, certify_args, mean, std, seed,
+                                                             progress=progress))
         smooth.update({k: certify_args[k] for k in ('preset', 'departs_from_preset') if k in certify_args})
         res['certified_curve'] = {'radii': smooth['radii'], 'accuracy': smooth['certified_accuracy']}
         if decl is not None:  # the premise checked first: a failed check stops the evaluation (SoundnessError)
@@ -128,14 +129,16 @@ def extra_evaluations(model: nn.Module, data: Dataset, lipschitz: bool, certify:
 
 
 def _attacks(model: nn.Module, data: Dataset, attacks: Dict[str, Any], certify_args: Dict[str, Any], mean, std,
-             seed: int, progress: bool = True) -> Dict[str, Any]:
-    """The attack sweep, and randomized smoothing's certified accuracy at the L2 radii attacked."""
+             seed: int, progress: bool = True, smooth: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The attack sweep, and randomized smoothing's certified accuracy at the L2 radii attacked (read from
+    ``smooth``, the evaluation's own smoothing run, when ``--certify`` ran one: the same images and samples)."""
     attacks = dict(attacks)
     smoothing = attacks.pop('smoothing', True)
     result = attack_sweep(model, data, seed=seed, mean=mean, std=std, progress=progress, **attacks)
     if 'l2' in result and smoothing:
         radii = [0.0] + [float(e) for e in result['l2']]
-        smooth = _smoothing(model.cpu(), data, certify_args, mean, std, seed, radii, progress)
+        smooth = at_radii(smooth, radii) if smooth else _smoothing(model.cpu(), data, certify_args, mean, std,
+                                                                    seed, radii, progress)
         reach = smooth['max_radius']  # beyond it no image can be certified: None there, not a measured 0
         result['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
                                'num_images': smooth['num_images'], 'clean': smooth['certified_accuracy'][0],
@@ -169,15 +172,19 @@ def _evaluate_one(model: nn.Module, info: Dict[str, Any], ds: Dataset, name: str
         entry['corruptions'] = corruption_sweep(model.to(device), ds, s['corruptions'], s['severities'], s['seed'],
                                                 batch_size=s['batch_size'], mean=s['mean'], std=s['std'],
                                                 progress=s['progress'])
+    # one smoothing run answers both --certify and the attacks' certified column
+    smooth = _smoothing(model.cpu(), ds, s['certify_args'], s['mean'], s['std'], s['seed'],
+                        progress=s['progress']) if s['certify'] else None
     if s['attacks'] is not None:
         entry['attacks'] = _attacks(model.to(device), ds, s['attacks'], s['certify_args'], s['mean'], s['std'],
-                                    s['seed'], s['progress'])
+                                    s['seed'], s['progress'], smooth=smooth)
     model.cpu()
     if s['lipschitz'] or s['certify']:
         decl = declaration(model, mean=s['mean'], std=s['std'])
         entry.update(extra_evaluations(model, ds, lipschitz=s['lipschitz'], certify=s['certify'],
                                        certify_args=s['certify_args'], mean=s['mean'], std=s['std'], seed=s['seed'],
-                                       lipschitz_target=_lipschitz_target(info), progress=s['progress'], decl=decl))
+                                       lipschitz_target=_lipschitz_target(info), progress=s['progress'], decl=decl,
+                                       smooth=smooth))
         if DETERMINISTIC_KEY in entry and 'l2' in entry.get('attacks', {}):
             entry['soundness']['certified_vs_attack'] = _certified_unbroken(model, ds, entry, decl, s)
     return entry, sweep

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -25,8 +25,8 @@ from ..protocol import CERT_RADII, SMOOTHING
 from ..seeding import stream_seed
 from .subsets import evaluation_subset, positions_in, subset_record
 
-__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'check_settings', 'cohen_tsv', 'max_certified_radius',
-           'ABSTAIN', 'CERT_RADII']
+__all__ = ['Smooth', 'lower_confidence_bound', 'certify_dataset', 'certified_at', 'at_radii', 'check_settings',
+           'cohen_tsv', 'max_certified_radius', 'ABSTAIN', 'CERT_RADII']
 
 ABSTAIN = -1
 
@@ -119,13 +119,24 @@ def certify_dataset(model: nn.Module, data: Dataset, num_classes: int, sigma: fl
         rows.append({'index': i, 'label': int(y), 'predicted': c, 'radius': r, 'correct': c == int(y),
                      'time': time.perf_counter() - start})
     reach = max_certified_radius(sigma, n, alpha)
-    # beyond smoothing's reach no image can be certified with these settings: null there, not a measured 0
-    cert = [100.0 * sum(1 for r in rows if r['correct'] and r['radius'] >= t) / len(rows) if t <= reach else None
-            for t in radii]
     acr = sum(r['radius'] for r in rows if r['correct']) / len(rows)
     return {'sigma': sigma, 'n0': n0, 'n': n, 'alpha': alpha, 'num_images': len(rows), 'radii': list(radii),
-            'certified_accuracy': cert, 'average_certified_radius': acr, 'rows': rows,
+            'certified_accuracy': certified_at(rows, radii, reach), 'average_certified_radius': acr, 'rows': rows,
             'max_radius': reach, 'subset': subset_record(subset, len(data))}
+
+
+def certified_at(rows: Sequence[Dict[str, Any]], radii: Sequence[float], reach: float) -> List[Optional[float]]:
+    """Certified accuracy (%) at each radius from the per-image rows of :func:`certify_dataset`: one smoothing run
+    answers every radius. Beyond smoothing's reach no image can be certified with its settings: None there, not a
+    measured 0."""
+    return [100.0 * sum(1 for r in rows if r['correct'] and r['radius'] >= t) / len(rows) if t <= reach else None
+            for t in radii]
+
+
+def at_radii(result: Dict[str, Any], radii: Sequence[float]) -> Dict[str, Any]:
+    """A :func:`certify_dataset` result read at other ``radii`` (same images, same samples)."""
+    return {**result, 'radii': list(radii), 'certified_accuracy': certified_at(result['rows'], radii,
+                                                                               result['max_radius'])}
 
 
 def cohen_tsv(result: Dict[str, Any]) -> str:
