@@ -171,6 +171,7 @@ def test_eval_certify_and_attack_report_the_deterministic_certificate_everywhere
         100 * sum(cert['radius'][i] >= 0.25 for i in positions) / 5)
     assert '## Randomized smoothing on the same images' in card and '| deterministic certificate |' in card
     assert scores['smoothing']['certified']['0.25'] == smooth['certified_accuracy'][1]
+    assert scores['smoothing']['deterministic_same_images']['0.25'] == smooth['deterministic_same_images'][1]
     from timm_lipschitz.hub.publish import publish
     published = (publish(run, 'org/lip', dry_run=True, out_dir=tmp_path / 'pub') / 'README.md').read_text()
     assert '## Deterministic certificate (Lipschitz margin)' in published  # the Hub card keeps it

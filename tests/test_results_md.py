@@ -10,6 +10,7 @@ from typing import Dict, List
 
 import pytest
 from timm_lipschitz.certificates import eval_entry
+from timm_lipschitz.zoo import WEIGHTS_DIR, header_metadata, shipped
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / 'benchmarks' / 'RESULTS.md'
@@ -197,6 +198,11 @@ def test_certified_study_table_is_rendered_from_its_json():
     for line in cs.markdown(data['rows'], data['header']).splitlines()[2:]:
         assert line in text, line
     assert (FILES / 'study_fmnist_certified_recipes.png').is_file()
+    tag = shipped()['lip_mlp.lipschitz_margin_e1_tau8_fmnist']  # the same-images comparison is the tag's own record
+    smooth = json.loads(header_metadata(WEIGHTS_DIR / tag['file'])['robustness'])['smoothing']
+    for label, values in (('deterministic certificate', smooth['deterministic_same_images']),
+                          ('randomized smoothing', smooth['certified'])):
+        assert row(text, label) == ['–' if v is None else f'{v:.2f}' for v in values.values()]
     best = data['rows']['lip_mlp ε1, 10 ep (the shipped tag)']
     assert f"{best['certified']['0.5']:.2f}% certified at l2 0.5" in text
     assert f"{best['clean']:.2f}% clean" in text

@@ -83,6 +83,9 @@ def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
         out['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
                             'num_images': smooth['num_images'],
                             'certified': {f'{r:g}': a for r, a in zip(smooth['radii'], smooth['certified_accuracy'])}}
+        same = smooth.get('deterministic_same_images')
+        if same:  # the deterministic certificate on smoothing's own images: the comparison a reader can trust
+            out['smoothing']['deterministic_same_images'] = {f'{r:g}': a for r, a in zip(smooth['radii'], same)}
     cert = record.get(DETERMINISTIC_KEY)
     if cert:
         out[DETERMINISTIC_KEY] = summary_record(cert)
