@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
+from matplotlib import colormaps
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -137,10 +138,12 @@ def series(rows: Dict[str, Dict[str, Any]]) -> Dict[str, List[str]]:
 def plot(rows: Dict[str, Dict[str, Any]], path: Path, radius: str = '0.5') -> Path:
     """Certified accuracy at ``radius`` against epochs (left) and training seconds (right), one line per series."""
     fig, axes = subplots(1, 2, figsize=(11, 4.2))
-    for name, labels in series(rows).items():
+    for i, (name, labels) in enumerate(series(rows).items()):
         ys = [rows[k]['certified'][radius] for k in labels]
+        style = {'marker': 's' if rows[labels[0]]['model'] == 'lip_mlp' else 'o', 'color': colormaps['tab20'](i % 20),
+                 'label': name if len(labels) > 1 else labels[0]}
         for ax, x in zip(axes, ('epochs', 'train_time_s')):
-            ax.plot([rows[k][x] for k in labels], ys, marker='o', label=name if len(labels) > 1 else labels[0])
+            ax.plot([rows[k][x] for k in labels], ys, **style)
     save_figure(fig, axes[0], path, 'epochs', f'certified accuracy at l2 {radius} (%)', legend=False)
     axes[0].grid(alpha=0.3)
     axes[1].grid(alpha=0.3)
