@@ -208,6 +208,18 @@ def test_certified_study_table_is_rendered_from_its_json():
     assert f"{best['clean']:.2f}% clean" in text
 
 
+def test_autoattack_on_the_shipped_mlp_is_quoted_from_its_eval_json():
+    """The soundness paragraph's AutoAttack figures are those of the run's eval.json, with no certified image broken."""
+    text = section('## A deterministic certificate that beats smoothing?')
+    entry, = json.loads((FILES / 'autoattack_cpu' / 'aa40_lipmlp_tag' / 'eval.json').read_text())['models'].values()
+    attacks, checked = entry['attacks'], entry['soundness']['certified_vs_attack']
+    assert checked['violations'] == 0 and 'AutoAttack' in checked['attack']
+    assert f"left {attacks['l2']['0.5']:.1f}% standing" in text
+    assert f"certified {checked['checked']['0.5']['certified']} of them" in text
+    assert f"on the first {attacks['num_images']} images" in text
+    assert 'APGD-CE broke {APGD-CE} images, APGD-DLR {APGD-DLR}'.format(**attacks['broken_by']['l2']['0.5']) in text
+
+
 def test_lipschitz_library_and_speed_rows_quote_their_json():
     text = section('### Which Lipschitz-layer library')
     libs = json.loads((FILES / 'lipschitz_libraries.json').read_text())['rows']
