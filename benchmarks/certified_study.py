@@ -160,7 +160,9 @@ def main() -> None:
     p.add_argument('--add', action='store_true', help="keep the rows of NAME's last results and add these")
     args = p.parse_args()
     t0 = time.time()
-    rows: Dict[str, Dict[str, Any]] = read_results(args.name)['rows'] if args.add else {}
+    earlier = read_results(args.name) if args.add else {'rows': {}}
+    rows: Dict[str, Dict[str, Any]] = earlier['rows']
+    before = set(rows)
     for spec in args.runs:
         label, folder = spec.split('=', 1)
         rows[label] = run_row(Path(folder) if Path(folder).exists() else folder)
@@ -168,10 +170,10 @@ def main() -> None:
     if args.reference_1nn:
         for r in nearest_neighbour_rows():
             rows[r.pop('label')] = r
-    header = (f"Fashion-MNIST test split (10,000 images), accuracy %; {platform.processor() or platform.machine()}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {time.time() - t0:.0f} s; "
-              f"{time.strftime('%Y-%m-%d')}" + (f"; rows added to {args.name}'s earlier ones" if args.add else '')
-              + '.')
+    run = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+           f"thread(s); {time.time() - t0:.0f} s; {time.strftime('%Y-%m-%d')}")
+    header = (f"{earlier['header']} Added: {', '.join(r for r in rows if r not in before)} ({run})." if args.add else
+              f"Fashion-MNIST test split (10,000 images), accuracy %; {run}.")
     write_results(args.name, {'header': header, 'rows': rows, 'series': series(rows)}, markdown(rows, header))
     plot(rows, OUT / f'{args.name}.png')
 
