@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ._lazy import lazy_module
 from .modes import eval_mode
@@ -45,7 +45,8 @@ _bounds = lazy_module('timm_lipschitz.models._bounds', __name__)
 _estimates = lazy_module('timm_lipschitz.robustness.lipschitz', __name__)
 
 __all__ = ['Declaration', 'Certificate', 'declaration', 'declares', 'linear_head_weight', 'pair_distances',
-           'radii', 'scales', 'margin_shift', 'theorem1_radius', 'certify', 'dataset_certificate', 'check_declared',
+           'radii', 'scales', 'margin_shift', 'theorem1_radius', 'certify', 'certified_at', 'certified_accuracy',
+           'dataset_certificate', 'check_declared',
            'check_certified_unbroken', 'SoundnessError', 'read_summary', 'summary_record', 'DETERMINISTIC_KEY',
            'RULES', 'SOUNDNESS_IMAGES', 'eval_entry']
 
@@ -203,9 +204,22 @@ def certify(model: Any, images: 'torch.Tensor', labels: Optional['torch.Tensor']
     labels = predicted if labels is None else torch.as_tensor(labels, device=logits.device)
     radius, rule = radii(logits, labels, decl, linear_head_weight(m), tolerance)
     eps = tuple(float(e) for e in eps)
-    certified = torch.stack([radius >= e if e > 0 else radius >= 0 for e in eps], 1) if eps else \
+    certified = torch.stack([certified_at(radius, e) for e in eps], 1) if eps else \
         torch.zeros(len(radius), 0, dtype=torch.bool)
     return Certificate(radius.float().cpu(), rule.cpu(), certified.cpu(), predicted.cpu(), eps, decl)
+
+
+def certified_at(radius: 'torch.Tensor', eps: float) -> 'torch.Tensor':
+    """Which images are certified at l2 ``eps``: radius >= eps (a misclassified image has a negative radius, so at
+    0 these are the correct ones)."""
+    return radius >= eps if eps > 0 else radius >= 0
+
+
+def certified_accuracy(radius: Any, radii_: Sequence[float]) -> List[float]:
+    """Certified accuracy (%) at each radius from per-image radii (a tensor, or the list ``eval.json`` records):
+    100 · count / images, exact."""
+    r = torch.as_tensor(radius, dtype=None if torch.is_tensor(radius) else torch.float64)
+    return [100.0 * int(certified_at(r, t).sum()) / len(r) for t in radii_]
 
 
 def dataset_certificate(model: Any, data: Any, decl: Declaration, batch_size: int = 256,
@@ -225,7 +239,7 @@ def dataset_certificate(model: Any, data: Any, decl: Declaration, batch_size: in
     r, rule = torch.cat(rs), torch.cat(rules)
     return {'lipschitz': decl.record(), 'tolerance': tolerance, 'radii': list(radii_), 'num_images': len(r),
             'clean': 100.0 * (r >= 0).float().mean().item(),
-            'certified_accuracy': [100.0 * (r >= t if t > 0 else r >= 0).float().mean().item() for t in radii_],
+            'certified_accuracy': certified_accuracy(r, radii_),
             'mean_radius': r.clamp_min(0).mean().item(),
             'rules': {name: int((rule == i).sum()) for i, name in enumerate(RULES)},
             'radius': [round(v, 6) for v in r.tolist()],

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from ..certificates import DETERMINISTIC_KEY
+from ..certificates import DETERMINISTIC_KEY, certified_accuracy
 from ..hub import record_evaluation
 from ..protocol import ATTACK_IMAGES, ATTACK_STEPS, EVAL_SPLIT, FULL_CORRUPTIONS, SEVERITIES
 from ..robustness.corruptions import MISSING, resolve_corruptions
@@ -64,9 +64,8 @@ def _smoothing_record(result: Dict[str, Any], cert: Optional[Dict[str, Any]]) ->
     compares like with like."""
     out = {k: v for k, v in result.items() if k != 'rows'}
     if cert is not None and cert.get('radius') is not None:
-        radius = [cert['radius'][row['index']] for row in result['rows']]
-        out['deterministic_same_images'] = [100.0 * sum(r >= t if t > 0 else r >= 0 for r in radius) / len(radius)
-                                            for t in result['radii']]
+        out['deterministic_same_images'] = certified_accuracy([cert['radius'][row['index']] for row in result['rows']],
+                                                              result['radii'])
     return out
 
 
