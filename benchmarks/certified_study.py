@@ -47,9 +47,16 @@ def _split(name: str, split: str, size) -> torch.utils.data.Dataset:
     return create_dataset(name, split, input_size=size)[0]
 
 
-def run_row(folder: Path) -> Dict[str, Any]:
+def portable(source: str) -> str:
+    """A run folder as its grid names it (``runs/sweeps/<grid>/<point>``, the same in any checkout), a tag as is:
+    the results hold no machine's paths."""
+    parts = Path(source).parts
+    return str(Path(*parts[parts.index('runs'):])) if 'runs' in parts else source
+
+
+def run_row(source: str) -> Dict[str, Any]:
     """Every number of one run's row (module doc); a shipped tag (no run folder) has no training time."""
-    model, info = load_model(str(folder))
+    model, info = load_model(source)
     runner = for_evaluation(model)
     decl = C.declaration(runner)
     recipe = info['recipe']
@@ -61,11 +68,11 @@ def run_row(folder: Path) -> Dict[str, Any]:
     seconds = time.time() - t
     fit = C.dataset_certificate(runner, train, decl, radii_=(0.0, 0.5))
     sound = C.check_declared(runner, test, decl)
-    path = Path(str(folder))
-    final = json.loads((path / 'final.json').read_text()) if (path / 'final.json').is_file() else {}
+    final_json = Path(source) / 'final.json'
+    final = json.loads(final_json.read_text()) if final_json.is_file() else {}
     hparams = json.loads(info['metadata'].get('hparams', '{}') or '{}')
     loss = dict(recipe.get('loss') or {'name': info['metadata'].get('objective'), **hparams})
-    return {'folder': str(folder), 'model': runner.pretrained_cfg.get('architecture'),
+    return {'folder': portable(source), 'model': runner.pretrained_cfg.get('architecture'),
             'model_args': (recipe.get('model') or {}).get('kwargs', {}),
             'loss': loss, 'epochs': final.get('epochs'), 'parameters': sum(p.numel() for p in model.parameters()),
             'clean': cert['certified_accuracy'][0], 'certified': dict(zip(map(str, RADII[1:]),
@@ -144,12 +151,14 @@ def plot(rows: Dict[str, Dict[str, Any]], path: Path, radius: str = '0.5') -> Pa
                  'label': name if len(labels) > 1 else labels[0]}
         for ax, x in zip(axes, ('epochs', 'train_time_s')):
             ax.plot([rows[k][x] for k in labels], ys, **style)
-    save_figure(fig, axes[0], path, 'epochs', f'certified accuracy at l2 {radius} (%)', legend=False)
-    axes[0].grid(alpha=0.3)
-    axes[1].grid(alpha=0.3)
-    axes[1].legend(fontsize=6)
-    return save_figure(fig, axes[1], path, 'training seconds (one thread, as final.json records)',
-                       f'certified accuracy at l2 {radius} (%)', legend=False)
+    ylabel = f'certified accuracy at l2 {radius} (%)'
+    axes[0].set_xlabel('epochs')
+    axes[0].set_ylabel(ylabel)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6)  # twelve series: smaller than save_figure's legend
+    return save_figure(fig, axes[1], path, 'training seconds (one thread, as final.json records)', ylabel,
+                       legend=False)
 
 
 def main() -> None:
@@ -165,7 +174,7 @@ def main() -> None:
     before = set(rows)
     for spec in args.runs:
         label, folder = spec.split('=', 1)
-        rows[label] = run_row(Path(folder) if Path(folder).exists() else folder)
+        rows[label] = run_row(folder)
         print(label, rows[label]['clean'], rows[label]['certified'], flush=True)
     if args.reference_1nn:
         for r in nearest_neighbour_rows():

@@ -42,8 +42,8 @@ from ._pretrained import build, keep_untrained_default, pretrained_cfgs_for
 from .cifar_resnet import CIFAR10_LABELS
 
 __all__ = ['LipConvNet', 'CifarLipResNet', 'LipMLP', 'LipschitzNet', 'FlatHeadNet', 'SLLBlock', 'AOLConv2d',
-           'OrthoLinear', 'UnitRowLinear', 'to_plain', 'LIPSCHITZ_NAMES', 'HEADS', 'MaxMin', 'aol_conv', 'ortho_linear', 'unit_row_linear',
-           'in_float32']
+           'OrthoLinear', 'UnitRowLinear', 'to_plain', 'LIPSCHITZ_NAMES', 'HEADS', 'MaxMin', 'aol_conv', 'ortho_linear',
+           'unit_row_linear', 'in_float32']
 
 LIPSCHITZ_NAMES = ('lip_convnet', 'cifar_lipresnet_xs', 'cifar_lipresnet_s', 'lip_mlp')
 
