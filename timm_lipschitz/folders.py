@@ -121,8 +121,8 @@ def check_output_folder(folder: Any, flag: str, writes: Iterable[str] = (), excl
                         ignore: Iterable[str] = ()) -> Path:
     """Refuse an output folder that holds files a user wrote. ``writes``: the files the command is about to write
     (named first in the refusal when one would be replaced); ``ignore``: entries the caller itself made (a claim);
-    ``exclusive``: every foreign file is refused even if
-    nothing would replace it (``publish --out-dir``: the whole folder is uploaded)."""
+    ``exclusive``: every foreign file is refused even if nothing would replace it (``publish --out-dir``: the whole
+    folder is uploaded)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f'{flag} {folder} is a file; give a folder.')

@@ -14,9 +14,8 @@ from .sources import DEBIAN_FASHION_MNIST, LoadedDataset, create_dataset, defaul
 from .transforms import AUGMENTATIONS, batch_augment, train_transform
 
 __all__ = ['timm_crop_pct', 'create_dataset', 'list_datasets', 'register_dataset', 'default_root', 'LoadedDataset',
-           'DatasetInfo',
-           'DataError', 'TensorImageDataset', 'LazyImageDataset', 'adapt_images', 'check_labels', 'to_float',
-           'read_idx', 'write_idx', 'DeviceLoader', 'SeededSampler', 'epoch_permutation', 'standard_loader',
+           'DatasetInfo', 'DataError', 'TensorImageDataset', 'LazyImageDataset', 'adapt_images', 'check_labels',
+           'to_float', 'read_idx', 'write_idx', 'DeviceLoader', 'SeededSampler', 'epoch_permutation', 'standard_loader',
            'AUGMENTATIONS', 'batch_augment', 'train_transform', 'DEBIAN_FASHION_MNIST', 'resolve_input_size',
            'split_fingerprint', 'evaluated_fingerprint']
 

@@ -101,8 +101,7 @@ def certify_request(args: argparse.Namespace) -> Dict[str, Any]:
                                                  'certify_images') if getattr(args, k, None) is not None]
     if given and not (args.certify or args.attack is not None):
         raise UsageError(f'{", ".join(given)} set randomized smoothing, which runs with --certify (or beside '
-                         f'--attack); '
-                         f'add --certify or drop them.')
+                         '--attack); add --certify or drop them.')
     preset = CERTIFY_PRESETS.get(getattr(args, 'certify_preset', None) or '', {})
     chosen = {k: getattr(args, k) for k in ('n0', 'n', 'alpha') if getattr(args, k) is not None}
     settings = {**SMOOTHING, **preset, **chosen}

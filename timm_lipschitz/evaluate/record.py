@@ -20,8 +20,7 @@ __all__ = ['departures', 'record_in_folders']
 
 def departures(kind: str, settings: Dict[str, Any], result: Dict[str, Any]) -> List[str]:
     """How a ``corruptions``, ``attacks``, ``deterministic_certificate`` or ``smoothing`` result departs from the
-    full protocol (empty: it
-    follows it; the certificate's protocol is every image of the test split)."""
+    full protocol (empty: it follows it; the certificate's protocol is every image of the test split)."""
     out: List[str] = []
     if settings['split'] != EVAL_SPLIT:
         out.append(f"split {settings['split']} (the protocol: {EVAL_SPLIT})")
