@@ -83,3 +83,11 @@ def test_the_derived_grids_are_the_paper_grids():
     assert P.PAPER_SIGMAS == tuple(round(0.01 * i, 2) for i in range(51))
     assert P.MNIST_SIGMAS == tuple(round(0.01 * i, 2) for i in range(101))
     assert [P.summary_label(k) for k in P.SUMMARY_KEYS] == ['clean', 'sigma 0.3', 'sigma 0.5', 'grid mean']
+
+
+def test_radius_keys_are_the_ones_hub_list_reads():
+    """The metadata keys certified accuracy by radius as ``hub list`` reads them ('1', not '1.0')."""
+    from timm_lipschitz.listing import DETERMINISTIC_RADII
+    from timm_lipschitz.protocol import CERT_RADII, by_radius
+    keys = by_radius(CERT_RADII, range(len(CERT_RADII)))
+    assert list(keys) == ['0', '0.25', '0.5', '0.75', '1'] and set(DETERMINISTIC_RADII) <= set(keys)

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ._lazy import lazy_module
 from .modes import eval_mode
 from .normalization import Normalizer, per_channel, resolve_mean_std, unwrap_model
-from .protocol import CERT_RADII, LIPSCHITZ_TOLERANCE
+from .protocol import CERT_RADII, LIPSCHITZ_TOLERANCE, by_radius
 
 torch = lazy_module('torch', __name__)
 _bounds = lazy_module('timm_lipschitz.models._bounds', __name__)
@@ -258,7 +258,7 @@ def summary_record(cert: Dict[str, Any]) -> Dict[str, Any]:
     """What the checkpoint metadata and ``hub list`` carry of a certificate (under :data:`DETERMINISTIC_KEY`)."""
     lip = cert.get('lipschitz')
     logits = lip['logits'] if isinstance(lip, dict) else cert.get('lipschitz_bound', lip)
-    out = {'lipschitz': logits, 'certified': {f'{r:g}': a for r, a in zip(cert['radii'], cert['certified_accuracy'])},
+    out = {'lipschitz': logits, 'certified': by_radius(cert['radii'], cert['certified_accuracy']),
            'num_images': cert['num_images']}
     if isinstance(lip, dict):
         out.update(lipschitz_body=lip['body'], head=lip['head'])

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
 from .errors import UsageError
 
 __all__ = ['PAPER_SIGMAS', 'MNIST_SIGMAS', 'TABLE_SIGMAS', 'CIFAR10C_GAUSSIAN', 'PRESETS', 'TOLERANCE',
            'LIPSCHITZ_TOLERANCE', 'PAPER_GRID', 'MNIST_GRID', 'SEVERITIES', 'CERT_RADII', 'EVAL_SPLIT', 'FULL_CORRUPTIONS', 'ATTACK_IMAGES',
            'ATTACK_STEPS', 'SMOOTHING', 'CERTIFY_PRESETS', 'NoiseProtocol', 'parse_sigmas',
-           'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key', 'summary_label', 'SUMMARY_KEYS',
+           'resolve_protocol', 'index_on_grid', 'value_at', 'summary_key', 'summary_label', 'by_radius', 'SUMMARY_KEYS',
            'summarize', 'mean_std', 'format_cell', 'to_uint8_levels', 'wilson_interval']
 
 PAPER_GRID = '0:0.5:0.01'                                             # the paper's CIFAR grid, 0.00 ... 0.50
@@ -138,6 +138,12 @@ def value_at(grid: Sequence[float], values: Sequence[T], sigma: float) -> Option
 def summary_key(sigma: float) -> str:
     """``acc@0``, ``acc@0.3``: the key of a table column in summaries, metadata and final.json."""
     return f'acc@{float(sigma):g}'
+
+
+def by_radius(radii: Sequence[float], values: Sequence[Any]) -> Dict[str, Any]:
+    """``{'0': ..., '0.25': ..., '1': ...}``: certified accuracies keyed by l2 radius, as the metadata and ``hub
+    list`` read them."""
+    return {f'{float(r):g}': v for r, v in zip(radii, values)}
 
 
 def summary_label(key: str) -> str:

@@ -33,7 +33,7 @@ from ..errors import UsageError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, dumps, read_json
 from ..folders import CONFIG_NAME
 from ..normalization import unwrap_model
-from ..protocol import SUMMARY_KEYS
+from ..protocol import SUMMARY_KEYS, by_radius
 from ..robustness.corruptions import corruption_names
 from ..runs import finished_summary
 from .card import render_card
@@ -82,10 +82,10 @@ def _robustness_summary(record: Dict[str, Any]) -> Dict[str, Any]:
     if smooth:
         out['smoothing'] = {'sigma': smooth['sigma'], 'n': smooth['n'], 'alpha': smooth['alpha'],
                             'num_images': smooth['num_images'],
-                            'certified': {f'{r:g}': a for r, a in zip(smooth['radii'], smooth['certified_accuracy'])}}
+                            'certified': by_radius(smooth['radii'], smooth['certified_accuracy'])}
         same = smooth.get('deterministic_same_images')
         if same:  # the deterministic certificate on smoothing's own images: the comparison a reader can trust
-            out['smoothing']['deterministic_same_images'] = {f'{r:g}': a for r, a in zip(smooth['radii'], same)}
+            out['smoothing']['deterministic_same_images'] = by_radius(smooth['radii'], same)
     cert = record.get(DETERMINISTIC_KEY)
     if cert:
         out[DETERMINISTIC_KEY] = summary_record(cert)
